@@ -1,0 +1,41 @@
+# wcscan developer commands. `make demo` and `make test` are the front door.
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+PIP       := $(PY) -m pip
+WCSCAN    := $(VENV)/bin/wcscan
+STAMP     := $(VENV)/.stamp
+TORCH     := torch==2.13.0
+# CPU wheels of torch; set TORCH_INDEX_URL= (empty) to use only the default index.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+TORCH_PIP_ARGS  := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+# Rebuilt only when the virtualenv is missing or pyproject.toml is newer than
+# the stamp. torch goes in first so that resolving the project's dependencies
+# finds it satisfied and never pulls CUDA wheels.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install $(TORCH_PIP_ARGS) '$(TORCH)'
+	$(PIP) install -e '.[dev]'
+	@touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+demo: venv
+	rm -rf demo-out
+	$(WCSCAN) generate --dc9 -1.5,0,1 --events 200000 --seed 1 --out demo-out/events
+	$(WCSCAN) fit --dataset demo-out/events --events-per-set 2000 --sets 50 --out demo-out/fit.csv
+
+bench: venv
+	$(WCSCAN) bench generate --json
+	$(WCSCAN) bench fit --json
+
+clean:
+	rm -rf demo-out build dist *.egg-info .pytest_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
