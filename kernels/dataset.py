@@ -1,0 +1,312 @@
+"""The event dataset on disk: layout, atomic Parquet parts, manifest, validation.
+
+A dataset is a directory holding Hive partitions of Parquet parts and, written
+last, ``manifest.json``::
+
+    <root>/manifest.json
+    <root>/level=gen/point=000/part-00000.parquet
+    <root>/level=gen/point=000/part-00001.parquet
+    <root>/level=gen/point=001/part-00000.parquet
+    ...
+
+Partitions use the integer point index (float partition values do not
+round-trip); the Wilson-coefficient shifts of each point are in the manifest
+and in the shift columns (``dc9``, ...) of the parts. A directory without a
+manifest is an incomplete dataset.
+
+Every file is written atomically (a temporary name in the same directory, then
+``os.replace``), and the same table always gives the same bytes, so a dataset's
+checksums depend only on its seed and config.
+
+Example:
+
+>>> import tempfile, pyarrow as pa
+>>> root = tempfile.mkdtemp()
+>>> t = pa.table({c: pa.array([0.5, 0.25], pa.float32()) for c in COLUMNS})
+>>> info = write_part(root, "gen", 3, 0, t)
+>>> info["path"], info["rows"]
+('level=gen/point=003/part-00000.parquet', 2)
+>>> validate_events(t, "example")  # passes silently
+
+Pure pyarrow / numpy: no Ray, no torch, no MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kernels.errors import DatasetError
+
+__all__ = [
+    "COLUMNS",
+    "LEVELS",
+    "MANIFEST",
+    "part_path",
+    "write_part",
+    "write_manifest",
+    "read_manifest",
+    "point_checksum",
+    "read_point",
+    "validate_events",
+    "load_events",
+]
+
+log = logging.getLogger(__name__)
+
+#: Kinematic columns of an event, in the order used for arrays of shape (..., 4).
+COLUMNS: tuple[str, ...] = ("q2", "cos_theta_mu", "cos_theta_k", "chi")
+#: Simulation levels: generator, after detector response, detector plus background.
+LEVELS: tuple[str, ...] = ("gen", "det", "det_bkg")
+#: File name of the manifest at the dataset root.
+MANIFEST = "manifest.json"
+
+_COMPRESSION = "zstd"
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def part_path(root: str | os.PathLike, level: str, point: int, part: int) -> Path:
+    """Path of one Parquet part: ``root/level=<level>/point=<NNN>/part-<KKKKK>.parquet``.
+
+    >>> part_path("ds", "gen", 7, 12).as_posix()
+    'ds/level=gen/point=007/part-00012.parquet'
+    """
+    if level not in LEVELS:
+        raise DatasetError(f"unknown level {level!r}; expected one of {', '.join(LEVELS)}")
+    return Path(root) / f"level={level}" / f"point={point:03d}" / f"part-{part:05d}.parquet"
+
+
+def write_part(
+    root: str | os.PathLike, level: str, point: int, part: int, table: pa.Table
+) -> dict:
+    """Write ``table`` as one Parquet part, atomically and byte-deterministically.
+
+    The file is serialised in memory (zstd, no timestamps), hashed, and moved
+    into place with ``os.replace``; the same table gives the same bytes on
+    every run. Returns ``{"path": <posix path relative to root>, "rows": n,
+    "sha256": <hex digest of the file>}``, the entry the manifest records.
+    """
+    path = part_path(root, level, point, part)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=_COMPRESSION)
+    data = sink.getvalue().to_pybytes()
+    _atomic_write_bytes(path, data)
+    info = {
+        "path": path.relative_to(Path(root)).as_posix(),
+        "rows": table.num_rows,
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    log.debug("wrote %s (%d rows, %d bytes)", path, table.num_rows, len(data))
+    return info
+
+
+def write_manifest(root: str | os.PathLike, manifest: Mapping) -> Path:
+    """Write ``manifest.json`` atomically (sorted keys, indent 2); return its path."""
+    path = Path(root) / MANIFEST
+    text = json.dumps(manifest, sort_keys=True, indent=2, allow_nan=False) + "\n"
+    _atomic_write_bytes(path, text.encode("utf-8"))
+    log.debug("wrote %s", path)
+    return path
+
+
+def read_manifest(root: str | os.PathLike) -> dict:
+    """Read ``root/manifest.json``. A missing or corrupt manifest is a DatasetError."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset directory")
+    if not path.is_file():
+        raise DatasetError(
+            f"{root}: no manifest.json — dataset is incomplete or not a wcscan dataset"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DatasetError(
+            f"{path}: corrupt manifest ({err.msg} at line {err.lineno}, column {err.colno})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: cannot read manifest ({_one_line(err)})") from None
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path}: corrupt manifest (top level is not a JSON object)")
+    return manifest
+
+
+def point_checksum(parts: Sequence[Mapping]) -> str:
+    """Content checksum of one point: sha256 over its parts' sha256 digests, in order.
+
+    >>> point_checksum([]) == hashlib.sha256().hexdigest()
+    True
+    """
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(bytes.fromhex(p["sha256"]))
+    return h.hexdigest()
+
+
+def _find_point(manifest: Mapping, point: int) -> Mapping:
+    for entry in manifest.get("points", ()):
+        if entry.get("index") == point:
+            return entry
+    known = [e.get("index") for e in manifest.get("points", ())]
+    raise DatasetError(f"point {point} is not in the manifest (points: {known})")
+
+
+def read_point(
+    root: str | os.PathLike,
+    manifest: Mapping,
+    level: str,
+    point: int,
+    *,
+    verify_checksums: bool = False,
+) -> pa.Table:
+    """Read the ``level`` events of scan point ``point``, parts in manifest order.
+
+    Each part listed in the manifest must exist and hold the recorded number of
+    rows; with ``verify_checksums`` its sha256 is checked too.
+    """
+    root = Path(root)
+    entry = _find_point(manifest, point)
+    prefix = f"level={level}/"
+    parts = [p for p in entry.get("parts", ()) if p["path"].startswith(prefix)]
+    if not parts:
+        raise DatasetError(f"{root}: point {point} has no {level!r}-level parts in the manifest")
+    tables = []
+    for p in parts:
+        path = root / p["path"]
+        if not path.is_file():
+            raise DatasetError(f"{path}: part listed in the manifest is missing")
+        try:
+            if verify_checksums:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                if digest != p["sha256"]:
+                    raise DatasetError(f"{path}: checksum mismatch (file changed since written)")
+            table = pq.ParquetFile(path).read()
+        except DatasetError:
+            raise
+        except (OSError, pa.ArrowException) as err:
+            raise DatasetError(f"{path}: cannot read Parquet part ({_one_line(err)})") from None
+        if table.num_rows != p["rows"]:
+            raise DatasetError(
+                f"{path}: has {table.num_rows} rows, the manifest says {p['rows']}"
+            )
+        tables.append(table)
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _column_numpy(table: pa.Table, name: str) -> np.ndarray:
+    # Nulls become NaN for floating columns, so they count as non-finite.
+    return table.column(name).to_numpy()
+
+
+def validate_events(
+    table: pa.Table,
+    source: str,
+    q2_windows: Iterable[tuple[float, float]] | None = None,
+) -> None:
+    """Check that ``table`` holds valid events; raise a one-line DatasetError if not.
+
+    Checks, vectorised over rows: the columns in :data:`COLUMNS` exist and are
+    floating point; all values are finite (nulls count as not finite);
+    ``cos_theta_mu`` and ``cos_theta_k`` lie in [-1, 1]; ``chi`` lies in
+    [0, 2 pi]; ``q2`` lies in the union of ``q2_windows`` when given. Bounds
+    are compared in the column's own precision, so float32 rounding of a value
+    that was inside a bound never counts as outside. The message names
+    ``source``, the column and the number of offending rows.
+    """
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise DatasetError(
+            f"{source}: missing column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(c) for c in missing)} (has: {', '.join(table.column_names)})"
+        )
+    for c in COLUMNS:
+        typ = table.schema.field(c).type
+        if not pa.types.is_floating(typ):
+            raise DatasetError(
+                f"{source}: column {c!r} has type {typ}, expected floating point "
+                f"({table.num_rows} rows affected)"
+            )
+
+    problems: list[str] = []
+    ranges = {
+        "cos_theta_mu": (-1.0, 1.0, "[-1, 1]"),
+        "cos_theta_k": (-1.0, 1.0, "[-1, 1]"),
+        "chi": (0.0, 2.0 * math.pi, "[0, 2 pi]"),
+    }
+    for c in COLUMNS:
+        arr = _column_numpy(table, c)
+        finite = np.isfinite(arr)
+        n_bad = arr.size - int(np.count_nonzero(finite))
+        if n_bad:
+            problems.append(f"column {c!r} has {n_bad} non-finite or null value(s)")
+        if c in ranges:
+            lo, hi, label = ranges[c]
+            lo_c, hi_c = np.asarray(lo, arr.dtype), np.asarray(hi, arr.dtype)
+            n_out = int(np.count_nonzero(finite & ((arr < lo_c) | (arr > hi_c))))
+            if n_out:
+                problems.append(f"column {c!r} has {n_out} value(s) outside {label}")
+        elif c == "q2" and q2_windows is not None:
+            windows = [(float(lo), float(hi)) for lo, hi in q2_windows]
+            inside = np.zeros(arr.shape, dtype=bool)
+            for lo, hi in windows:  # loop over windows, not rows
+                inside |= (arr >= np.asarray(lo, arr.dtype)) & (arr <= np.asarray(hi, arr.dtype))
+            n_out = int(np.count_nonzero(finite & ~inside))
+            if n_out:
+                label = " U ".join(f"[{lo:g}, {hi:g}]" for lo, hi in windows)
+                problems.append(f"column 'q2' has {n_out} value(s) outside the q2 window(s) {label}")
+    if problems:
+        raise DatasetError(f"{source}: " + "; ".join(problems))
+
+
+def load_events(
+    path: str | os.PathLike, column_map: Mapping[str, str] | None = None
+) -> pa.Table:
+    """Read a user's Parquet file of events; rename columns by ``column_map``.
+
+    ``column_map`` maps the file's column names to wcscan's (e.g.
+    ``{"costhetal": "cos_theta_mu"}``). Validation is separate
+    (:func:`validate_events`). An unreadable file is a one-line DatasetError.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        raise DatasetError(f"{path}: cannot read Parquet file ({_one_line(err)})") from None
+    if column_map:
+        absent = [k for k in column_map if k not in table.column_names]
+        if absent:
+            raise DatasetError(
+                f"{path}: column map names column(s) {', '.join(map(repr, absent))} "
+                f"not in the file (has: {', '.join(table.column_names)})"
+            )
+        table = table.rename_columns([column_map.get(c, c) for c in table.column_names])
+    return table
