@@ -1,0 +1,7 @@
+"""``python -m orchestrator`` runs the ``wcscan`` command line."""
+
+import sys
+
+from orchestrator.cli import main
+
+sys.exit(main())

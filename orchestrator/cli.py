@@ -1,0 +1,416 @@
+"""The ``wcscan`` command line: parse, call the orchestrator, print.
+
+Every error a user can cause ends as one line ``wcscan: error: <message>`` on
+stderr and exit status 2; anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from kernels.errors import WcscanError
+
+__all__ = ["main", "build_parser", "parse_dc9", "parse_window"]
+
+PROG = "wcscan"
+DEFAULT_WINDOW = (1.1, 6.0)
+# Options whose value may start with '-' (a negative number); see _join_option_values.
+_VALUE_OPTIONS = ("--dc9", "--q2-window")
+
+
+class UsageError(Exception):
+    """A command-line value argparse refused; reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(message)
+
+
+# --- value parsers --------------------------------------------------------------
+
+
+def _finite(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: {text.strip()!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{what}: {text.strip()!r} is not a finite number")
+    return value
+
+
+def parse_dc9(text: str) -> list[float]:
+    """Scan points from ``START:STOP:NUM`` (inclusive, like numpy.linspace) or ``A,B,C``.
+
+    >>> parse_dc9("-1:1:5")
+    [-1.0, -0.5, 0.0, 0.5, 1.0]
+    >>> parse_dc9("-1.5,0")
+    [-1.5, 0.0]
+    """
+    text = text.strip()
+    if not text:
+        raise argparse.ArgumentTypeError("empty value; expected START:STOP:NUM or a comma list")
+    if ":" in text:
+        fields = text.split(":")
+        if len(fields) != 3:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected START:STOP:NUM, e.g. -2:1.1:22"
+            )
+        start = _finite(fields[0], "START")
+        stop = _finite(fields[1], "STOP")
+        try:
+            num = int(fields[2])
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: NUM must be a whole number of points, got {fields[2].strip()!r}"
+            ) from None
+        if num < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: NUM must be at least 1, got {num}")
+        if num == 1:
+            return [start]
+        step = (stop - start) / (num - 1)
+        values = [start + i * step for i in range(num - 1)] + [stop]
+        return values
+    items = text.split(",")
+    if any(not item.strip() for item in items):
+        raise argparse.ArgumentTypeError(f"{text!r}: empty value in the comma list")
+    return [_finite(item, "value") for item in items]
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """A q2 window ``LO,HI`` in GeV^2.
+
+    >>> parse_window("1.1,6")
+    (1.1, 6.0)
+    """
+    fields = text.split(",")
+    if len(fields) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LO,HI in GeV^2, e.g. 1.1,6.0")
+    return _finite(fields[0], "LO"), _finite(fields[1], "HI")
+
+
+def _join_option_values(argv: Sequence[str]) -> list[str]:
+    """Turn ``--dc9 -2:1:5`` into ``--dc9=-2:1:5`` so argparse does not read ``-2:1:5`` as an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            out.extend(argv[i:])
+            break
+        if tok in _VALUE_OPTIONS and i + 1 < len(argv):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+# --- parser ---------------------------------------------------------------------
+
+_MAIN_EXAMPLES = """\
+examples:
+  wcscan generate --dc9 -2:1.1:22 --events 24000 --seed 1 --out out/events
+  wcscan fit --dataset out/events --events-per-set 2000 --sets 50 --out out/fit.csv
+  wcscan bench generate --json
+
+Run 'wcscan <command> --help' for the options of a command.
+"""
+
+_GENERATE_EXAMPLES = """\
+examples:
+  # 22 points from dC9 = -2 to 1.1 (inclusive), 24k events each, default q2 window
+  wcscan generate --dc9 -2:1.1:22 --events 24000 --seed 1 --out out/events
+
+  # three explicit points, two q2 windows
+  wcscan generate --dc9 -1.5,0,1 --events 200000 \\
+      --q2-window 1.1,6.0 --q2-window 15,19 --out out/events
+
+The output directory must be absent or empty. It receives
+level=gen/point=NNN/part-KKKKK.parquet files and, last, manifest.json.
+"""
+
+_FIT_EXAMPLES = """\
+examples:
+  # 50 sets of 2000 events per point; needs >= 100000 events per point
+  wcscan fit --dataset out/events --events-per-set 2000 --sets 50 --out out/fit.csv
+
+The CSV has one row per point: dc9_true, n_sets, n_events, mean, bias, sigma,
+sigma_left, sigma_right, sigma_crb, sigma_over_crb, mse, pull_mean, pull_width.
+"""
+
+_BENCH_EXAMPLES = """\
+examples:
+  wcscan bench generate          # a table of timings
+  wcscan bench fit --json        # machine-readable
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    common = _Parser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+
+    parser = _Parser(
+        prog=PROG,
+        description="Generate B0 -> K*0 mu mu events from flavio theory tables and fit delta C9.",
+        epilog=_MAIN_EXAMPLES,
+        formatter_class=fmt,
+        allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    gen = sub.add_parser(
+        "generate",
+        parents=[common],
+        help="sample events at scan points into a Parquet dataset",
+        description="Sample B0 -> K*0 mu mu events at each delta C9 scan point and write a\n"
+        "Hive-partitioned Parquet dataset with a manifest.",
+        epilog=_GENERATE_EXAMPLES,
+        formatter_class=fmt,
+        allow_abbrev=False,
+    )
+    gen.add_argument(
+        "--dc9",
+        type=parse_dc9,
+        required=True,
+        metavar="SPEC",
+        help="scan points: START:STOP:NUM (inclusive, NUM >= 1) or a comma list A,B,...",
+    )
+    gen.add_argument(
+        "--q2-window",
+        dest="q2_windows",
+        type=parse_window,
+        action="append",
+        metavar="LO,HI",
+        help="q2 window in GeV^2; repeat for several (default: 1.1,6.0)",
+    )
+    gen.add_argument("--events", type=int, required=True, metavar="N", help="events per scan point")
+    gen.add_argument("--seed", type=int, default=0, metavar="S", help="master seed (default: 0)")
+    gen.add_argument(
+        "--chunk-size",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="events per Parquet part (default: 1000000)",
+    )
+    gen.add_argument("--out", type=Path, required=True, metavar="DIR", help="new dataset directory")
+    gen.set_defaults(handler=_cmd_generate)
+
+    fit = sub.add_parser(
+        "fit",
+        parents=[common],
+        help="unbinned ML fit of delta C9 on sets of a dataset, beside sigma_CRB",
+        description="Cut each scan point's events into disjoint sets, fit delta C9 on each set\n"
+        "with an unbinned maximum-likelihood fit, and summarise per point beside the\n"
+        "Cramer-Rao bound sigma_CRB.",
+        epilog=_FIT_EXAMPLES,
+        formatter_class=fmt,
+        allow_abbrev=False,
+    )
+    fit.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="dataset directory")
+    fit.add_argument("--events-per-set", type=int, required=True, metavar="N", help="events per set")
+    fit.add_argument("--sets", type=int, required=True, metavar="M", help="sets per scan point")
+    fit.add_argument(
+        "--level", default="gen", choices=("gen", "det", "det_bkg"), help="event level (default: gen)"
+    )
+    fit.add_argument("--out", type=Path, metavar="FILE.csv", help="write the per-point table as CSV")
+    fit.set_defaults(handler=_cmd_fit)
+
+    bench = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="time the generation or fit kernels",
+        description="Time a kernel on a fixed workload and report the timings.",
+        epilog=_BENCH_EXAMPLES,
+        formatter_class=fmt,
+        allow_abbrev=False,
+    )
+    bench.add_argument("what", choices=("generate", "fit"), help="which kernel to time")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.set_defaults(handler=_cmd_bench)
+    return parser
+
+
+# --- output helpers -------------------------------------------------------------
+
+
+def _consoles():
+    from rich.console import Console
+
+    return Console(), Console(stderr=True)
+
+
+@contextmanager
+def _progress(
+    description: str, total: int, unit: str, enabled: bool
+) -> Iterator[Callable[[int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _progress_enabled(args) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# --- commands -------------------------------------------------------------------
+
+
+def _cmd_generate(args) -> int:
+    from rich.table import Table
+
+    from orchestrator.generate import generate_dataset
+
+    windows = args.q2_windows or [DEFAULT_WINDOW]
+    total = max(args.events, 0) * len(args.dc9)
+    with _progress("generate", total, "events", _progress_enabled(args)) as advance:
+        manifest = generate_dataset(
+            args.out,
+            args.dc9,
+            args.events,
+            args.seed,
+            windows,
+            chunk_size=args.chunk_size,
+            progress=advance,
+        )
+    out, _ = _consoles()
+    table = Table(title=f"dataset {args.out}")
+    for col in ("point", "dc9", "events", "parts", "checksum"):
+        table.add_column(col, justify="right" if col != "checksum" else "left")
+    for p in manifest["points"]:
+        table.add_row(
+            f"{p['index']:03d}", f"{p['shifts']['dc9']:.4g}", str(p["events"]),
+            str(len(p["parts"])), p["checksum"][:12],
+        )
+    out.print(table)
+    out.print(f"wrote {total} events at {len(manifest['points'])} points to {args.out}")
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    from rich.table import Table
+
+    from orchestrator.fitting import POINT_COLUMNS, fit_dataset, write_points_csv
+
+    total = None
+    if args.events_per_set > 0 and args.sets > 0 and (args.dataset / "manifest.json").is_file():
+        from kernels.dataset import read_manifest
+
+        total = args.sets * len(read_manifest(args.dataset).get("points", ()))
+    with _progress("fit", total or 0, "sets", _progress_enabled(args) and total) as advance:
+        rows = fit_dataset(args.dataset, args.events_per_set, args.sets, level=args.level, progress=advance)
+    if args.out is not None:
+        write_points_csv(rows, args.out)
+    out, _ = _consoles()
+    table = Table(title=f"fit of {args.dataset} ({args.sets} sets x {args.events_per_set} events)")
+    for col in POINT_COLUMNS:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*(_fmt(row[c]) for c in POINT_COLUMNS))
+    out.print(table)
+    if args.out is not None:
+        out.print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from orchestrator import bench
+
+    result = bench.bench_generate() if args.what == "generate" else bench.bench_fit()
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+        return 0
+    from rich.table import Table
+
+    out, _ = _consoles()
+    table = Table(title=f"bench {args.what}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(str(key), _fmt(value))
+    out.print(table)
+    return 0
+
+
+# --- entry point ----------------------------------------------------------------
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    if root.handlers:  # configured by the embedding program (or pytest)
+        return
+    from rich.console import Console
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler],
+                        format="%(message)s")
+
+
+def _error(message: str) -> int:
+    line = " ".join(str(message).split("\n")).strip()
+    sys.stderr.write(f"{PROG}: error: {line}\n")
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(_join_option_values(argv))
+    except UsageError as err:
+        return _error(err)
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    _setup_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except WcscanError as err:
+        return _error(err)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
