@@ -147,13 +147,15 @@ def generate_dataset(
     level_dir = out / f"level={LEVEL}"
     out.mkdir(parents=True, exist_ok=True)
     try:
-        parts: dict[int, list[dict]] = {i: [] for i in range(len(values))}
+        # Keyed by (point, part): the manifest does not depend on the order items finish in.
+        done: dict[tuple[int, int], dict] = {}
         for item in work_items(values, events, seed, chunk_size):
             if item.part == 0:
                 log.info("point %d (dc9=%g): sampling %d events", item.point, item.dc9, events)
-            parts[item.point].append(generate_part(out, table, item))
+            done[item.point, item.part] = generate_part(out, table, item)
             if progress is not None:
                 progress(item.events)
+        parts = {i: [done[key] for key in sorted(done) if key[0] == i] for i in range(len(values))}
 
         manifest = {
             "format": FORMAT,
