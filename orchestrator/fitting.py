@@ -66,7 +66,7 @@ def fit_dataset(
     """Fit ``sets`` sets of ``events_per_set`` events at each point of ``dataset``.
 
     Returns one dict per scan point with the keys :data:`POINT_COLUMNS`.
-    ``progress(n)`` is called with the number of sets fitted after each point.
+    ``progress(n)`` is called with the number of sets fitted, as they finish.
     A point with fewer than ``sets * events_per_set`` events is refused before
     any fit runs.
     """
@@ -116,7 +116,7 @@ def fit_dataset(
         ).reshape(sets, events_per_set, len(COLUMNS))
 
         log.info("point %d (dc9=%g): fitting %d sets x %d events", index, dc9_true, sets, events_per_set)
-        result = likelihood.fit_sets(table, arr)
+        result = likelihood.fit_sets(table, arr, progress=progress)
         n_invalid = int(np.count_nonzero(~np.asarray(result.valid, dtype=bool)))
         if n_invalid:
             log.warning("point %d: %d of %d fits did not converge", index, n_invalid, sets)
@@ -129,8 +129,6 @@ def fit_dataset(
             n_events=events_per_set,
         )
         rows.append({k: row[k] for k in POINT_COLUMNS})
-        if progress is not None:
-            progress(sets)
     return rows
 
 

@@ -80,9 +80,12 @@ def fake_kernels(monkeypatch):
     _install(monkeypatch, "sampler", sample=fake_sample)
     seen: list[np.ndarray] = []
 
-    def fit_sets(table, arr):
+    def fit_sets(table, arr, progress=None):
         seen.append(arr)
         m = arr.shape[0]
+        for _ in range(m):
+            if progress is not None:
+                progress(1)
         return types.SimpleNamespace(values=arr[:, :, 0].mean(axis=1), errors=np.ones(m),
                                      valid=np.ones(m, bool))
 
@@ -209,6 +212,14 @@ def test_fit_returns_one_row_per_point_with_the_13_columns(tmp_path, fake_kernel
     rows = fit_dataset(out, events_per_set=50, sets=2)
     assert [list(r) for r in rows] == [list(POINT_COLUMNS)] * 2
     assert [r["dc9_true"] for r in rows] == [-1.0, 1.0]
+
+
+def test_fit_reports_progress_in_sets(tmp_path, fake_kernels):
+    out = tmp_path / "ds"
+    generate_dataset(out, [-1.0, 1.0], 200, 1, WINDOWS)
+    calls: list[int] = []
+    fit_dataset(out, events_per_set=50, sets=3, progress=calls.append)
+    assert sum(calls) == 6
 
 
 def test_fit_with_too_few_events_names_the_point_and_the_counts(tmp_path, fake_kernels):
