@@ -6,9 +6,7 @@ PIP       := $(PY) -m pip
 WCSCAN    := $(VENV)/bin/wcscan
 STAMP     := $(VENV)/.stamp
 TORCH     := torch==2.13.0
-# CPU wheels of torch; set TORCH_INDEX_URL= (empty) to use only the default index.
-TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
-TORCH_PIP_ARGS  := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+# The CPU build of torch; pinned and installed first so that nothing pulls CUDA wheels.
 
 .PHONY: venv test demo bench clean
 
@@ -20,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install $(TORCH_PIP_ARGS) '$(TORCH)'
+	$(PIP) install '$(TORCH)'
 	$(PIP) install -e '.[dev]'
 	@touch $(STAMP)
 

@@ -20,27 +20,12 @@ import numpy as np
 
 from kernels.dataset import COLUMNS, LEVELS, read_manifest, read_point, validate_events
 from kernels.errors import ConfigError, DatasetError
+from kernels.metrics import POINT_COLUMNS
 
 __all__ = ["POINT_COLUMNS", "fit_dataset", "write_points_csv"]
 
 log = logging.getLogger(__name__)
 
-#: Columns of the per-point table, in order (the MLflow per-point table contract).
-POINT_COLUMNS: tuple[str, ...] = (
-    "dc9_true",
-    "n_sets",
-    "n_events",
-    "mean",
-    "bias",
-    "sigma",
-    "sigma_left",
-    "sigma_right",
-    "sigma_crb",
-    "sigma_over_crb",
-    "mse",
-    "pull_mean",
-    "pull_width",
-)
 
 
 def _positive(name: str, value) -> int:

@@ -1,0 +1,284 @@
+r"""The yardstick: the unbinned, shape-only maximum-likelihood fit and the Cramér–Rao bound.
+
+The pdf of one event x = (q2, cos_l, cos_k, chi) at shifts d is
+
+.. math::
+
+    p(x \mid d) = \frac{\epsilon(x)\, G(x; d)}{\Gamma_\epsilon(d)},\qquad
+    G(x; d) = \frac{9}{32\pi} \sum_i J_i(q^2; d) f_i(x) = \sum_p m_p(d)\, a_p(x)
+
+with the monomials m(d) of :mod:`kernels.theory`. Because J is a quadratic form
+in d, each event reduces once to its projections ``a_p(x)`` (:func:`project`),
+and the negative log-likelihood of a set of N events is
+
+.. math::
+
+    -\ln L(d) = -\sum_e \ln\big(a_e \cdot m(d)\big) + N \ln\big(\Gamma \cdot m(d)\big) + \text{const},
+
+a handful of flops per event and evaluation, whatever the theory cost was. The
+efficiency ``epsilon`` does not depend on d, so it enters only through the
+normalisation ``Gamma`` (:func:`normalisation`); at generator level it is 1.
+
+The Fisher information per event, ``I_ab(d) = E[d_a ln p  d_b ln p]``, is
+computed by quadrature (:func:`fisher_information`), and
+``sigma_CRB(N, d) = sqrt((I^-1)_aa / N)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from kernels import angular
+from kernels.errors import ConfigError
+from kernels.theory import JTable, monomial_gradient, monomials
+
+PROJECT_BATCH_EVENTS = 1 << 19
+"""Events projected together in :func:`fit_sets` (bounds memory to ~50 MB)."""
+
+_BASIS_BLOCK = 1 << 14
+
+Efficiency = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""epsilon(q2, cos_l, cos_k, chi) -> efficiency in [0, 1] (vectorised)."""
+
+
+def project(table: JTable, events: np.ndarray) -> np.ndarray:
+    """Per-event projections ``a[..., e, p]`` so that ``G(x_e; d) = a[e] @ m(d)``.
+
+    ``events`` has shape ``(..., N, 4)`` with columns q2, cos_theta_mu,
+    cos_theta_k, chi. Returns float64 of shape ``(..., N, P)``.
+    """
+    ev = np.asarray(events)
+    cols = np.ascontiguousarray(ev.reshape(-1, 4).T, dtype=np.float64)  # (4, E), one pass
+    k, t = table.locate(cols[0])
+    rows, diff = table.node_rows  # (K, 12, P)
+    # Group the events by q2 cell, then one (P x 12) @ (12 x n_c) product per cell, instead of
+    # materialising a (12 x P) table per event: 4x faster, and exact. Sorting the four input
+    # columns (not the twelve basis values) keeps the gathers small.
+    order = np.argsort(k.astype(np.int16) if rows.shape[0] < 2**15 else k, kind="stable")  # radix sort
+    counts = np.bincount(k, minlength=rows.shape[0])
+    ends = np.cumsum(counts)
+    ts = t[order]
+    cl, ck, chi = cols[1][order], cols[2][order], cols[3][order]
+    F = np.empty((12, k.size))  # term-major basis of the sorted events, built in cache-sized blocks
+    for s in range(0, k.size, _BASIS_BLOCK):
+        e = s + _BASIS_BLOCK
+        angular.basis(cl[s:e], ck[s:e], chi[s:e], axis=0, out=F[:, s:e])
+    out = np.empty((rows.shape[2], k.size))
+    for c in np.flatnonzero(counts):  # a loop over q2 cells (a few hundred), not events
+        s, e = ends[c] - counts[c], ends[c]
+        Fc = F[:, s:e]
+        out[:, s:e] = rows[c].T @ Fc + (diff[c].T @ Fc) * ts[s:e]
+    a = np.empty((k.size, rows.shape[2]))
+    a[order] = out.T
+    a *= angular.PREFACTOR
+    return a.reshape(ev.shape[:-1] + (a.shape[-1],))
+
+
+def normalisation(table: JTable, efficiency: Efficiency | None = None, **quad) -> np.ndarray:
+    """``Gamma_p`` such that ``Gamma(d) = m(d) @ Gamma_p`` = integral of epsilon * G over the phase space."""
+    if efficiency is None:
+        return table.rate_integral()
+    return _Quadrature(table, efficiency, **quad).normalisation()
+
+
+def nll(d, a: np.ndarray, norm: np.ndarray) -> float:
+    """Negative log-likelihood (up to a constant) of a set with projections ``a`` (N, P)."""
+    m = monomials(d)
+    g = a @ m
+    if np.any(g <= 0):
+        return np.inf
+    return float(-np.sum(np.log(g)) + a.shape[0] * np.log(norm @ m))
+
+
+def nll_grad(d, a: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`nll` in d, shape (n,)."""
+    m = monomials(d)
+    dm = monomial_gradient(d)  # (n, P)
+    g = a @ m
+    return -(a @ dm.T / g[:, None]).sum(axis=0) + a.shape[0] * (dm @ norm) / (norm @ m)
+
+
+def _newton(a: np.ndarray, norm: np.ndarray, d0: np.ndarray, iters: int = 8) -> tuple[np.ndarray, np.ndarray | None]:
+    """Damped Newton iterations on the NLL, to start Minuit next to the minimum.
+
+    Returns the point and the last Hessian (None if it never got one).
+    """
+    d = d0.copy()
+    hess = None
+    n = d.size
+    N = a.shape[0]
+    for _ in range(iters):
+        m = monomials(d)
+        dm = monomial_gradient(d)
+        g = a @ m
+        if np.any(g <= 0):
+            break
+        s = (a @ dm.T) / g[:, None]  # (N, n) per-event d_a log G
+        Gn = norm @ m
+        sn = dm @ norm / Gn
+        grad = -s.sum(0) + N * sn
+        # Second derivatives: d2m/dd_a dd_b is constant (1 or 2 on the quadratic monomials).
+        d2m = _monomial_hessian(n)  # (n, n, P)
+        hess = (s.T @ s) - np.einsum("abp,ep->ab", d2m, a / g[:, None]) + N * (
+            np.einsum("abp,p->ab", d2m, norm) / Gn - np.outer(sn, sn)
+        )
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            break
+        if not np.all(np.isfinite(step)):
+            break
+        step = np.clip(step, -1.0, 1.0)
+        d = d - step
+        if np.max(np.abs(step)) < 1e-6:  # MIGRAD polishes from here
+            break
+    return d, hess
+
+
+def _monomial_hessian(n: int) -> np.ndarray:
+    h = np.zeros((n, n, 1 + n + n * (n + 1) // 2))
+    col = 1 + n
+    for i in range(n):
+        for j in range(i, n):
+            if i == j:
+                h[i, i, col] = 2.0
+            else:
+                h[i, j, col] = h[j, i, col] = 1.0
+            col += 1
+    return h
+
+
+@dataclass
+class FitResult:
+    """ML fits of many sets: estimates (M, n), HESSE errors (M, n) and validity (M,)."""
+
+    values: np.ndarray
+    errors: np.ndarray
+    valid: np.ndarray
+
+    def __post_init__(self):
+        if self.values.ndim == 2 and self.values.shape[1] == 1:  # one coefficient: flat arrays
+            self.values = self.values[:, 0]
+            self.errors = self.errors[:, 0]
+
+
+def fit_set(a: np.ndarray, norm: np.ndarray, start=None, limits: float = 15.0):
+    """Fit one set from its projections with iminuit (MIGRAD, then HESSE).
+
+    Returns ``(values (n,), errors (n,), valid)``.
+    """
+    from iminuit import Minuit
+
+    n = next(k for k in range(1, 16) if 1 + k + k * (k + 1) // 2 == norm.size)
+    d0 = np.zeros(n) if start is None else np.atleast_1d(np.asarray(start, dtype=np.float64))
+    d0, hess = _newton(a, norm, d0)
+    step = np.full(n, 0.05)
+    if not np.all(np.isfinite(d0)) or np.any(np.abs(d0) > limits):
+        d0 = np.zeros(n)
+    elif hess is not None and np.all(np.linalg.eigvalsh(hess) > 0):
+        step = np.sqrt(np.diag(np.linalg.inv(hess)))  # the expected error: MIGRAD's best first step
+    m = Minuit(lambda d: nll(d, a, norm), d0, grad=lambda d: nll_grad(d, a, norm))
+    m.errordef = Minuit.LIKELIHOOD
+    m.limits = [(-limits, limits)] * n
+    m.strategy = 0
+    m.errors = step
+    m.migrad()
+    m.hesse()
+    return np.array(m.values), np.array(m.errors), bool(m.valid and m.accurate)
+
+
+def fit_sets(table: JTable, sets: np.ndarray, norm: np.ndarray | None = None, progress=None) -> FitResult:
+    """Fit every set of ``sets`` (shape (M, N, 4)); ``norm`` defaults to the generator-level one.
+
+    The per-event work (locating q2, the angular basis, the projections) is done
+    once per set; every likelihood evaluation after that is a dot product.
+    ``progress(k)`` is called after each fitted set.
+    """
+    sets = np.asarray(sets)
+    if sets.ndim != 3 or sets.shape[-1] != 4:
+        raise ConfigError(f"sets must have shape (M, N, 4), got {sets.shape}")
+    norm = table.rate_integral() if norm is None else norm
+    n = table.n_shifts
+    M = sets.shape[0]
+    values = np.empty((M, n))
+    errors = np.empty((M, n))
+    valid = np.empty(M, dtype=bool)
+    per_batch = max(1, PROJECT_BATCH_EVENTS // max(1, sets.shape[1]))
+    for s0 in range(0, M, per_batch):  # project a batch of sets at once: the per-cell work amortises
+        a_batch = project(table, sets[s0 : s0 + per_batch])
+        for j, a in enumerate(a_batch, start=s0):  # one iteration per *set*; events are vectorised
+            values[j], errors[j], valid[j] = fit_set(a, norm)
+            if progress is not None:
+                progress(1)
+    return FitResult(values, errors, valid)
+
+
+class _Quadrature:
+    """Phase-space quadrature: Gauss-Legendre in q2 (per cell) and cos angles, periodic in chi."""
+
+    def __init__(self, table: JTable, efficiency: Efficiency | None = None, n_q2: int = 3, n_cos: int = 14, n_chi: int = 24):
+        self.table = table
+        x, w = np.polynomial.legendre.leggauss(n_cos)
+        chi = (np.arange(n_chi) + 0.5) * (2 * np.pi / n_chi)
+        CL, CK, CH = np.meshgrid(x, x, chi, indexing="ij")
+        self.ang = (CL.ravel(), CK.ravel(), CH.ravel())
+        self.w_ang = (w[:, None, None] * w[None, :, None] * np.full(n_chi, 2 * np.pi / n_chi)[None, None, :]).ravel()
+        self.F = angular.basis(*self.ang)  # (A, 12)
+        xq, wq = np.polynomial.legendre.leggauss(n_q2)
+        k = table.cells
+        lo, hi = table.q2[k], table.q2[k + 1]
+        self.q2 = ((lo + hi)[:, None] / 2 + (hi - lo)[:, None] / 2 * xq[None, :]).ravel()
+        self.w_q2 = ((hi - lo)[:, None] / 2 * wq[None, :]).ravel()
+        self.efficiency = efficiency
+
+    def blocks(self, size: int = 64):
+        """Yield (a (P, B, A), weights (B, A)) over blocks of q2 points: G = m(d) @ a."""
+        for s in range(0, self.q2.size, size):
+            q2 = self.q2[s : s + size]
+            k, t = self.table.locate(q2)
+            Jp = (1 - t)[None, :, None] * self.table.coef[:, k] + t[None, :, None] * self.table.coef[:, k + 1]
+            a = angular.PREFACTOR * Jp @ self.F.T  # (P, B, A)
+            w = self.w_q2[s : s + size, None] * self.w_ang[None, :]
+            if self.efficiency is not None:
+                Q = np.broadcast_to(q2[:, None], w.shape)
+                w = w * self.efficiency(Q, *(np.broadcast_to(v[None, :], w.shape) for v in self.ang))
+            yield a, w
+
+    def normalisation(self) -> np.ndarray:
+        return sum(np.einsum("pba,ba->p", a, w) for a, w in self.blocks())
+
+    def fisher(self, d) -> np.ndarray:
+        d = self.table.shifts_array(d)
+        m = monomials(d)
+        dm = monomial_gradient(d)  # (n, P)
+        n = d.size
+        norm = np.zeros(m.size)
+        acc = np.zeros((n, n))
+        for a, w in self.blocks():
+            G = np.tensordot(m, a, axes=(0, 0))  # (B, A)
+            dG = np.tensordot(dm, a, axes=(1, 0))  # (n, B, A)
+            norm += np.einsum("pba,ba->p", a, w)
+            acc += np.einsum("aij,bij->ab", dG, dG * (w / np.where(G > 0, G, np.inf))[None])
+        Gam = norm @ m
+        dGam = dm @ norm
+        return acc / Gam - np.outer(dGam, dGam) / Gam**2
+
+
+def fisher_information(table: JTable, shifts, efficiency: Efficiency | None = None) -> np.ndarray:
+    """Fisher information matrix per event at ``shifts``, shape (n, n), by quadrature."""
+    return _Quadrature(table, efficiency).fisher(shifts)
+
+
+def sigma_crb(table: JTable, shifts, n_events: int, efficiency: Efficiency | None = None) -> np.ndarray | float:
+    """Cramér–Rao bound on each shift for sets of ``n_events``: ``sqrt(diag(I^-1) / N)``.
+
+    A float when the table scans one coefficient, else an array (the others free).
+    """
+    if n_events <= 0:
+        raise ConfigError(f"number of events must be positive, got {n_events}")
+    I = fisher_information(table, shifts, efficiency)
+    s = np.sqrt(np.diag(np.linalg.inv(I)) / n_events)
+    return float(s[0]) if s.size == 1 else s
