@@ -12,12 +12,12 @@ with the twelve :data:`TERMS` in the order used by every array in wcscan
 ``dGamma/dq2 = RATE_WEIGHTS @ J = 3/4 (2 J1s + J1c) - 1/4 (2 J2s + J2c)``.
 
 Observables are ratios of q2 integrals of the J_i, exactly as flavio defines
-its binned ``<X>(B0->K*mumu)``:
+its binned ``<X>(B0->K*mumu)``. A purely longitudinal K* (massless leptons) has FL = 1:
 
 >>> import numpy as np
 >>> J = np.zeros(12); J[TERMS.index("1c")] = 4/3; J[TERMS.index("2c")] = -4/3
 >>> round(float(rate(J)), 12), round(float(observables(J)["FL"]), 12)
-(0.666666666667, 2.0)
+(1.333333333333, 1.0)
 """
 
 from __future__ import annotations
@@ -119,9 +119,10 @@ def observables(J) -> dict[str, np.ndarray]:
     }
     for i in ("3", "4", "5", "7", "8", "9"):
         out[f"S{i}"] = J[..., _IDX[i]] / G
-    den = 2 * np.sqrt(-J[..., _IDX["2s"]] * J[..., _IDX["2c"]])
-    out["P4p"] = J[..., _IDX["4"]] / den
-    out["P5p"] = J[..., _IDX["5"]] / den
+    with np.errstate(invalid="ignore", divide="ignore"):  # P' are undefined without a transverse part
+        den = 2 * np.sqrt(-J[..., _IDX["2s"]] * J[..., _IDX["2c"]])
+        out["P4p"] = J[..., _IDX["4"]] / den
+        out["P5p"] = J[..., _IDX["5"]] / den
     return out
 
 
