@@ -326,8 +326,16 @@ def _cmd_generate(args) -> int:
 
 
 # The terminal shows the headline columns; the CSV (--out) has all of POINT_COLUMNS.
+# (column, header, format): short headers so the table fits 80 columns.
 _FIT_TABLE_COLUMNS = (
-    "dc9_true", "mean", "bias", "sigma", "sigma_crb", "sigma_over_crb", "pull_mean", "pull_width",
+    ("dc9_true", "dC9", "{:+.3f}"),
+    ("mean", "mean", "{:+.4f}"),
+    ("bias", "bias", "{:+.4f}"),
+    ("sigma", "sigma", "{:.4f}"),
+    ("sigma_crb", "CRB", "{:.4f}"),
+    ("sigma_over_crb", "sig/CRB", "{:.3f}"),
+    ("pull_mean", "pull mu", "{:+.2f}"),
+    ("pull_width", "pull sd", "{:.2f}"),
 )
 
 
@@ -346,11 +354,13 @@ def _cmd_fit(args) -> int:
     if args.out is not None:
         write_points_csv(rows, args.out)
     out, _ = _consoles()
-    table = Table(title=f"{args.sets} sets x {args.events_per_set} events per point")
-    for col in _FIT_TABLE_COLUMNS:
-        table.add_column(col.replace("_", " "), justify="right")
+    from rich import box
+
+    table = Table(title=f"ML fit: {args.sets} sets x {args.events_per_set} events per point", box=box.SIMPLE_HEAD, pad_edge=False)
+    for _, header, _ in _FIT_TABLE_COLUMNS:
+        table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(*(_fmt(row[c]) for c in _FIT_TABLE_COLUMNS))
+        table.add_row(*(fmt.format(row[c]) for c, _, fmt in _FIT_TABLE_COLUMNS))
     out.print(table)
     if args.out is not None:
         out.print(f"wrote all {len(POINT_COLUMNS)} columns to {args.out}", soft_wrap=True)

@@ -259,7 +259,7 @@ def test_cli_generate_then_fit_writes_the_csv(tmp_path, fake_kernels, capsys):
     with open(tmp_path / "fit.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [float(r["dc9_true"]) for r in rows] == [-1.0, 0.0, 1.0]
-    assert "pull mean" in capsys.readouterr().out
+    assert "pull sd" in capsys.readouterr().out
 
 
 def test_cli_fit_with_too_few_events_is_one_line_naming_point_and_counts(tmp_path, fake_kernels, capsys):
