@@ -44,6 +44,35 @@ Efficiency = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarr
 """epsilon(q2, cos_l, cos_k, chi) -> efficiency in [0, 1] (vectorised)."""
 
 
+@dataclass(frozen=True)
+class PdfModel:
+    """What the pdf needs besides the theory table.
+
+    ``p(x|d) = (1 - f) eps(x) G(x; d) / Gamma_eps(d) + f B(x)``: ``efficiency`` is eps
+    (None: 1), ``background`` the normalised B (None: no background) and
+    ``bkg_fraction`` is f. The default is the generator level.
+    """
+
+    efficiency: Efficiency | None = None
+    background: Efficiency | None = None
+    bkg_fraction: float = 0.0
+
+    @property
+    def has_background(self) -> bool:
+        return self.background is not None and self.bkg_fraction > 0
+
+    def mixture(self, events: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-event (w, c) with ``p = w G / Gamma + c``, or None when p is G / Gamma alone."""
+        if not self.has_background:
+            return None
+        x = [np.asarray(events[..., i], dtype=np.float64) for i in range(4)]
+        eps = self.efficiency(*x) if self.efficiency is not None else np.ones_like(x[0])
+        return (1 - self.bkg_fraction) * eps, self.bkg_fraction * self.background(*x)
+
+
+GEN = PdfModel()
+
+
 def project(table: JTable, events: np.ndarray) -> np.ndarray:
     """Per-event projections ``a[..., e, p]`` so that ``G(x_e; d) = a[e] @ m(d)``.
 
@@ -77,54 +106,77 @@ def project(table: JTable, events: np.ndarray) -> np.ndarray:
     return a.reshape(ev.shape[:-1] + (a.shape[-1],))
 
 
-def normalisation(table: JTable, efficiency: Efficiency | None = None, **quad) -> np.ndarray:
-    """``Gamma_p`` such that ``Gamma(d) = m(d) @ Gamma_p`` = integral of epsilon * G over the phase space."""
-    if efficiency is None:
+def normalisation(table: JTable, model: PdfModel = GEN, **quad) -> np.ndarray:
+    """``Gamma_p`` such that ``Gamma(d) = m(d) @ Gamma_p`` = integral of eps * G over the phase space."""
+    if model.efficiency is None:
         return table.rate_integral()
-    return _Quadrature(table, efficiency, **quad).normalisation()
+    return _Quadrature(table, model, **quad).normalisation()
 
 
-def nll(d, a: np.ndarray, norm: np.ndarray) -> float:
-    """Negative log-likelihood (up to a constant) of a set with projections ``a`` (N, P)."""
+def nll(d, a: np.ndarray, norm: np.ndarray, mix=None) -> float:
+    """Negative log-likelihood (up to a constant) of a set with projections ``a`` (N, P).
+
+    Without background (``mix=None``) this is ``-sum ln(a m) + N ln(Gamma m)``; with
+    ``mix = (w, c)`` it is ``-sum ln(w (a m) / (Gamma m) + c)``.
+    """
     m = monomials(d)
     g = a @ m
-    if np.any(g <= 0):
+    gn = norm @ m
+    if mix is None:
+        if np.any(g <= 0) or gn <= 0:
+            return np.inf
+        return float(-np.sum(np.log(g)) + a.shape[0] * np.log(gn))
+    p = mix[0] * g / gn + mix[1]
+    if np.any(p <= 0) or gn <= 0:
         return np.inf
-    return float(-np.sum(np.log(g)) + a.shape[0] * np.log(norm @ m))
+    return float(-np.sum(np.log(p)))
 
 
-def nll_grad(d, a: np.ndarray, norm: np.ndarray) -> np.ndarray:
-    """Gradient of :func:`nll` in d, shape (n,)."""
+def _scores(d, a, norm, mix):
+    """Per-event d ln p / dd, shape (N, n)."""
     m = monomials(d)
-    dm = monomial_gradient(d)  # (n, P)
+    dm = monomial_gradient(d)
     g = a @ m
-    return -(a @ dm.T / g[:, None]).sum(axis=0) + a.shape[0] * (dm @ norm) / (norm @ m)
+    gn = norm @ m
+    dg = a @ dm.T  # (N, n)
+    dgn = dm @ norm  # (n,)
+    if mix is None:
+        return dg / g[:, None] - dgn / gn
+    w, c = mix
+    p = w * g / gn + c
+    return (w / p)[:, None] * (dg / gn - g[:, None] * dgn / gn**2)
 
 
-def _newton(a: np.ndarray, norm: np.ndarray, d0: np.ndarray, iters: int = 8) -> tuple[np.ndarray, np.ndarray | None]:
-    """Damped Newton iterations on the NLL, to start Minuit next to the minimum.
+def nll_grad(d, a: np.ndarray, norm: np.ndarray, mix=None) -> np.ndarray:
+    """Gradient of :func:`nll` in d, shape (n,)."""
+    return -_scores(d, a, norm, mix).sum(axis=0)
 
-    Returns the point and the last Hessian (None if it never got one).
+
+def _newton(a: np.ndarray, norm: np.ndarray, d0: np.ndarray, mix=None, iters: int = 8):
+    """Newton (exact Hessian without background, BHHH with it) to start MIGRAD next to the minimum.
+
+    Returns the point and the last Hessian of the NLL (None if it never got one).
     """
     d = d0.copy()
     hess = None
     n = d.size
     N = a.shape[0]
+    d2m = _monomial_hessian(n)  # second derivatives of the monomials: constant
     for _ in range(iters):
-        m = monomials(d)
-        dm = monomial_gradient(d)
-        g = a @ m
-        if np.any(g <= 0):
+        if not np.isfinite(nll(d, a, norm, mix)):
             break
-        s = (a @ dm.T) / g[:, None]  # (N, n) per-event d_a log G
-        Gn = norm @ m
-        sn = dm @ norm / Gn
-        grad = -s.sum(0) + N * sn
-        # Second derivatives: d2m/dd_a dd_b is constant (1 or 2 on the quadratic monomials).
-        d2m = _monomial_hessian(n)  # (n, n, P)
-        hess = (s.T @ s) - np.einsum("abp,ep->ab", d2m, a / g[:, None]) + N * (
-            np.einsum("abp,p->ab", d2m, norm) / Gn - np.outer(sn, sn)
-        )
+        s = _scores(d, a, norm, mix)
+        grad = -s.sum(0)
+        if mix is None:
+            m = monomials(d)
+            g = a @ m
+            Gn = norm @ m
+            sn = monomial_gradient(d) @ norm / Gn
+            hess = (s + sn).T @ (s + sn) - np.einsum("abp,ep->ab", d2m, a / g[:, None]) + N * (
+                np.einsum("abp,p->ab", d2m, norm) / Gn - np.outer(sn, sn)
+            )
+        else:
+            hess = s.T @ s  # outer product of scores: positive definite, good near the optimum
         try:
             step = np.linalg.solve(hess, grad)
         except np.linalg.LinAlgError:
@@ -165,7 +217,7 @@ class FitResult:
             self.errors = self.errors[:, 0]
 
 
-def fit_set(a: np.ndarray, norm: np.ndarray, start=None, limits: float = 15.0):
+def fit_set(a: np.ndarray, norm: np.ndarray, mix=None, start=None, limits: float = 15.0):
     """Fit one set from its projections with iminuit (MIGRAD, then HESSE).
 
     Returns ``(values (n,), errors (n,), valid)``.
@@ -174,13 +226,13 @@ def fit_set(a: np.ndarray, norm: np.ndarray, start=None, limits: float = 15.0):
 
     n = next(k for k in range(1, 16) if 1 + k + k * (k + 1) // 2 == norm.size)
     d0 = np.zeros(n) if start is None else np.atleast_1d(np.asarray(start, dtype=np.float64))
-    d0, hess = _newton(a, norm, d0)
+    d0, hess = _newton(a, norm, d0, mix)
     step = np.full(n, 0.05)
     if not np.all(np.isfinite(d0)) or np.any(np.abs(d0) > limits):
         d0 = np.zeros(n)
     elif hess is not None and np.all(np.linalg.eigvalsh(hess) > 0):
         step = np.sqrt(np.diag(np.linalg.inv(hess)))  # the expected error: MIGRAD's best first step
-    m = Minuit(lambda d: nll(d, a, norm), d0, grad=lambda d: nll_grad(d, a, norm))
+    m = Minuit(lambda d: nll(d, a, norm, mix), d0, grad=lambda d: nll_grad(d, a, norm, mix))
     m.errordef = Minuit.LIKELIHOOD
     m.limits = [(-limits, limits)] * n
     m.strategy = 0
@@ -190,17 +242,17 @@ def fit_set(a: np.ndarray, norm: np.ndarray, start=None, limits: float = 15.0):
     return np.array(m.values), np.array(m.errors), bool(m.valid and m.accurate)
 
 
-def fit_sets(table: JTable, sets: np.ndarray, norm: np.ndarray | None = None, progress=None) -> FitResult:
-    """Fit every set of ``sets`` (shape (M, N, 4)); ``norm`` defaults to the generator-level one.
+def fit_sets(table: JTable, sets: np.ndarray, model: PdfModel = GEN, progress=None) -> FitResult:
+    """Fit every set of ``sets`` (shape (M, N, 4)) under ``model`` (default: generator level).
 
-    The per-event work (locating q2, the angular basis, the projections) is done
-    once per set; every likelihood evaluation after that is a dot product.
-    ``progress(k)`` is called after each fitted set.
+    The per-event work (locating q2, the angular basis, the projections, the
+    acceptance and background densities) is done once per set; every likelihood
+    evaluation after that is a dot product. ``progress(k)`` is called after each set.
     """
     sets = np.asarray(sets)
     if sets.ndim != 3 or sets.shape[-1] != 4:
         raise ConfigError(f"sets must have shape (M, N, 4), got {sets.shape}")
-    norm = table.rate_integral() if norm is None else norm
+    norm = normalisation(table, model)
     n = table.n_shifts
     M = sets.shape[0]
     values = np.empty((M, n))
@@ -208,19 +260,27 @@ def fit_sets(table: JTable, sets: np.ndarray, norm: np.ndarray | None = None, pr
     valid = np.empty(M, dtype=bool)
     per_batch = max(1, PROJECT_BATCH_EVENTS // max(1, sets.shape[1]))
     for s0 in range(0, M, per_batch):  # project a batch of sets at once: the per-cell work amortises
-        a_batch = project(table, sets[s0 : s0 + per_batch])
-        for j, a in enumerate(a_batch, start=s0):  # one iteration per *set*; events are vectorised
-            values[j], errors[j], valid[j] = fit_set(a, norm)
+        batch = sets[s0 : s0 + per_batch]
+        a_batch = project(table, batch)
+        mix_batch = model.mixture(batch)
+        for j in range(a_batch.shape[0]):  # one iteration per *set*; events are vectorised
+            mix = None if mix_batch is None else (mix_batch[0][j], mix_batch[1][j])
+            values[s0 + j], errors[s0 + j], valid[s0 + j] = fit_set(a_batch[j], norm, mix)
             if progress is not None:
                 progress(1)
     return FitResult(values, errors, valid)
 
 
 class _Quadrature:
-    """Phase-space quadrature: Gauss-Legendre in q2 (per cell) and cos angles, periodic in chi."""
+    """Phase-space quadrature: Gauss-Legendre in q2 (per cell) and cos angles, periodic in chi.
 
-    def __init__(self, table: JTable, efficiency: Efficiency | None = None, n_q2: int = 3, n_cos: int = 14, n_chi: int = 24):
+    Exact for the generator-level integrands (polynomials in the cosines, trigonometric
+    polynomials in chi, linear in q2 per cell); the Fisher integrand, a ratio, converges fast.
+    """
+
+    def __init__(self, table: JTable, model: PdfModel = GEN, n_q2: int = 3, n_cos: int = 14, n_chi: int = 24):
         self.table = table
+        self.model = model
         x, w = np.polynomial.legendre.leggauss(n_cos)
         chi = (np.arange(n_chi) + 0.5) * (2 * np.pi / n_chi)
         CL, CK, CH = np.meshgrid(x, x, chi, indexing="ij")
@@ -232,53 +292,55 @@ class _Quadrature:
         lo, hi = table.q2[k], table.q2[k + 1]
         self.q2 = ((lo + hi)[:, None] / 2 + (hi - lo)[:, None] / 2 * xq[None, :]).ravel()
         self.w_q2 = ((hi - lo)[:, None] / 2 * wq[None, :]).ravel()
-        self.efficiency = efficiency
 
     def blocks(self, size: int = 64):
-        """Yield (a (P, B, A), weights (B, A)) over blocks of q2 points: G = m(d) @ a."""
+        """Yield (a (P, B, A), weights (B, A), eps (B, A), background (B, A) or None) over q2 blocks."""
         for s in range(0, self.q2.size, size):
             q2 = self.q2[s : s + size]
             k, t = self.table.locate(q2)
             Jp = (1 - t)[None, :, None] * self.table.coef[:, k] + t[None, :, None] * self.table.coef[:, k + 1]
             a = angular.PREFACTOR * Jp @ self.F.T  # (P, B, A)
             w = self.w_q2[s : s + size, None] * self.w_ang[None, :]
-            if self.efficiency is not None:
-                Q = np.broadcast_to(q2[:, None], w.shape)
-                w = w * self.efficiency(Q, *(np.broadcast_to(v[None, :], w.shape) for v in self.ang))
-            yield a, w
+            grid = (np.broadcast_to(q2[:, None], w.shape), *(np.broadcast_to(v[None, :], w.shape) for v in self.ang))
+            eps = self.model.efficiency(*grid) if self.model.efficiency is not None else np.ones_like(w)
+            bkg = self.model.background(*grid) if self.model.has_background else None
+            yield a, w, eps, bkg
 
     def normalisation(self) -> np.ndarray:
-        return sum(np.einsum("pba,ba->p", a, w) for a, w in self.blocks())
+        return sum(np.einsum("pba,ba->p", a, w * eps) for a, w, eps, _ in self.blocks())
 
     def fisher(self, d) -> np.ndarray:
         d = self.table.shifts_array(d)
         m = monomials(d)
         dm = monomial_gradient(d)  # (n, P)
-        n = d.size
-        norm = np.zeros(m.size)
-        acc = np.zeros((n, n))
-        for a, w in self.blocks():
-            G = np.tensordot(m, a, axes=(0, 0))  # (B, A)
-            dG = np.tensordot(dm, a, axes=(1, 0))  # (n, B, A)
-            norm += np.einsum("pba,ba->p", a, w)
-            acc += np.einsum("aij,bij->ab", dG, dG * (w / np.where(G > 0, G, np.inf))[None])
+        norm = self.normalisation() if self.model.efficiency is not None else self.table.rate_integral()
         Gam = norm @ m
         dGam = dm @ norm
-        return acc / Gam - np.outer(dGam, dGam) / Gam**2
+        f = self.model.bkg_fraction if self.model.has_background else 0.0
+        acc = np.zeros((d.size, d.size))
+        for a, w, eps, bkg in self.blocks():
+            G = np.tensordot(m, a, axes=(0, 0))  # (B, A)
+            dG = np.tensordot(dm, a, axes=(1, 0))  # (n, B, A)
+            S = G / Gam
+            dS = dG / Gam - G[None] * dGam[:, None, None] / Gam**2
+            p = (1 - f) * eps * S + (f * bkg if bkg is not None else 0.0)
+            dp = (1 - f) * eps[None] * dS
+            acc += np.einsum("aij,bij->ab", dp, dp * (w / np.where(p > 0, p, np.inf))[None])
+        return acc
 
 
-def fisher_information(table: JTable, shifts, efficiency: Efficiency | None = None) -> np.ndarray:
+def fisher_information(table: JTable, shifts, model: PdfModel = GEN) -> np.ndarray:
     """Fisher information matrix per event at ``shifts``, shape (n, n), by quadrature."""
-    return _Quadrature(table, efficiency).fisher(shifts)
+    return _Quadrature(table, model).fisher(shifts)
 
 
-def sigma_crb(table: JTable, shifts, n_events: int, efficiency: Efficiency | None = None) -> np.ndarray | float:
+def sigma_crb(table: JTable, shifts, n_events: int, model: PdfModel = GEN) -> np.ndarray | float:
     """Cramér–Rao bound on each shift for sets of ``n_events``: ``sqrt(diag(I^-1) / N)``.
 
     A float when the table scans one coefficient, else an array (the others free).
     """
     if n_events <= 0:
         raise ConfigError(f"number of events must be positive, got {n_events}")
-    I = fisher_information(table, shifts, efficiency)
+    I = fisher_information(table, shifts, model)
     s = np.sqrt(np.diag(np.linalg.inv(I)) / n_events)
     return float(s[0]) if s.size == 1 else s
