@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--events-per-set", type=int, required=True, metavar="N", help="events per set")
     fit.add_argument("--sets", type=int, required=True, metavar="M", help="sets per scan point")
     fit.add_argument(
-        "--level", default="gen", choices=("gen", "det", "det_bkg"), help="event level (default: gen)"
+        "--level", default=None, choices=("gen", "det", "det_bkg"), help="event level (default: the dataset's)"
     )
     fit.add_argument("--out", type=Path, metavar="FILE.csv", help="write the per-point table as CSV")
     fit.set_defaults(handler=_cmd_fit)

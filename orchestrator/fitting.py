@@ -45,12 +45,15 @@ def fit_dataset(
     dataset: Path,
     events_per_set: int,
     sets: int,
-    level: str = "gen",
+    level: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Fit ``sets`` sets of ``events_per_set`` events at each point of ``dataset``.
 
     Returns one dict per scan point with the keys :data:`POINT_COLUMNS`.
+    ``level`` defaults to the dataset's own; at ``det`` and ``det_bkg`` the pdf
+    includes the acceptance and the background recorded in the manifest, so the
+    fit and its Cramér–Rao bound stay fair.
     ``progress(n)`` is called with the number of sets fitted, as they finish.
     A point with fewer than ``sets * events_per_set`` events is refused before
     any fit runs.
@@ -58,9 +61,11 @@ def fit_dataset(
     dataset = Path(dataset)
     _positive("--events-per-set", events_per_set)
     _positive("--sets", sets)
+    manifest = read_manifest(dataset)
+    if level is None:
+        level = str(manifest.get("config", {}).get("level", "gen"))
     if level not in LEVELS:
         raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    manifest = read_manifest(dataset)
     if not str(manifest.get("format", "")).startswith("wcscan-events/"):
         raise DatasetError(
             f"{dataset}/manifest.json: not a wcscan event dataset (format {manifest.get('format')!r})"
@@ -81,9 +86,10 @@ def fit_dataset(
                 f"needs {need} ({sets} sets x {events_per_set} events)"
             )
 
-    from kernels import likelihood, metrics, theory
+    from kernels import detector, likelihood, metrics, theory
 
     table = theory.jtable(coefficients, windows)
+    model = detector.DetectorConfig.from_dict(config.get("detector")).pdf_model(level, table.windows)
     rows = []
     for p in points:
         index, dc9_true = p["index"], float(p["shifts"]["dc9"])
@@ -101,11 +107,11 @@ def fit_dataset(
         ).reshape(sets, events_per_set, len(COLUMNS))
 
         log.info("point %d (dc9=%g): fitting %d sets x %d events", index, dc9_true, sets, events_per_set)
-        result = likelihood.fit_sets(table, arr, progress=progress)
+        result = likelihood.fit_sets(table, arr, model, progress=progress)
         n_invalid = int(np.count_nonzero(~np.asarray(result.valid, dtype=bool)))
         if n_invalid:
             log.warning("point %d: %d of %d fits did not converge", index, n_invalid, sets)
-        crb = _scalar(likelihood.sigma_crb(table, [dc9_true], events_per_set))
+        crb = _scalar(likelihood.sigma_crb(table, [dc9_true], events_per_set, model))
         row = metrics.point_metrics(
             np.asarray(result.values),
             np.asarray(result.errors),

@@ -80,7 +80,7 @@ def fake_kernels(monkeypatch):
     _install(monkeypatch, "sampler", sample=fake_sample)
     seen: list[np.ndarray] = []
 
-    def fit_sets(table, arr, progress=None):
+    def fit_sets(table, arr, model=None, progress=None):
         seen.append(arr)
         m = arr.shape[0]
         for _ in range(m):
@@ -89,7 +89,7 @@ def fake_kernels(monkeypatch):
         return types.SimpleNamespace(values=arr[:, :, 0].mean(axis=1), errors=np.ones(m),
                                      valid=np.ones(m, bool))
 
-    def sigma_crb(table, shifts, n):
+    def sigma_crb(table, shifts, n, model=None):
         return np.array([1.0 / np.sqrt(n)])
 
     def point_metrics(values, errors, truth, sigma_crb, n_events):
@@ -98,7 +98,7 @@ def fake_kernels(monkeypatch):
                    mean=float(np.mean(values)), sigma_crb=sigma_crb, extra="ignored")
         return row
 
-    _install(monkeypatch, "likelihood", fit_sets=fit_sets, sigma_crb=sigma_crb)
+    _install(monkeypatch, "likelihood", fit_sets=fit_sets, sigma_crb=sigma_crb, GEN=None, PdfModel=None)
     _install(monkeypatch, "metrics", point_metrics=point_metrics)
     return types.SimpleNamespace(fit_inputs=seen)
 
