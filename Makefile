@@ -27,8 +27,8 @@ test: venv
 
 demo: venv
 	rm -rf demo-out
-	$(WCSCAN) generate --dc9 -1.5,0,1 --events 200000 --seed 1 --out demo-out/events
-	$(WCSCAN) fit --dataset demo-out/events --events-per-set 2000 --sets 50 --out demo-out/fit.csv
+	$(WCSCAN) generate --dc9 -2:1:7 --events 480000 --seed 1 --out demo-out/events
+	$(WCSCAN) fit --dataset demo-out/events --events-per-set 24000 --sets 20 --out demo-out/fit.csv
 
 bench: venv
 	$(WCSCAN) bench generate --json

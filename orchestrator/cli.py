@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--level", default=None, choices=("gen", "det", "det_bkg"), help="event level (default: the dataset's)"
     )
-    fit.add_argument("--out", type=Path, metavar="FILE.csv", help="write the per-point table as CSV")
+    fit.add_argument("--out", type=Path, metavar="FILE.csv", help="write the per-point table as CSV, and its figure beside it (.png)")
     fit.set_defaults(handler=_cmd_fit)
 
     bench = sub.add_parser(
@@ -351,8 +351,14 @@ def _cmd_fit(args) -> int:
         total = args.sets * len(read_manifest(args.dataset).get("points", ()))
     with _progress("fit", total or 0, "sets", _progress_enabled(args) and total) as advance:
         rows = fit_dataset(args.dataset, args.events_per_set, args.sets, level=args.level, progress=advance)
+    plot = None
     if args.out is not None:
+        from orchestrator.plots import plot_fit_summary
+
         write_points_csv(rows, args.out)
+        plot = plot_fit_summary(
+            rows, args.out.with_suffix(".png"), title=f"ML fit, {args.sets} sets x {args.events_per_set} events"
+        )
     out, _ = _consoles()
     from rich import box
 
@@ -363,7 +369,7 @@ def _cmd_fit(args) -> int:
         table.add_row(*(fmt.format(row[c]) for c, _, fmt in _FIT_TABLE_COLUMNS))
     out.print(table)
     if args.out is not None:
-        out.print(f"wrote all {len(POINT_COLUMNS)} columns to {args.out}", soft_wrap=True)
+        out.print(f"wrote all {len(POINT_COLUMNS)} columns to {args.out}, and the figure {plot}", soft_wrap=True)
     return 0
 
 
