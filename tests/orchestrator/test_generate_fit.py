@@ -260,6 +260,7 @@ def test_cli_generate_then_fit_writes_the_csv(tmp_path, fake_kernels, capsys):
         rows = list(csv.DictReader(fh))
     assert [float(r["dc9_true"]) for r in rows] == [-1.0, 0.0, 1.0]
     assert "pull sd" in capsys.readouterr().out
+    assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the figure beside the CSV
 
 
 def test_cli_fit_with_too_few_events_is_one_line_naming_point_and_counts(tmp_path, fake_kernels, capsys):
