@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kernels.errors import WcscanError
 
-__all__ = ["main", "build_parser", "parse_dc9", "parse_window"]
+__all__ = ["main", "build_parser", "parse_dc9", "parse_window", "parse_column_map"]
 
 PROG = "wcscan"
 DEFAULT_WINDOW = (1.1, 6.0)
@@ -121,6 +121,7 @@ _MAIN_EXAMPLES = """\
 examples:
   wcscan generate --dc9 -2:1.1:22 --events 24000 --seed 1 --out out/events
   wcscan fit --dataset out/events --events-per-set 2000 --sets 50 --out out/fit.csv
+  wcscan images --dataset out/events --bins 16 --events-per-image 2000 --images-per-point 10 --out out/images
   wcscan bench generate --json
 
 Run 'wcscan <command> --help' for the options of a command.
@@ -152,7 +153,121 @@ _BENCH_EXAMPLES = """\
 examples:
   wcscan bench generate          # a table of timings
   wcscan bench fit --json        # machine-readable
+  wcscan bench images --json     # voxel images vs scipy binned_statistic_dd
 """
+
+
+_IMAGES_EXAMPLES = """\
+examples:
+  # the seed study's images: 50^3 voxels, 24k events each, 3300 train+val
+  # images per point (20% val) and 900 test images from independent MC
+  wcscan images --dataset out/events --bins 50 --events-per-image 24000 \\
+      --images-per-point 3300 --test-images 900 --out out/images
+
+  # a laptop-sized set: 16^3 voxels
+  wcscan images --dataset out/events --bins 16 --events-per-image 2000 \\
+      --images-per-point 50 --out out/images16
+
+  # streaming: images straight from the sampler, no events stored
+  wcscan images --stream --dc9 -2:1.1:22 --bins 16 --events-per-image 2000 \\
+      --images-per-point 50 --seed 1 --out out/images16
+
+  # your own events (train/val only); map your column names to wcscan's
+  wcscan images --events-file my.parquet --column-map q2=Q2,cos_theta_mu=ctl \\
+      --bins 16 --events-per-image 2000 --images-per-point 10 --out out/mine
+
+--bins 50 --events-per-image 24000 reproduces the seed study. Train and val
+images use disjoint consecutive blocks of each point's events (train first);
+test images come from fresh MC seeded (seed, point, 1000000 + k). The output
+receives split=<train|val|test>/point=NNN.npy, float32 arrays of shape
+(images, 2, B, B, B): channel 0 the mean q2 per voxel (--fill where empty),
+channel 1 the event count; manifest.json is written last.
+"""
+
+
+def parse_column_map(text: str) -> dict[str, str]:
+    """``NAME=COLUMN,...`` (wcscan name = the file's column) as load_events' file -> wcscan map.
+
+    >>> parse_column_map("q2=Q2,cos_theta_mu=ctl")
+    {'Q2': 'q2', 'ctl': 'cos_theta_mu'}
+    """
+    from kernels.dataset import COLUMNS
+
+    mapping: dict[str, str] = {}
+    for item in text.split(","):
+        name, sep, column = (s.strip() for s in item.partition("="))
+        if not sep or not name or not column:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r}: expected NAME=COLUMN, e.g. q2=Q2")
+        if name not in (*COLUMNS, "dc9"):
+            raise argparse.ArgumentTypeError(
+                f"{name!r} is not a wcscan column (one of {', '.join((*COLUMNS, 'dc9'))})"
+            )
+        if column in mapping:
+            raise argparse.ArgumentTypeError(f"column {column!r} is mapped twice")
+        mapping[column] = name
+    return mapping
+
+
+def _add_images_parser(sub, common, fmt) -> None:
+    img = sub.add_parser(
+        "images",
+        parents=[common],
+        help="turn events into a voxel-image dataset (mean q2, occupancy)",
+        description="Bin events in (cos_theta_mu, cos_theta_k, chi) into voxel images with two\n"
+        "channels, the mean q2 and the event count per voxel, and write train, val and\n"
+        "test splits per scan point as memory-mappable .npy files with a manifest.",
+        epilog=_IMAGES_EXAMPLES,
+        formatter_class=fmt,
+        allow_abbrev=False,
+    )
+    src = img.add_argument_group("events (one of)")
+    src.add_argument("--dataset", type=Path, metavar="DIR", help="event dataset from 'wcscan generate'")
+    src.add_argument("--events-file", type=Path, metavar="FILE", help="your own Parquet file of events")
+    src.add_argument(
+        "--stream", action="store_true", help="sample every split straight into images (needs --dc9)"
+    )
+    img.add_argument(
+        "--column-map",
+        type=parse_column_map,
+        metavar="NAME=COL,...",
+        help="with --events-file: wcscan column = the file's column, e.g. q2=Q2,cos_theta_mu=ctl",
+    )
+    img.add_argument("--bins", type=int, required=True, metavar="B", help="bins per angle (50 = seed, 16 = laptop)")
+    img.add_argument("--events-per-image", type=int, required=True, metavar="N", help="events in each image")
+    img.add_argument(
+        "--images-per-point", type=int, metavar="K", help="train + val images per scan point (required unless --stream --events)"
+    )
+    img.add_argument(
+        "--val-fraction", type=float, default=0.2, metavar="F", help="fraction of the K images for val (default: 0.2)"
+    )
+    img.add_argument(
+        "--test-images", type=int, metavar="T", help="test images per point from fresh MC (default: as many as val)"
+    )
+    img.add_argument(
+        "--seed", type=int, metavar="S", help="seed of the sampled MC (default: the dataset's seed, else 0)"
+    )
+    img.add_argument(
+        "--level", default="gen", choices=("gen", "det", "det_bkg"), help="with --dataset: event level (default: gen)"
+    )
+    img.add_argument(
+        "--fill", type=float, default=0.0, metavar="V", help="mean q2 of an empty voxel: a number or nan (default: 0)"
+    )
+    img.add_argument(
+        "--dc9", type=parse_dc9, metavar="SPEC", help="with --stream: scan points, START:STOP:NUM or A,B,..."
+    )
+    img.add_argument(
+        "--q2-window",
+        dest="q2_windows",
+        type=parse_window,
+        action="append",
+        metavar="LO,HI",
+        help="with --stream: q2 window in GeV^2; repeat for several (default: 1.1,6.0)",
+    )
+    img.add_argument(
+        "--events", type=int, metavar="N", help="with --stream: train + val events per point (sets K = N / events-per-image)"
+    )
+    img.add_argument("--out", type=Path, required=True, metavar="DIR", help="new image-dataset directory")
+    img.set_defaults(handler=_cmd_images)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", type=Path, metavar="FILE.csv", help="write the per-point table as CSV, and its figure beside it (.png)")
     fit.set_defaults(handler=_cmd_fit)
 
+    _add_images_parser(sub, common, fmt)
+
     bench = sub.add_parser(
         "bench",
         parents=[common],
@@ -236,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         allow_abbrev=False,
     )
-    bench.add_argument("what", choices=("generate", "fit"), help="which kernel to time")
+    bench.add_argument("what", choices=("generate", "fit", "images"), help="which kernel to time")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.set_defaults(handler=_cmd_bench)
     return parser
@@ -373,10 +490,107 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _images_plan(args):
+    """(source, points, images per point incl. test) of an images command; checks option combinations."""
+    from kernels.errors import ConfigError
+
+    sources = [name for name, on in (("--dataset", args.dataset is not None),
+                                     ("--events-file", args.events_file is not None),
+                                     ("--stream", args.stream)) if on]
+    if len(sources) != 1:
+        raise ConfigError(
+            "give exactly one of --dataset, --events-file, --stream"
+            + (f" (got {', '.join(sources)})" if sources else "")
+        )
+    stream_only = [o for o, v in (("--dc9", args.dc9), ("--q2-window", args.q2_windows), ("--events", args.events)) if v is not None]
+    if not args.stream and stream_only:
+        raise ConfigError(f"{', '.join(stream_only)} only go with --stream")
+    if args.column_map and args.events_file is None:
+        raise ConfigError("--column-map only goes with --events-file")
+    if args.stream and args.events is not None:
+        if args.events_per_image is None or args.events_per_image <= 0 or args.events <= 0:
+            raise ConfigError(f"--events must be a positive integer, got {args.events}")
+        k, rest = divmod(args.events, args.events_per_image)
+        if rest or (args.images_per_point is not None and args.images_per_point != k):
+            raise ConfigError(
+                f"--events {args.events} must be --images-per-point x --events-per-image "
+                f"({args.images_per_point or 'K'} x {args.events_per_image})"
+            )
+        args.images_per_point = k
+    if args.images_per_point is None:
+        raise ConfigError("--images-per-point is required" + (" (or --events with --stream)" if args.stream else ""))
+    return sources[0]
+
+
+def _cmd_images(args) -> int:
+    from rich.table import Table
+
+    from kernels.dataset import load_events, read_manifest
+    from orchestrator.images import build_images, split_counts
+
+    source = _images_plan(args)
+    dataset, info = args.dataset, None
+    if source == "--events-file":
+        import hashlib
+
+        dataset = load_events(args.events_file, args.column_map)
+        info = {"path": str(args.events_file.resolve()),
+                "sha256": hashlib.sha256(args.events_file.read_bytes()).hexdigest(),
+                "column_map": args.column_map or {}}
+    total = 0
+    if args.images_per_point > 0 and 0 <= args.val_fraction < 1:
+        n_train, n_val = split_counts(args.images_per_point, args.val_fraction)
+        n_test = 0 if source == "--events-file" else (n_val if args.test_images is None else max(args.test_images, 0))
+        if source == "--stream":
+            points = len(args.dc9 or ())
+        elif source == "--dataset":
+            points = len(read_manifest(args.dataset).get("points", ()))
+        else:
+            points = len(set(dataset.column("dc9").to_pylist())) if "dc9" in dataset.column_names else 1
+        total = points * (args.images_per_point + n_test)
+    with _progress("images", total, "images", _progress_enabled(args) and total > 0) as advance:
+        manifest = build_images(
+            dataset,
+            args.out,
+            args.bins,
+            args.events_per_image,
+            args.images_per_point,
+            args.val_fraction,
+            progress=advance,
+            test_images=args.test_images,
+            seed=args.seed,
+            level=args.level,
+            fill=args.fill,
+            stream=args.stream,
+            dc9=args.dc9,
+            windows=args.q2_windows,
+            source=info,
+        )
+    out, _ = _consoles()
+    table = Table(title=f"{manifest['bins']}^3 voxels, {manifest['events_per_image']} events per image")
+    for col in ("point", "dc9", "train", "val", "test"):
+        table.add_column(col, justify="right")
+    n_images = 0
+    for p in manifest["points"]:
+        counts = [p["splits"][s]["images"] for s in ("train", "val", "test")]
+        n_images += sum(counts)
+        dc9 = p["shifts"].get("dc9")
+        table.add_row(f"{p['index']:03d}", "-" if dc9 is None else f"{dc9:.4g}", *map(str, counts))
+    out.print(table)
+    size = n_images * 4 * 2 * manifest["bins"] ** 3
+    out.print(f"wrote {n_images} images ({size / 2**30:.3g} GiB) to {args.out}", soft_wrap=True)
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from orchestrator import bench
 
-    result = bench.bench_generate() if args.what == "generate" else bench.bench_fit()
+    if args.what == "images":
+        from orchestrator.bench_images import bench_images
+
+        result = bench_images()
+    else:
+        result = bench.bench_generate() if args.what == "generate" else bench.bench_fit()
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
         return 0
