@@ -65,3 +65,109 @@ def plot_fit_summary(rows: Sequence[Mapping], path: Path, title: str = "") -> Pa
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def _series(evaluation, key):
+    rows = sorted(evaluation.rows, key=lambda r: r["dc9_true"])
+    return np.array([r["dc9_true"] for r in rows]), np.array([r[key] for r in rows], dtype=float), rows
+
+
+def plot_linearity(evaluations, path: Path) -> Path:
+    """mean +- sigma against the truth for every estimator, with y = x."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    allx = np.concatenate([_series(e, "mean")[0] for e in evaluations])
+    lim = [allx.min() - 0.3, allx.max() + 0.3]
+    ax.plot(lim, lim, color="0.6", lw=1, label="y = x")
+    for i, e in enumerate(evaluations):
+        x, mean, _ = _series(e, "mean")
+        _, sig, _ = _series(e, "sigma")
+        ax.errorbar(x + 0.02 * (i - len(evaluations) / 2), mean, yerr=sig, fmt="o", ms=3, capsize=2, label=e.name)
+    ax.set(xlabel="true δC9", ylabel="estimated δC9 (mean ± σ)", title="linearity")
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_sensitivity(evaluations, crb_curve: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
+    """sigma against delta C9 for every estimator, with the sigma_CRB curve."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(*crb_curve, color="k", lw=1.5, label="σ_CRB (Cramér–Rao)")
+    for e in evaluations:
+        x, sig, _ = _series(e, "sigma")
+        ax.plot(x, sig, "o-", ms=3, label=e.name)
+    ax.set(xlabel="true δC9", ylabel="σ(δC9)", title="sensitivity")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_bias(evaluations, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.axhline(0, color="0.6", lw=1)
+    for e in evaluations:
+        x, bias, rows = _series(e, "bias")
+        err = np.array([r["sigma"] / np.sqrt(max(r["n_sets"], 1)) for r in rows])
+        ax.errorbar(x, bias, yerr=err, fmt="o-", ms=3, capsize=2, label=e.name)
+    ax.set(xlabel="true δC9", ylabel="bias (mean − truth)", title="bias")
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_sigma_over_crb(evaluations, path: Path) -> Path:
+    """sigma / sigma_CRB for all estimators on one figure: 1 is optimal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.axhline(1, color="k", lw=1.5, label="Cramér–Rao bound")
+    for e in evaluations:
+        x, r, _ = _series(e, "sigma_over_crb")
+        ax.plot(x, r, "o-", ms=3, label=e.name)
+    ax.set(xlabel="true δC9", ylabel="σ / σ_CRB", title="how close to optimal")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_image_slices(images: np.ndarray, labels: Sequence[float], path: Path) -> Path:
+    """Central cos_theta_K slice of the mean-q2 channel for a few example images."""
+    plt = _pyplot()
+    n = min(len(images), 4)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
+    for ax, img, lab in zip(axes[0], images[:n], labels[:n]):
+        b = img.shape[-1]
+        sl = np.array(img[0, :, b // 2, :], dtype=float)
+        sl[np.array(img[1, :, b // 2, :]) == 0] = np.nan
+        im = ax.imshow(sl.T, origin="lower", extent=[-1, 1, 0, 2 * np.pi], aspect="auto", cmap="viridis")
+        ax.set(xlabel="cos θ_μ", ylabel="χ", title=f"δC9 = {lab:+.2f}")
+        fig.colorbar(im, ax=ax, label="mean q² (GeV²)")
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_training_curves(histories: Mapping[str, Mapping], path: Path) -> Path:
+    """Train and validation loss per epoch for every trained network."""
+    plt = _pyplot()
+    n = max(len(histories), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+    for ax, (name, h) in zip(axes[0], histories.items()):
+        ax.plot(h.get("train_loss", []), label="train")
+        ax.plot(h.get("val_loss", []), label="validation")
+        if h.get("best_epoch") is not None:
+            ax.axvline(h["best_epoch"], color="0.6", ls="--", lw=1, label="best")
+        ax.set(xlabel="epoch", ylabel="loss", title=name)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

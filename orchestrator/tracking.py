@@ -1,0 +1,125 @@
+"""MLflow tracking: a parent run per job, a child run per estimator or trial.
+
+The embedded default is a SQLite store under the job's output directory, with
+artifacts beside it (``OUT/mlflow.db``, ``OUT/mlartifacts/``); ``--tracking-uri``
+or ``MLFLOW_TRACKING_URI`` point anywhere else, an ``mlflow server`` included.
+Open the UI with ``mlflow ui --backend-store-uri sqlite:///OUT/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "wcscan"
+
+
+def default_tracking_uri(out: Path) -> str:
+    return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(out: Path, override: str | None = None) -> str:
+    """``override``, else ``$MLFLOW_TRACKING_URI``, else the SQLite store under ``out``."""
+    return override or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(out)
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"a.b.c": "value"}`` for MLflow params (values as strings, capped)."""
+    out: dict[str, str] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def points_csv(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([repr(float(r[c])) if isinstance(r[c], float) else r[c] for c in columns])
+    return buf.getvalue()
+
+
+class Tracker:
+    """A job's MLflow parent run and its children. Use as a context manager."""
+
+    def __init__(self, out: Path, tracking_uri: str | None = None, experiment: str = EXPERIMENT, run_name: str = "job"):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.out = Path(out)
+        self.uri = resolve_tracking_uri(self.out, tracking_uri)
+        self.experiment = experiment
+        self.run_name = run_name
+        self.parent = None
+
+    def __enter__(self) -> "Tracker":
+        mlflow = self.mlflow
+        mlflow.set_tracking_uri(self.uri)
+        exp = mlflow.get_experiment_by_name(self.experiment)
+        if exp is None:
+            loc = None
+            if self.uri == default_tracking_uri(self.out):  # our own store: artifacts beside it
+                loc = (self.out.resolve() / "mlartifacts").as_uri()
+            self.experiment_id = mlflow.create_experiment(self.experiment, artifact_location=loc)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.parent = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+        return False
+
+    @property
+    def run_id(self) -> str:
+        return self.parent.info.run_id
+
+    @contextlib.contextmanager
+    def child(self, name: str) -> Iterator["Tracker"]:
+        with self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=True):
+            yield self
+
+    # -- logging into the active run -------------------------------------------------
+
+    def params(self, config: Mapping) -> None:
+        items = flatten(config)
+        keys = list(items)
+        for i in range(0, len(keys), 90):  # MLflow's batch limit is 100 params
+            self.mlflow.log_params({k: items[k] for k in keys[i : i + 90]})
+
+    def metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in values.items() if v is not None and v == v}  # drop NaN
+        if clean:
+            self.mlflow.log_metrics(clean, step=step)
+
+    def tags(self, values: Mapping[str, str]) -> None:
+        self.mlflow.set_tags({k: str(v) for k, v in values.items()})
+
+    def text(self, text: str, artifact_file: str) -> None:
+        self.mlflow.log_text(text, artifact_file)
+
+    def artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def model(self, module, name: str = "model") -> None:
+        """Log a torch module's weights (a plain state_dict artifact: loadable without MLflow's torch flavour)."""
+        import tempfile
+
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name}.pt"
+            torch.save(module.state_dict(), path)
+            self.artifact(path, "model")
