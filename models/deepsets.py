@@ -1,0 +1,119 @@
+r"""Deep Sets (Zaheer et al., arXiv:1703.06114): a permutation-invariant regressor on sets of events.
+
+.. math::
+
+    \hat d = \rho\Big(\operatorname{pool}_{e=1}^{N} \phi(f(x_e)),\ \ln N\Big)
+
+- ``f``: :class:`models.features.EventFeatures` (q2, cos_theta_mu, cos_theta_k,
+  cos chi, sin chi, standardised on training events);
+- ``phi``: an MLP per event, to a ``latent``-dimensional vector;
+- pool: the mean (default) or the sum over the events of the set. The mean is
+  bounded whatever N; ``ln N`` is appended to the pooled vector (``log_n=True``)
+  so that one network can know how many events it averaged, i.e. how much to
+  trust the mean, across set sizes;
+- ``rho``: an MLP to one output.
+
+Sets come as a tensor ``(batch, N, 4)``: equal-size sets need no mask. Sets of
+different sizes are padded to the longest and passed with a boolean ``mask``
+``(batch, N)`` (True = real event); padded rows never reach the result
+(:func:`models.data.collate_sets` builds both). For inference on large sets,
+:meth:`DeepSets.forward` takes ``event_chunk``: phi then runs over chunks of
+events and the pooled sums are accumulated, which bounds memory at any N.
+
+>>> import torch
+>>> net = DeepSets(hidden=8, latent=4).eval()
+>>> x = torch.randn(2, 10, 4)
+>>> torch.allclose(net(x), net(x[:, torch.randperm(10)]), atol=1e-5)   # permutation invariant
+True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernels.errors import ConfigError
+from models.features import N_EVENT_VARIABLES, N_FEATURES, EventFeatures, mlp
+
+__all__ = ["POOLS", "DeepSets"]
+
+POOLS = ("mean", "sum")
+
+
+class DeepSets(nn.Module):
+    """Deep Sets regressor; ``hparams`` rebuilds it: ``DeepSets(**net.hparams)``.
+
+    Parameters: ``hidden`` width and ``phi_layers`` hidden layers of phi,
+    ``latent`` size of the pooled vector, ``rho_hidden`` / ``rho_layers`` of rho
+    (``rho_hidden`` defaults to ``hidden``), ``pool`` ("mean" or "sum"),
+    ``log_n`` (append ln N to the pooled vector), ``dropout`` in rho, ``outputs`` (1).
+    """
+
+    def __init__(
+        self,
+        hidden: int = 128,
+        phi_layers: int = 3,
+        latent: int = 128,
+        rho_hidden: int | None = None,
+        rho_layers: int = 3,
+        pool: str = "mean",
+        log_n: bool = True,
+        dropout: float = 0.0,
+        outputs: int = 1,
+    ) -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        if latent < 1 or outputs < 1:
+            raise ConfigError(f"latent and outputs must be >= 1, got {latent}, {outputs}")
+        rho_hidden = hidden if rho_hidden is None else rho_hidden
+        self.hparams = dict(
+            hidden=hidden, phi_layers=phi_layers, latent=latent, rho_hidden=rho_hidden,
+            rho_layers=rho_layers, pool=pool, log_n=log_n, dropout=dropout, outputs=outputs,
+        )
+        self.pool = pool
+        self.log_n = bool(log_n)
+        self.outputs = outputs
+        self.features = EventFeatures()
+        # phi ends in a nonlinearity so that the pooled vector is a sum of features, not of a linear map
+        # (a linear last layer would commute with the pooling and waste capacity).
+        self.phi = nn.Sequential(mlp(N_FEATURES, hidden, phi_layers, latent), nn.ReLU())
+        self.rho = mlp(latent + int(self.log_n), rho_hidden, rho_layers, outputs, dropout=dropout)
+
+    def fit_features(self, events, max_events: int = 1_000_000) -> "DeepSets":
+        """Fit the event standardisation on training events ``(n, 4)``."""
+        self.features.fit(events, max_events=max_events)
+        return self
+
+    def _check(self, x: torch.Tensor, mask: torch.Tensor | None) -> None:
+        if x.ndim != 3 or x.shape[-1] != N_EVENT_VARIABLES:
+            raise ConfigError(f"sets must have shape (batch, N, {N_EVENT_VARIABLES}), got {tuple(x.shape)}")
+        if mask is not None and mask.shape != x.shape[:2]:
+            raise ConfigError(f"mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+
+    def pooled(self, x: torch.Tensor, mask: torch.Tensor | None = None, event_chunk: int | None = None) -> torch.Tensor:
+        """The pooled set representation ``(batch, latent [+ 1])`` that rho reads."""
+        self._check(x, mask)
+        n_events = x.shape[1]
+        step = n_events if not event_chunk else max(1, int(event_chunk))
+        total = None
+        for s in range(0, n_events, step):
+            h = self.phi(self.features(x[:, s : s + step]))
+            if mask is not None:
+                h = h * mask[:, s : s + step, None].to(h.dtype)
+            part = h.sum(dim=1)
+            total = part if total is None else total + part
+        if mask is None:
+            n = torch.full((x.shape[0], 1), float(n_events), dtype=total.dtype, device=total.device)
+        else:
+            n = mask.sum(dim=1, keepdim=True).to(total.dtype)
+            if bool((n < 1).any()):
+                raise ConfigError("every set needs at least one event (a mask row is all False)")
+        pooled = total / n if self.pool == "mean" else total
+        if self.log_n:
+            pooled = torch.cat([pooled, torch.log(n)], dim=1)
+        return pooled
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, event_chunk: int | None = None) -> torch.Tensor:
+        out = self.rho(self.pooled(x, mask, event_chunk))
+        return out.squeeze(-1) if self.outputs == 1 else out

@@ -1,0 +1,218 @@
+r"""One interface for every delta C9 estimator: ``predict(sets) -> (estimates, uncertainties)``.
+
+``sets`` is an array ``(M, N, 4)`` of M sets of N events (columns q2,
+cos_theta_mu, cos_theta_k, chi), the same array for every estimator, so the
+networks and the ML fit are compared on identical events. ``predict`` returns
+the estimates ``(M,)`` and their uncertainties ``(M,)``, or None for an
+estimator that gives none.
+
+- :class:`ResNetEstimator`: voxelises each set with :func:`kernels.images.voxelize`
+  (the images a ResNet trains on), then runs the network; ``predict_images``
+  takes ready-made images;
+- :class:`DeepSetsEstimator`: the Deep Sets network on the raw sets;
+- :class:`EventPosteriorEstimator`: the event-by-event classifier's set
+  posterior: its mean and width (:func:`models.event_classifier.posterior_moments`);
+- :class:`MLFitEstimator`: the unbinned ML fit, :func:`kernels.likelihood.fit_sets`,
+  with HESSE errors.
+
+The network estimators run on the model's device, in eval mode and without
+gradients, a batch of sets at a time; they do not change the model otherwise.
+
+>>> import numpy as np
+>>> from models.deepsets import DeepSets
+>>> est = DeepSetsEstimator(DeepSets(hidden=8, latent=4))
+>>> values, errors = est.predict(np.zeros((3, 5, 4), dtype=np.float32))
+>>> values.shape, errors
+((3,), None)
+>>> isinstance(est, Estimator)
+True
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from kernels.errors import ConfigError
+from kernels.images import voxelize
+from models.event_classifier import EventClassifier, posterior_moments
+from models.features import N_EVENT_VARIABLES
+
+__all__ = [
+    "Estimator",
+    "check_sets",
+    "ResNetEstimator",
+    "DeepSetsEstimator",
+    "EventPosteriorEstimator",
+    "MLFitEstimator",
+]
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    """Anything with a ``name`` and ``predict(sets (M, N, 4)) -> (estimates (M,), uncertainties (M,) | None)``."""
+
+    name: str
+
+    def predict(self, sets) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+def check_sets(sets) -> np.ndarray:
+    """``sets`` as a float32 array ``(M, N, 4)``; anything else is a one-line ConfigError."""
+    arr = np.asarray(sets)
+    if arr.ndim != 3 or arr.shape[-1] != N_EVENT_VARIABLES or arr.shape[1] == 0:
+        raise ConfigError(
+            f"sets must have shape (M, N, {N_EVENT_VARIABLES}) with N >= 1 "
+            f"(q2, cos_theta_mu, cos_theta_k, chi), got {arr.shape}"
+        )
+    return arr.astype(np.float32, copy=False)
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class _Network:
+    """Shared by the network estimators: a model, a batch size, eval-mode inference."""
+
+    def __init__(self, model: nn.Module, batch_size: int, name: str) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.name = name
+
+    def _run(self, fn, n: int) -> np.ndarray:
+        """``fn(start, stop) -> tensor (stop - start,)`` over batches; concatenated as float64."""
+        was_training = self.model.training
+        self.model.eval()
+        out = np.empty(n, dtype=np.float64)
+        try:
+            with torch.inference_mode():
+                for s in range(0, n, self.batch_size):
+                    e = min(n, s + self.batch_size)
+                    out[s:e] = fn(s, e).double().cpu().numpy().reshape(e - s)
+        finally:
+            self.model.train(was_training)
+        return out
+
+
+class ResNetEstimator(_Network):
+    """A ResNet on the voxel images of each set; ``bins`` as trained, ``events_per_image`` the trained N.
+
+    With ``events_per_image`` set, sets of another size are refused (the
+    occupancy channel, and so the network, depends on N); None accepts any N.
+    """
+
+    def __init__(self, model: nn.Module, bins: int, events_per_image: int | None = None,
+                 batch_size: int = 16, name: str = "resnet") -> None:
+        super().__init__(model, batch_size, name)
+        self.bins = int(bins)
+        self.events_per_image = events_per_image
+
+    def images(self, sets) -> np.ndarray:
+        """The voxel images ``(M, 2, B, B, B)`` of the sets, exactly as :meth:`predict` builds them."""
+        s = check_sets(sets)
+        return voxelize(s[..., 1].ravel(), s[..., 2].ravel(), s[..., 3].ravel(), s[..., 0].ravel(),
+                        self.bins, n_images=s.shape[0])
+
+    def _forward(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(_device(self.model))
+        return self.model(x)
+
+    def predict(self, sets) -> tuple[np.ndarray, None]:
+        s = check_sets(sets)
+        if self.events_per_image is not None and s.shape[1] != self.events_per_image:
+            raise ConfigError(
+                f"{self.name} was trained on images of {self.events_per_image} events, got sets of {s.shape[1]}"
+            )
+        return self._run(lambda a, b: self._forward(self.images(s[a:b])), s.shape[0]), None
+
+    def predict_images(self, images) -> tuple[np.ndarray, None]:
+        """Estimates for ready-made images ``(M, C, B, B, B)`` (an array or a memory map)."""
+        if getattr(images, "ndim", None) != 5:
+            raise ConfigError(f"images must have shape (M, C, B, B, B), got {getattr(images, 'shape', None)}")
+        return self._run(lambda a, b: self._forward(images[a:b]), images.shape[0]), None
+
+
+class DeepSetsEstimator(_Network):
+    """A Deep Sets network on each set; phi runs over ``event_chunk`` events at a time (bounded memory)."""
+
+    def __init__(self, model: nn.Module, batch_size: int = 8, event_chunk: int | None = 1 << 15,
+                 name: str = "deepsets") -> None:
+        super().__init__(model, batch_size, name)
+        self.event_chunk = event_chunk
+
+    def predict(self, sets) -> tuple[np.ndarray, None]:
+        s = check_sets(sets)
+        dev = _device(self.model)
+        return self._run(lambda a, b: self.model(torch.from_numpy(s[a:b]).to(dev), event_chunk=self.event_chunk),
+                         s.shape[0]), None
+
+
+class EventPosteriorEstimator(_Network):
+    """The event classifier's set posterior: (posterior mean, posterior width) per set.
+
+    ``method`` and ``fine`` as in :func:`models.event_classifier.posterior_moments`.
+    """
+
+    def __init__(self, model: EventClassifier, method: str = "spline", fine: int = 2001, batch_size: int = 4,
+                 event_chunk: int = 1 << 16, name: str = "event_posterior") -> None:
+        super().__init__(model, batch_size, name)
+        self.method = method
+        self.fine = fine
+        self.event_chunk = event_chunk
+
+    def log_likelihood(self, sets) -> np.ndarray:
+        """The grid log-likelihood ``(M, K)`` of each set (flat prior; see :mod:`models.event_classifier`)."""
+        s = check_sets(sets)
+        dev = _device(self.model)
+        K = self.model.n_classes
+        out = np.empty((s.shape[0], K))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for a in range(0, s.shape[0], self.batch_size):
+                    x = torch.from_numpy(s[a : a + self.batch_size]).to(dev)
+                    out[a : a + x.shape[0]] = self.model.set_log_likelihood(x, event_chunk=self.event_chunk).cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def predict(self, sets) -> tuple[np.ndarray, np.ndarray]:
+        grid = self.model.grid.detach().cpu().numpy()
+        return posterior_moments(grid, self.log_likelihood(sets), method=self.method, fine=self.fine)
+
+
+class MLFitEstimator:
+    """The unbinned ML fit of :func:`kernels.likelihood.fit_sets`: (values, HESSE errors) of one coefficient.
+
+    ``pdf_model`` is the level's :class:`kernels.likelihood.PdfModel` (None: the
+    generator level); ``coefficient`` picks the column when the table scans
+    several. :meth:`fit` returns the whole FitResult, validity flags included.
+    """
+
+    def __init__(self, table, pdf_model=None, coefficient: int = 0, name: str = "ml_fit") -> None:
+        if not 0 <= coefficient < table.n_shifts:
+            raise ConfigError(f"coefficient index {coefficient} out of range for {table.n_shifts} scanned shift(s)")
+        self.table = table
+        self.pdf_model = pdf_model
+        self.coefficient = coefficient
+        self.name = name
+
+    def fit(self, sets):
+        from kernels.likelihood import GEN, fit_sets
+
+        return fit_sets(self.table, check_sets(sets), self.pdf_model if self.pdf_model is not None else GEN)
+
+    def predict(self, sets) -> tuple[np.ndarray, np.ndarray]:
+        res = self.fit(sets)
+        values, errors = np.asarray(res.values), np.asarray(res.errors)
+        if values.ndim == 2:
+            values, errors = values[:, self.coefficient], errors[:, self.coefficient]
+        return values.astype(np.float64), errors.astype(np.float64)
