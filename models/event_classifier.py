@@ -176,7 +176,7 @@ class EventClassifier(nn.Module):
         total = torch.zeros(sets.shape[0], self.n_classes, dtype=torch.float64, device=sets.device)
         step = max(1, int(event_chunk))
         for s in range(0, sets.shape[1], step):
-            lp = torch.log_softmax(self(sets[:, s : s + step]).float(), dim=-1).double() - self.log_prior
+            lp = torch.log_softmax(self(sets[:, s : s + step]).double(), dim=-1) - self.log_prior
             if mask is not None:
                 lp = lp * mask[:, s : s + step, None].to(lp.dtype)
             total += lp.sum(dim=1)
