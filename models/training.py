@@ -90,7 +90,9 @@ class TrainConfig:
     training batch (BatchNorm cannot train on a batch of one) unless the
     dataset is smaller than a batch. ``pct_start`` is the one-cycle warm-up
     fraction; ``plateau_factor`` / ``plateau_patience`` drive the "plateau"
-    schedule; ``min_lr`` floors cosine and plateau.
+    schedule; ``min_lr`` floors cosine and plateau. ``cudnn_benchmark`` lets
+    cuDNN pick the fastest convolution kernels while training on CUDA (the
+    global flag is restored afterwards).
     """
 
     lr: float = 1e-3
@@ -117,6 +119,7 @@ class TrainConfig:
     drop_last: bool = True
     eval_batch_size: int | None = None
     checkpoint_path: str | None = None
+    cudnn_benchmark: bool = True
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -203,20 +206,23 @@ class _Batches:
     """Batches of a dataset in a seeded order: tensor slicing for an in-memory TensorDataset, else a DataLoader."""
 
     def __init__(self, data: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None,
-                 drop_last: bool, num_workers: int, collate_fn, pin_memory: bool) -> None:
+                 drop_last: bool, num_workers: int, collate_fn, device: torch.device, persistent: bool = False) -> None:
         n = len(data)
         self.n = n
         self.drop_last = drop_last and n >= batch_size
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = generator
-        self.tensors = data.tensors if isinstance(data, TensorDataset) else None
+        self.tensors = None
         self.loader = None
-        if self.tensors is None:
+        if isinstance(data, TensorDataset):
+            # In memory already: slice the tensors (on the GPU, once moved there) instead of collating items.
+            self.tensors = tuple(t.to(device) for t in data.tensors) if device.type == "cuda" else data.tensors
+        else:
             self.loader = DataLoader(
                 data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=self.drop_last,
-                num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin_memory,
-                persistent_workers=num_workers > 0,
+                num_workers=num_workers, collate_fn=collate_fn, pin_memory=device.type == "cuda",
+                persistent_workers=persistent and num_workers > 0,
             )
 
     def __len__(self) -> int:
@@ -231,7 +237,7 @@ class _Batches:
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else None
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            idx = order[sl] if order is not None else sl
+            idx = order[sl].to(self.tensors[0].device) if order is not None else sl
             yield tuple(t[idx] for t in self.tensors)
 
 
@@ -261,7 +267,7 @@ def evaluate_loss(model: nn.Module, data: Dataset, config: TrainConfig | None = 
     device = next(model.parameters()).device
     loss_fn = make_loss(cfg.loss)
     batches = _Batches(data, cfg.eval_batch_size or 2 * cfg.batch_size, False, None, False, cfg.num_workers,
-                       _collate_for(data, collate_fn), device.type == "cuda")
+                       _collate_for(data, collate_fn), device)
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -292,6 +298,30 @@ def _save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
         raise
 
 
+def _train_epoch(model, batches, opt, batch_sched, scaler, loss_fn, device: torch.device, cfg: TrainConfig) -> float:
+    """One pass over the training batches; the mean training loss (over samples, in train mode)."""
+    model.train()
+    total = torch.zeros((), dtype=torch.float64, device=device)  # accumulated on the device: no sync per step
+    count = 0
+    for batch in batches:
+        *inputs, target = _to_device(batch, device)
+        with _autocast(device, cfg):
+            out = model(*inputs)
+        loss = loss_fn(out.float(), target)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip is not None:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        if batch_sched is not None:
+            batch_sched.step()
+        total += loss.detach().double() * target.shape[0]
+        count += target.shape[0]
+    return float(total) / max(count, 1)
+
+
 def train(
     model: nn.Module,
     train_data: Dataset,
@@ -311,6 +341,11 @@ def train(
     epoch run; the LR at the end of the epoch), ``best_epoch`` (0-based index into
     those lists), ``best_val_loss``, ``epochs_run``, ``stopped_early``,
     ``device``, ``seconds``.
+
+    The checkpoint at ``config.checkpoint_path`` is a ``torch.save`` dict:
+    ``model`` (class name), ``state_dict``, ``epoch``, ``val_loss``, ``hparams``
+    (the model's ``hparams``, which rebuild it: ``ResNet3d(**hparams)``) and
+    ``config``; it loads with ``torch.load(path)`` (weights only).
     """
     cfg = config or TrainConfig()
     if len(train_data) == 0:
@@ -322,7 +357,7 @@ def train(
     opt = _make_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     batches = _Batches(train_data, cfg.batch_size, True, generator, cfg.drop_last, cfg.num_workers,
-                       _collate_for(train_data, collate_fn), device.type == "cuda")
+                       _collate_for(train_data, collate_fn), device, persistent=True)
     sched = _make_scheduler(opt, cfg, len(batches))
     per_batch = cfg.scheduler in ("cosine", "onecycle")
     use_amp = cfg.amp and device.type == "cuda"
@@ -335,61 +370,48 @@ def train(
     t0 = time.perf_counter()
     log.info("training %s on %s: %d samples, %d batches per epoch", type(model).__name__, device,
              len(train_data), len(batches))
-    for epoch in range(cfg.epochs):
-        model.train()
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        count = 0
-        for batch in batches:
-            *inputs, target = _to_device(batch, device)
-            with _autocast(device, cfg):
-                out = model(*inputs)
-            loss = loss_fn(out.float(), target)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            if per_batch:
-                sched.step()
-            total += loss.detach().double() * target.shape[0]
-            count += target.shape[0]
-        train_loss = float(total) / max(count, 1)
-        if not math.isfinite(train_loss):
-            raise TrainingError(f"the training loss is {train_loss} at epoch {epoch}; lower lr or set grad_clip")
-        val_loss = evaluate_loss(model, val_data, cfg, collate_fn) if val_data is not None else train_loss
-        if not math.isfinite(val_loss):
-            raise TrainingError(f"the validation loss is {val_loss} at epoch {epoch}")
-        if cfg.scheduler == "plateau":
-            sched.step(val_loss)
-        lr = float(opt.param_groups[0]["lr"])
-        hist["train_loss"].append(train_loss)
-        hist["val_loss"].append(val_loss)
-        hist["lr"].append(lr)
-        hist["epochs_run"] = epoch + 1
-        improved = val_loss < hist["best_val_loss"] - cfg.min_delta
-        if improved:
-            hist["best_val_loss"] = val_loss
-            hist["best_epoch"] = epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            since_best = 0
-            if cfg.checkpoint_path:
-                _save_checkpoint(cfg.checkpoint_path, {
-                    "state_dict": best_state, "epoch": epoch, "val_loss": val_loss,
-                    "hparams": copy.deepcopy(getattr(model, "hparams", None)), "config": cfg.to_dict(),
-                })
-        else:
-            since_best += 1
-        log.info("epoch %d: train %.5g, val %.5g, lr %.3g%s", epoch, train_loss, val_loss, lr,
-                 " (best)" if improved else "")
-        if on_epoch is not None:
-            on_epoch(epoch, train_loss, val_loss, lr)
-        if cfg.patience and since_best >= cfg.patience:
-            hist["stopped_early"] = True
-            log.info("early stop after epoch %d: no improvement for %d epochs (best epoch %d)",
-                     epoch, since_best, hist["best_epoch"])
-            break
+    saved_benchmark = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    try:
+        for epoch in range(cfg.epochs):
+            train_loss = _train_epoch(model, batches, opt, sched if per_batch else None, scaler, loss_fn, device, cfg)
+            if not math.isfinite(train_loss):
+                raise TrainingError(f"the training loss is {train_loss} at epoch {epoch}; lower lr or set grad_clip")
+            val_loss = evaluate_loss(model, val_data, cfg, collate_fn) if val_data is not None else train_loss
+            if not math.isfinite(val_loss):
+                raise TrainingError(f"the validation loss is {val_loss} at epoch {epoch}")
+            if cfg.scheduler == "plateau":
+                sched.step(val_loss)
+            lr = float(opt.param_groups[0]["lr"])
+            hist["train_loss"].append(train_loss)
+            hist["val_loss"].append(val_loss)
+            hist["lr"].append(lr)
+            hist["epochs_run"] = epoch + 1
+            improved = val_loss < hist["best_val_loss"] - cfg.min_delta
+            if improved:
+                hist["best_val_loss"] = val_loss
+                hist["best_epoch"] = epoch
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                since_best = 0
+                if cfg.checkpoint_path:
+                    _save_checkpoint(cfg.checkpoint_path, {
+                        "model": type(model).__name__, "state_dict": best_state, "epoch": epoch, "val_loss": val_loss,
+                        "hparams": copy.deepcopy(getattr(model, "hparams", None)), "config": cfg.to_dict(),
+                    })
+            else:
+                since_best += 1
+            log.info("epoch %d: train %.5g, val %.5g, lr %.3g%s", epoch, train_loss, val_loss, lr,
+                     " (best)" if improved else "")
+            if on_epoch is not None:
+                on_epoch(epoch, train_loss, val_loss, lr)
+            if cfg.patience and since_best >= cfg.patience:
+                hist["stopped_early"] = True
+                log.info("early stop after epoch %d: no improvement for %d epochs (best epoch %d)",
+                         epoch, since_best, hist["best_epoch"])
+                break
+    finally:
+        torch.backends.cudnn.benchmark = saved_benchmark
     if best_state is not None:
         model.load_state_dict(best_state)
     hist["seconds"] = time.perf_counter() - t0
