@@ -136,8 +136,18 @@ examples:
   wcscan generate --dc9 -1.5,0,1 --events 200000 \\
       --q2-window 1.1,6.0 --q2-window 15,19 --out out/events
 
-The output directory must be absent or empty. It receives
-level=gen/point=NNN/part-KKKKK.parquet files and, last, manifest.json.
+  # on Ray: 2 local workers, or the cluster at $RAY_ADDRESS / --address
+  wcscan generate --dc9 -2:1.1:22 --events 24000 --workers 2 --out out/events
+  wcscan generate --dc9 -2:1.1:22 --events 24000 --address ray://head:10001 --out out/events
+
+  # detector level with background
+  wcscan generate --dc9 -1:1:5 --events 100000 --level det_bkg --out out/events-det
+
+The output directory receives level=<level>/point=NNN/part-KKKKK.parquet files,
+a progress journal _progress/ and, last, manifest.json. If it already holds
+(part of) a dataset with the same config, the run resumes: finished parts are
+verified and kept, missing ones made; a complete dataset is left as it is. A
+different config is refused, naming the fields that differ.
 """
 
 _FIT_EXAMPLES = """\
@@ -352,7 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="events per Parquet part (default: 1000000)",
     )
-    gen.add_argument("--out", type=Path, required=True, metavar="DIR", help="new dataset directory")
+    gen.add_argument(
+        "--level", default="gen", choices=("gen", "det", "det_bkg"),
+        help="event level: generator, detector, detector + background (default: gen)",
+    )
+    gen.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="Ray workers, one CPU each (default: one per CPU Ray reports; 0: in this process, no Ray)",
+    )
+    gen.add_argument(
+        "--address", default=None, metavar="ADDR",
+        help="join this Ray cluster (default: $RAY_ADDRESS, else start Ray locally)",
+    )
+    gen.add_argument("--out", type=Path, required=True, metavar="DIR",
+                     help="dataset directory: new, empty, or a dataset of the same config to resume")
     gen.set_defaults(handler=_cmd_generate)
 
     fit = sub.add_parser(
@@ -448,12 +471,12 @@ def _fmt(value) -> str:
 def _cmd_generate(args) -> int:
     from rich.table import Table
 
-    from orchestrator.generate import generate_dataset
+    from orchestrator.generate import generate
 
     windows = args.q2_windows or [DEFAULT_WINDOW]
     total = max(args.events, 0) * len(args.dc9)
     with _progress("generate", total, "events", _progress_enabled(args)) as advance:
-        manifest = generate_dataset(
+        result = generate(
             args.out,
             args.dc9,
             args.events,
@@ -461,8 +484,16 @@ def _cmd_generate(args) -> int:
             windows,
             chunk_size=args.chunk_size,
             progress=advance,
+            level=args.level,
+            workers=args.workers,
+            address=args.address,
         )
+    manifest = result.manifest
     out, _ = _consoles()
+    if result.was_complete:
+        out.print(f"{args.out} is complete ({total} events at {len(manifest['points'])} points); "
+                  "nothing to do", soft_wrap=True)
+        return 0
     table = Table()
     for col in ("point", "dc9", "events", "parts", "checksum"):
         table.add_column(col, justify="right" if col != "checksum" else "left")
@@ -472,7 +503,8 @@ def _cmd_generate(args) -> int:
             str(len(p["parts"])), p["checksum"][:12],
         )
     out.print(table)
-    out.print(f"wrote {total} events at {len(manifest['points'])} points to {args.out}", soft_wrap=True)
+    kept = f" (kept {result.parts_kept} finished parts, made {result.parts_made})" if result.parts_kept else ""
+    out.print(f"wrote {total} events at {len(manifest['points'])} points to {args.out}{kept}", soft_wrap=True)
     return 0
 
 

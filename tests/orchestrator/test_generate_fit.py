@@ -154,7 +154,9 @@ def test_same_seed_gives_identical_bytes_whatever_the_order_of_items(tmp_path, f
     assert (tmp_path / "a" / MANIFEST).read_bytes() == (tmp_path / "b" / MANIFEST).read_bytes()
 
 
-def test_failure_midway_leaves_no_manifest_and_no_partitions(tmp_path, fake_kernels, monkeypatch):
+def test_failure_midway_leaves_no_manifest_and_keeps_the_finished_parts_for_a_resume(
+    tmp_path, fake_kernels, monkeypatch
+):
     def sample(table, shifts, n, seed):
         if seed[1] == 1:
             raise RuntimeError("sampler died")
@@ -164,7 +166,18 @@ def test_failure_midway_leaves_no_manifest_and_no_partitions(tmp_path, fake_kern
     out = tmp_path / "ds"
     with pytest.raises(RuntimeError, match="sampler died"):
         generate_dataset(out, [0.0, 1.0], 100, 1, WINDOWS)
-    assert not out.exists()
+    assert not (out / MANIFEST).exists()
+    assert [p.relative_to(out).as_posix() for p in parquet_files(out)] == [
+        "level=gen/point=000/part-00000.parquet"
+    ]
+
+    monkeypatch.setattr(kernels.sampler, "sample", fake_sample)
+    generate_dataset(out, [0.0, 1.0], 100, 1, WINDOWS)
+    generate_dataset(tmp_path / "undisturbed", [0.0, 1.0], 100, 1, WINDOWS)
+    assert [p.read_bytes() for p in parquet_files(out)] == [
+        p.read_bytes() for p in parquet_files(tmp_path / "undisturbed")
+    ]
+    assert (out / MANIFEST).read_bytes() == (tmp_path / "undisturbed" / MANIFEST).read_bytes()
 
 
 def test_failure_midway_keeps_a_pre_existing_empty_output_dir_empty(tmp_path, fake_kernels, monkeypatch):
@@ -253,7 +266,8 @@ def test_points_csv_has_exactly_the_13_columns_in_order(tmp_path):
 
 def test_cli_generate_then_fit_writes_the_csv(tmp_path, fake_kernels, capsys):
     out = tmp_path / "ds"
-    assert main(["generate", "--dc9", "-1:1:3", "--events", "400", "--seed", "2", "--out", str(out)]) == 0
+    assert main(["generate", "--dc9", "-1:1:3", "--events", "400", "--seed", "2", "--workers", "0",
+                 "--out", str(out)]) == 0
     assert main(["fit", "--dataset", str(out), "--events-per-set", "100", "--sets", "4",
                  "--out", str(tmp_path / "fit.csv")]) == 0
     with open(tmp_path / "fit.csv", newline="") as fh:
@@ -265,7 +279,7 @@ def test_cli_generate_then_fit_writes_the_csv(tmp_path, fake_kernels, capsys):
 
 def test_cli_fit_with_too_few_events_is_one_line_naming_point_and_counts(tmp_path, fake_kernels, capsys):
     out = tmp_path / "ds"
-    main(["generate", "--dc9", "0.5", "--events", "100", "--out", str(out)])
+    main(["generate", "--dc9", "0.5", "--events", "100", "--workers", "0", "--out", str(out)])
     capsys.readouterr()
     code = main(["fit", "--dataset", str(out), "--events-per-set", "60", "--sets", "2"])
     err = capsys.readouterr().err
@@ -323,7 +337,9 @@ def test_real_generate_is_byte_identical_for_the_same_seed_and_differs_for_anoth
 
 
 @needs_sampler
-def test_real_generate_interrupted_on_the_second_point_leaves_nothing(tmp_path, monkeypatch):
+def test_real_generate_interrupted_on_the_second_point_leaves_no_manifest_and_only_point_0(
+    tmp_path, monkeypatch
+):
     import kernels.sampler as sampler
 
     real = sampler.sample
@@ -338,7 +354,7 @@ def test_real_generate_interrupted_on_the_second_point_leaves_nothing(tmp_path, 
     with pytest.raises(RuntimeError, match="interrupted"):
         generate_dataset(out, [0.0, 1.0], 2_000, 1, WINDOWS)
     assert not (out / MANIFEST).exists()
-    assert not out.exists()  # no partition directories either
+    assert sorted(p.name for p in (out / "level=gen").iterdir()) == ["point=000"]  # kept for a resume
 
 
 @needs_sampler

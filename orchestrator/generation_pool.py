@@ -1,0 +1,179 @@
+"""A pool of Ray actors that make the parts of event datasets.
+
+Each actor takes one CPU, limits its numerical thread pools to it
+(:func:`~orchestrator.ray_runtime.limit_threads`, first thing in the actor, before
+the kernels are imported), and keeps
+the theory tables it has built (from the on-disk cache of
+:func:`kernels.theory.jtable`), so a table is built once per actor, not once
+per part. The driver hands out :class:`~orchestrator.generate.WorkItem` s one
+at a time to idle actors and collects the results with ``ray.wait`` as they
+finish, so a slow node never holds up the others and the progress bar moves
+as parts land.
+
+Fault tolerance: an actor whose process dies is restarted by Ray and its
+in-flight item retried (``max_restarts`` / ``max_task_retries``); if Ray gives
+up on it, the driver replaces the actor and resubmits the item, up to
+:data:`MAX_ATTEMPTS` times per item. Items are pure functions of their seed,
+so a retried item writes the same bytes.
+
+A pool can run several datasets in turn (the benchmark reuses one, so actor
+start-up is not timed); use it as a context manager, or call :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from kernels.errors import ConfigError, WcscanError
+from orchestrator.ray_runtime import cluster_cpus, init_ray, limit_threads
+
+__all__ = ["GenerationPool", "MAX_ATTEMPTS", "CRASH_ENV"]
+
+log = logging.getLogger(__name__)
+
+#: Times one work item is submitted before the run gives up on it.
+MAX_ATTEMPTS = 4
+#: Seconds without any finished part after which the driver says it is waiting.
+STALL_WARNING_S = 120
+#: Test hook: ``POINT:PART:MARKER`` makes the worker running that item exit
+#: abruptly once (the marker file records that it did, and the dying PID).
+CRASH_ENV = "WCSCAN_TEST_CRASH_ONCE"
+
+
+@ray.remote(max_restarts=3, max_task_retries=3)
+class GenerationWorker:
+    """One generation actor: makes parts, reports where it ran."""
+
+    def __init__(self, crash: str | None = None):
+        from orchestrator.generate import PartMaker
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        self._threads = limit_threads(cpus)
+        self._maker = PartMaker()
+        self._crash = crash
+        self._node = ray.get_runtime_context().get_node_id()
+
+    def where(self) -> dict:
+        return {"node_id": self._node, "pid": os.getpid(), "threads": self._threads}
+
+    def make(self, job, item) -> dict:
+        self._maybe_crash(item)
+        entry = self._maker(job, item)
+        return {"entry": entry, "node_id": self._node, "pid": os.getpid()}
+
+    def _maybe_crash(self, item) -> None:
+        if not self._crash:
+            return
+        point, part, marker = self._crash.split(":", 2)
+        if (item.point, item.part) == (int(point), int(part)) and not os.path.exists(marker):
+            with open(marker, "w") as fh:
+                fh.write(str(os.getpid()))
+            os._exit(1)
+
+
+class GenerationPool:
+    """``workers`` generation actors (default: one per CPU of the Ray cluster)."""
+
+    def __init__(self, workers: int | None = None, address: str | None = None):
+        init_ray(address)
+        cpus = cluster_cpus()
+        if workers is None:
+            workers = cpus
+        if workers > cpus:
+            raise ConfigError(
+                f"--workers {workers} is more than the {cpus} CPU(s) of the Ray cluster; "
+                f"use at most {cpus}, or join a bigger cluster with --address"
+            )
+        self._crash = os.environ.get(CRASH_ENV) or None
+        self._actors = [self._new_actor() for _ in range(workers)]
+        log.info("started %d generation workers", workers)
+
+    @property
+    def size(self) -> int:
+        return len(self._actors)
+
+    def _new_actor(self):
+        return GenerationWorker.options(num_cpus=1).remote(self._crash)
+
+    def warm_up(self) -> list[dict]:
+        """Wait until every actor is up; return where each runs."""
+        return ray.get([a.where.remote() for a in self._actors])
+
+    def run(self, job, items: Iterable, on_done: Callable[[object, dict], None]) -> None:
+        """Make every item of ``job``; call ``on_done(item, result)`` in the driver as each finishes.
+
+        ``result`` is ``{"entry": <manifest entry>, "node_id": ..., "pid": ...}``.
+        Returns when all items are done; the first item that cannot be made
+        raises (a user error as its own one-line exception).
+        """
+        if not self._actors:
+            raise RuntimeError("the generation pool is closed")
+        queue = deque(items)
+        idle = list(self._actors)
+        pending: dict = {}
+        attempts: Counter = Counter()
+        while queue or pending:
+            while queue and idle:
+                item, actor = queue.popleft(), idle.pop()
+                attempts[item] += 1
+                pending[actor.make.remote(job, item)] = (item, actor)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=STALL_WARNING_S)
+            if not ready:
+                free = ray.available_resources().get("CPU", 0)
+                log.warning(
+                    "no part finished in %d s (%d in flight; %g of %d CPUs free in the Ray cluster); "
+                    "workers may be waiting for CPUs held by other jobs",
+                    STALL_WARNING_S, len(pending), free, cluster_cpus(),
+                )
+            for ref in ready:
+                item, actor = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayActorError as err:
+                    if attempts[item] >= MAX_ATTEMPTS:
+                        raise RuntimeError(
+                            f"point {item.point} part {item.part}: worker died {attempts[item]} times; giving up"
+                        ) from err
+                    log.warning(
+                        "worker for point %d part %d died (%s); retrying on a new worker",
+                        item.point, item.part, type(err).__name__,
+                    )
+                    self._replace(actor)
+                    idle.append(self._actors[-1])
+                    queue.appendleft(item)
+                    continue
+                except RayTaskError as err:
+                    if isinstance(err.cause, WcscanError):
+                        raise err.cause from None
+                    raise
+                idle.append(actor)
+                on_done(item, result)
+
+    def _replace(self, actor) -> None:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # already gone
+            pass
+        self._actors.remove(actor)
+        self._actors.append(self._new_actor())
+
+    def close(self) -> None:
+        """Stop the actors (in-flight work is abandoned)."""
+        for actor in self._actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self._actors = []
+
+    def __enter__(self) -> GenerationPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
