@@ -36,7 +36,10 @@ from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 from kernels.errors import ConfigError
 from models.features import N_EVENT_VARIABLES, as_events
 
-__all__ = ["ImageDataset", "image_dataset", "SetDataset", "collate_sets", "EventDataset"]
+__all__ = ["PAD", "ImageDataset", "image_dataset", "collate_sets", "join_mixed_indices", "SetDataset", "EventDataset"]
+
+#: An index entry that stands for no event (``kernels.bootstrap.PAD``).
+PAD = -1
 
 
 class ImageDataset(Dataset):
@@ -91,13 +94,34 @@ def collate_sets(batch):
     return x, mask, y
 
 
+def join_mixed_indices(signal_idx, background_idx, n_signal: int) -> np.ndarray:
+    """One index array into ``concatenate([signal_pool, background_pool])`` from per-pool index arrays.
+
+    ``signal_idx`` ``(S, a)`` and ``background_idx`` ``(S, b)`` index the signal and
+    the background pool (as ``kernels.bootstrap.mixed_set_indices`` returns them,
+    PAD-padded or not); background indices are shifted by ``n_signal``, the size of
+    the signal pool, and PAD entries stay PAD.
+
+    >>> join_mixed_indices(np.array([[0, 1]]), np.array([[2, -1]]), n_signal=10).tolist()
+    [[0, 1, 12, -1]]
+    """
+    sig = np.asarray(signal_idx)
+    bkg = np.asarray(background_idx)
+    if sig.ndim != 2 or bkg.ndim != 2 or sig.shape[0] != bkg.shape[0]:
+        raise ConfigError(f"signal and background indices must be (sets, n) with equal set counts, got {sig.shape}, {bkg.shape}")
+    return np.concatenate([sig, np.where(bkg == PAD, PAD, bkg + n_signal)], axis=1)
+
+
 class SetDataset(Dataset):
     """Sets of events drawn by index from per-point pools -> (events (N, 4) float32, label).
 
     ``pools[p]``: events of point p, shape ``(n_p, 4)`` (columns q2, cos_theta_mu,
     cos_theta_k, chi; a ``(4, n)`` sampler array is passed as ``arr.T``);
     ``labels[p]``: its delta C9; ``indices[p]``: an integer array ``(S_p, N_p)``,
-    row s holding the pool rows of set s. Set sizes may differ between points.
+    row s holding the pool rows of set s. Set sizes may differ between points,
+    and entries equal to :data:`PAD` (-1, as in ``kernels.bootstrap``) are
+    padding, dropped from their set (so sets may differ in size within a point:
+    see :func:`join_mixed_indices` for signal + background sets).
     Batches with :func:`collate_sets` (its ``collate_fn``).
     """
 
@@ -114,8 +138,8 @@ class SetDataset(Dataset):
             idx = np.asarray(idx)
             if idx.ndim != 2 or not np.issubdtype(idx.dtype, np.integer):
                 raise ConfigError(f"indices of pool {p} must be an integer array (sets, N), got {idx.dtype} {idx.shape}")
-            if idx.size and (idx.min() < 0 or idx.max() >= pool.shape[0]):
-                raise ConfigError(f"indices of pool {p} must lie in [0, {pool.shape[0] - 1}]")
+            if idx.size and (idx.min() < PAD or idx.max() >= pool.shape[0]):
+                raise ConfigError(f"indices of pool {p} must lie in [0, {pool.shape[0] - 1}] (or be PAD = {PAD})")
             self.pools.append(pool)
             self.indices.append(idx)
         self.labels = np.asarray(labels, dtype=np.float32)
@@ -130,7 +154,12 @@ class SetDataset(Dataset):
             raise IndexError(i)
         p = int(np.searchsorted(self._ends, i, side="right"))
         s = i - (int(self._ends[p - 1]) if p else 0)
-        events = as_events(self.pools[p][self.indices[p][s]])
+        row = self.indices[p][s]
+        if row.size and row.min() == PAD:
+            row = row[row != PAD]
+            if row.size == 0:
+                raise ConfigError(f"set {s} of pool {p} has no events (all indices are PAD)")
+        events = as_events(self.pools[p][row])
         return torch.from_numpy(np.ascontiguousarray(events)), torch.tensor(self.labels[p])
 
 

@@ -8,7 +8,7 @@ import torch
 
 from kernels.errors import ConfigError
 from kernels.image_dataset import image_file, open_images, write_manifest
-from models.data import EventDataset, ImageDataset, SetDataset, collate_sets, image_dataset
+from models.data import EventDataset, ImageDataset, SetDataset, collate_sets, image_dataset, join_mixed_indices
 from models.deepsets import DeepSets
 from models.training import TrainConfig, evaluate_loss, train
 
@@ -88,3 +88,24 @@ def test_event_dataset_labels_each_pool_with_its_class():
 def test_event_dataset_refuses_a_sampler_array_that_was_not_transposed():
     with pytest.raises(ConfigError, match="transpose"):
         EventDataset(np.zeros((4, 10), np.float32), np.zeros(4, np.int64))  # (4, n): needs .T
+
+
+def test_pad_entries_are_dropped_from_their_set():
+    pool = np.arange(20, dtype=np.float32).reshape(5, 4)
+    ds = SetDataset([pool], [0.0], [np.array([[0, -1, 2, -1], [1, 2, 3, 4]])])
+    assert ds[0][0].tolist() == [pool[0].tolist(), pool[2].tolist()]
+    assert ds[1][0].shape == (4, 4)
+
+
+def test_signal_and_background_sets_from_kernels_bootstrap():
+    from kernels.bootstrap import mixed_set_indices
+
+    signal = np.zeros((60, 4), np.float32)
+    background = np.ones((40, 4), np.float32)
+    mixed = mixed_set_indices(60, 40, 10, 4, 0.3, seed=1, replace=False, fixed_fraction=False)
+    idx = join_mixed_indices(mixed.sig_idx, mixed.bkg_idx, n_signal=60)
+    ds = SetDataset([np.concatenate([signal, background])], [0.5], [idx])
+    for s in range(4):
+        x, _ = ds[s]
+        assert x.shape == (10, 4)  # every set keeps its size; padding is gone
+        assert int(x[:, 0].sum()) == mixed.n_background[s]  # background events are the ones
