@@ -164,6 +164,7 @@ examples:
   wcscan bench generate          # a table of timings
   wcscan bench fit --json        # machine-readable
   wcscan bench images --json     # voxel images vs scipy binned_statistic_dd
+  wcscan bench scan --json       # Ray generation, 1 worker vs 2, seed-study projection
 """
 
 
@@ -410,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         allow_abbrev=False,
     )
-    bench.add_argument("what", choices=("generate", "fit", "images"), help="which kernel to time")
+    bench.add_argument("what", choices=("generate", "fit", "scan", "images"), help="which kernel to time")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.set_defaults(handler=_cmd_bench)
     return parser
@@ -689,6 +690,10 @@ def _cmd_bench(args) -> int:
         from orchestrator.bench_images import bench_images
 
         result = bench_images()
+    elif args.what == "scan":
+        from orchestrator.bench_scan import bench_scan
+
+        result = bench_scan()
     else:
         result = bench.bench_generate() if args.what == "generate" else bench.bench_fit()
     if args.json:

@@ -309,3 +309,20 @@ def test_two_node_cluster_runs_items_on_both_nodes_and_writes_the_same_bytes(tmp
     assert len(report["cluster_nodes"]) == 2
     assert set(report["ran_on"].values()) == set(report["cluster_nodes"])
     assert dataset_bytes(out) == reference
+
+
+# --- benchmark ------------------------------------------------------------------
+
+
+def test_bench_scan_times_1_and_2_workers_on_identical_datasets_and_projects_the_seed_study(free_cpus):
+    from orchestrator.bench_scan import bench_scan
+
+    r = bench_scan(events_per_point=20_000, points=2, chunk_size=10_000)
+    assert r["identical"] is True
+    assert r["seconds_1_worker"] > 0 and r["seconds_2_workers"] > 0
+    assert r["speedup"] == pytest.approx(r["seconds_1_worker"] / r["seconds_2_workers"])
+    assert r["events_per_s"] == pytest.approx(40_000 / r["seconds_2_workers"])
+    assert r["projected_seed_study_hours_16_cores"] == pytest.approx(
+        22 * 3360 * 24_000 / (16 * r["events_per_s_per_core"]) / 3600
+    )
+    assert "linear" in r["projection_note"] and "imag" in r["projection_note"]
