@@ -244,7 +244,8 @@ def validate_events(
     if missing:
         raise DatasetError(
             f"{source}: missing column{'s' if len(missing) > 1 else ''} "
-            f"{', '.join(repr(c) for c in missing)} (has: {', '.join(table.column_names)})"
+            f"{', '.join(repr(c) for c in missing)} ({table.num_rows} rows; has: "
+            f"{', '.join(table.column_names) or 'no columns'})"
         )
     for c in COLUMNS:
         typ = table.schema.field(c).type
@@ -285,22 +286,89 @@ def validate_events(
         raise DatasetError(f"{source}: " + "; ".join(problems))
 
 
+def _root_spec(path: str | os.PathLike) -> tuple[Path, str | None] | None:
+    """``(file, tree or None)`` when ``path`` names a ROOT file (``F.root`` or ``F.root:TREE``), else None.
+
+    >>> [(f.as_posix(), t) for f, t in (_root_spec("a/ev.root:tree"), _root_spec("ev.ROOT"))]
+    [('a/ev.root', 'tree'), ('ev.ROOT', None)]
+    >>> _root_spec("ev.parquet") is None
+    True
+    """
+    text = os.fspath(path)
+    if Path(text).suffix.lower() == ".root":
+        return Path(text), None
+    head, sep, tree = text.rpartition(":")
+    if sep and tree and Path(head).suffix.lower() == ".root" and not Path(text).exists():
+        return Path(head), tree
+    return None
+
+
+def _read_root(path: Path, tree: str | None, label: str) -> pa.Table:
+    """The flat branches of a TTree (or RNTuple) as an Arrow table, via uproot (imported lazily)."""
+    try:
+        import uproot
+    except ImportError:
+        raise DatasetError(
+            f"{label}: reading ROOT files needs uproot: pip install 'wcscan[root]'"
+        ) from None
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    kinds = ("TTree", "ROOT::RNTuple")
+    try:
+        with uproot.open(path) as f:
+            trees = [k for k, cls in f.classnames(cycle=False).items() if cls in kinds]
+            if tree is None:
+                if not trees:
+                    raise DatasetError(f"{path}: no TTree in the file (keys: {', '.join(f.keys(cycle=False)) or 'none'})")
+                tree = trees[0]
+                if len(trees) > 1:
+                    log.warning("%s: %d trees (%s); reading %r - name another as %s:TREE",
+                                path, len(trees), ", ".join(trees), tree, path)
+            elif tree not in trees:
+                raise DatasetError(f"{path}: no TTree {tree!r} (trees: {', '.join(trees) or 'none'})")
+            arrays = f[tree].arrays(library="np")
+    except DatasetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - uproot raises many types (ValueError, OSError, its own)
+        raise DatasetError(f"{label}: cannot read ROOT file ({_one_line(err)})") from None
+    columns, skipped = {}, []
+    for name, arr in arrays.items():
+        arr = np.asarray(arr)
+        if arr.dtype == object or arr.ndim != 1:  # jagged or multi-dimensional: not one number per event
+            skipped.append(name)
+            continue
+        columns[name] = pa.array(arr)
+    if skipped:
+        log.info("%s: skipped %d branch(es) that are not one number per entry: %s", label, len(skipped),
+                 ", ".join(skipped))
+    return pa.table(columns)
+
+
 def load_events(
     path: str | os.PathLike, column_map: Mapping[str, str] | None = None
 ) -> pa.Table:
-    """Read a user's Parquet file of events; rename columns by ``column_map``.
+    """Read a user's file of events; rename columns by ``column_map``.
 
+    Parquet by default. A ROOT file (``FILE.root``, or ``FILE.root:TREE`` to
+    name the tree; else the first TTree of the file) is read with uproot,
+    an optional dependency (``pip install 'wcscan[root]'``), imported only here;
+    its branches holding one number per entry become the columns.
     ``column_map`` maps the file's column names to wcscan's (e.g.
     ``{"costhetal": "cos_theta_mu"}``). Validation is separate
     (:func:`validate_events`). An unreadable file is a one-line DatasetError.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"{path}: no such file")
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as err:
-        raise DatasetError(f"{path}: cannot read Parquet file ({_one_line(err)})") from None
+    root = _root_spec(path)
+    if root is not None:
+        table = _read_root(root[0], root[1], os.fspath(path))
+        path = Path(os.fspath(path))
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise DatasetError(f"{path}: no such file")
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as err:
+            raise DatasetError(f"{path}: cannot read Parquet file ({_one_line(err)})") from None
     if column_map:
         absent = [k for k in column_map if k not in table.column_names]
         if absent:
