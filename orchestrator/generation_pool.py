@@ -16,6 +16,10 @@ up on it, the driver replaces the actor and resubmits the item, up to
 :data:`MAX_ATTEMPTS` times per item. Items are pure functions of their seed,
 so a retried item writes the same bytes.
 
+Workers write their parts straight into the dataset directory, so on a
+cluster of several nodes it must be storage every node sees at the same path
+(NFS or another shared file system).
+
 A pool can run several datasets in turn (the benchmark reuses one, so actor
 start-up is not timed); use it as a context manager, or call :meth:`close`.
 """
@@ -51,10 +55,10 @@ class GenerationWorker:
     """One generation actor: makes parts, reports where it ran."""
 
     def __init__(self, crash: str | None = None):
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        self._threads = limit_threads(cpus)  # before the kernels (and their thread pools) are imported
         from orchestrator.generate import PartMaker
 
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        self._threads = limit_threads(cpus)
         self._maker = PartMaker()
         self._crash = crash
         self._node = ray.get_runtime_context().get_node_id()

@@ -50,9 +50,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
         else:
             log.info("starting a local Ray instance (num_cpus=%s)", num_cpus or "all")
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    context = ray.get_runtime_context()
+    try:
+        gcs_address = ray.get_runtime_context().gcs_address
+    except Exception:  # not available through every kind of connection (e.g. Ray Client)
+        gcs_address = None
     return {
-        "address": getattr(context, "gcs_address", None),
+        "address": gcs_address,
         "cpus": cluster_cpus(),
         "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
     }
