@@ -27,8 +27,7 @@ test: venv
 
 demo: venv
 	rm -rf demo-out
-	$(WCSCAN) generate --dc9 -2:1:7 --events 480000 --seed 1 --out demo-out/events
-	$(WCSCAN) fit --dataset demo-out/events --events-per-set 24000 --sets 20 --out demo-out/fit.csv
+	$(WCSCAN) run --config demo --out demo-out
 
 bench: venv
 	$(WCSCAN) bench generate --json

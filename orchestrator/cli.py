@@ -155,6 +155,17 @@ examples:
   # 50 sets of 2000 events per point; needs >= 100000 events per point
   wcscan fit --dataset out/events --events-per-set 2000 --sets 50 --out out/fit.csv
 
+  # your own events: one point per value of the truth column dc9_gen
+  wcscan fit --events-file my.parquet --column-map q2=Q2,cos_theta_mu=ctl \\
+      --dc9-column dc9_gen --events-per-set 2000 --sets 20
+
+  # a ROOT ntuple (pip install 'wcscan[root]'), all rows at one known truth
+  wcscan fit --events-file my.root:events --dc9-true -0.8 --events-per-set 2000 --sets 20
+
+Sets are consecutive disjoint blocks of each point's events, in stored (file)
+order. Without --dc9-column, --dc9-true or a dc9 column the truth is unknown:
+bias, mse and the pulls are nan and sigma_crb is taken at the mean estimate.
+
 The CSV has one row per point: dc9_true, n_sets, n_events, mean, bias, sigma,
 sigma_left, sigma_right, sigma_crb, sigma_over_crb, mse, pull_mean, pull_width.
 """
@@ -314,6 +325,44 @@ def _add_validate_parser(sub, common, fmt) -> None:
     val.set_defaults(handler=_cmd_validate)
 
 
+_RUN_EXAMPLES = """\
+examples:
+  wcscan run                                   # the demo config into out/demo
+  wcscan run --config gen24k --out out/gen24k  # the generator-level study
+  wcscan run --config my.yaml --tracking-uri http://127.0.0.1:5000
+  wcscan run --config demo --workers 0         # no Ray: generate in this process
+
+Shipped configs: demo, gen24k, det_bkg24k, seed-resnet34 (orchestrator/configs/).
+Writes OUT/report.md, OUT/evaluation/<estimator>/points.csv and OUT/figures/;
+MLflow defaults to sqlite:///OUT/mlflow.db (a parent run, one child per
+estimator). Compare the estimators in the UI:
+  mlflow ui --backend-store-uri sqlite:///$PWD/OUT/mlflow.db
+"""
+
+
+def _add_run_parser(sub, common, fmt) -> None:
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="the whole job: generate, images, train, evaluate against the CRB, MLflow",
+        description="Run the main job of a config: generate events on Ray, build images, train the 3D ResNet, "
+        "Deep Sets and the event-by-event classifier, evaluate them and the ML fit on independent test MC "
+        "beside the Cramer-Rao bound, and track everything in MLflow.",
+        epilog=_RUN_EXAMPLES,
+        formatter_class=fmt,
+        allow_abbrev=False,
+    )
+    run.add_argument("--config", default="demo", metavar="NAME|FILE", help="shipped config name or a YAML file (default: demo)")
+    run.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory (default: out/<config name>)")
+    run.add_argument("--tracking-uri", default=None, metavar="URI",
+                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db)")
+    run.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="generation actors (default: one per CPU; 0: no Ray)")
+    run.add_argument("--address", default=None, metavar="ADDR", help="join this Ray cluster (default: $RAY_ADDRESS or a local one)")
+    run.add_argument("--device", default=None, metavar="DEV", help="torch device for training (default: cuda if available, else cpu)")
+    run.set_defaults(handler=_cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     common = _Parser(add_help=False)
@@ -390,17 +439,41 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         allow_abbrev=False,
     )
-    fit.add_argument("--dataset", type=Path, required=True, metavar="DIR", help="dataset directory")
+    fit_src = fit.add_argument_group("events (one of)")
+    fit_src.add_argument("--dataset", type=Path, metavar="DIR", help="dataset directory from 'wcscan generate'")
+    fit_src.add_argument(
+        "--events-file", metavar="FILE",
+        help="your own events: FILE.parquet, or FILE.root[:TREE] (needs pip install 'wcscan[root]')",
+    )
     fit.add_argument("--events-per-set", type=int, required=True, metavar="N", help="events per set")
     fit.add_argument("--sets", type=int, required=True, metavar="M", help="sets per scan point")
     fit.add_argument(
-        "--level", default=None, choices=("gen", "det", "det_bkg"), help="event level (default: the dataset's)"
+        "--level", default=None, choices=("gen", "det", "det_bkg"),
+        help="event level (default: the dataset's; gen for --events-file)",
+    )
+    fit.add_argument(
+        "--column-map", type=parse_column_map, metavar="NAME=COL,...",
+        help="with --events-file: wcscan column = the file's column, e.g. q2=Q2,cos_theta_mu=ctl",
+    )
+    fit_truth = fit.add_mutually_exclusive_group()
+    fit_truth.add_argument(
+        "--dc9-column", metavar="COL",
+        help="with --events-file: the file's true-dC9 column; one point per value (default: a dc9 column if any)",
+    )
+    fit_truth.add_argument(
+        "--dc9-true", type=lambda t: _finite(t, "--dc9-true"), metavar="VALUE",
+        help="with --events-file: all rows are one point with this true dC9",
+    )
+    fit.add_argument(
+        "--q2-window", dest="q2_windows", type=parse_window, action="append", metavar="LO,HI",
+        help="with --events-file: q2 window of the events in GeV^2; repeat for several (default: 1.1,6.0)",
     )
     fit.add_argument("--out", type=Path, metavar="FILE.csv", help="write the per-point table as CSV, and its figure beside it (.png)")
     fit.set_defaults(handler=_cmd_fit)
 
     _add_images_parser(sub, common, fmt)
     _add_validate_parser(sub, common, fmt)
+    _add_run_parser(sub, common, fmt)
 
     bench = sub.add_parser(
         "bench",
@@ -526,23 +599,43 @@ _FIT_TABLE_COLUMNS = (
 def _cmd_fit(args) -> int:
     from rich.table import Table
 
+    from kernels.errors import ConfigError
     from orchestrator.fitting import POINT_COLUMNS, fit_dataset, write_points_csv
 
-    total = None
-    if args.events_per_set > 0 and args.sets > 0 and (args.dataset / "manifest.json").is_file():
+    if (args.dataset is None) == (args.events_file is None):
+        raise ConfigError("give exactly one of --dataset, --events-file")
+    if args.events_file is None:
+        file_only = [o for o, v in (("--column-map", args.column_map), ("--dc9-column", args.dc9_column),
+                                    ("--dc9-true", args.dc9_true), ("--q2-window", args.q2_windows)) if v is not None]
+        if file_only:
+            raise ConfigError(f"{', '.join(file_only)} only go with --events-file")
+    total, points = None, None
+    if args.events_file is not None:
+        from orchestrator.fitting import fit_events_points, read_events_file
+
+        points = read_events_file(args.events_file, args.column_map, args.q2_windows,
+                                  dc9_column=args.dc9_column, dc9_true=args.dc9_true)
+        total = args.sets * len(points) if args.events_per_set > 0 and args.sets > 0 else None
+    elif args.events_per_set > 0 and args.sets > 0 and (args.dataset / "manifest.json").is_file():
         from kernels.dataset import read_manifest
 
         total = args.sets * len(read_manifest(args.dataset).get("points", ()))
     with _progress("fit", total or 0, "sets", _progress_enabled(args) and total) as advance:
-        rows = fit_dataset(args.dataset, args.events_per_set, args.sets, level=args.level, progress=advance)
+        if points is not None:
+            rows = fit_events_points(points, args.events_per_set, args.sets, args.q2_windows,
+                                     level=args.level or "gen", progress=advance, source=args.events_file)
+        else:
+            rows = fit_dataset(args.dataset, args.events_per_set, args.sets, level=args.level, progress=advance)
     plot = None
     if args.out is not None:
         from orchestrator.plots import plot_fit_summary
 
         write_points_csv(rows, args.out)
-        plot = plot_fit_summary(
-            rows, args.out.with_suffix(".png"), title=f"ML fit, {args.sets} sets x {args.events_per_set} events"
-        )
+        known = [r for r in rows if math.isfinite(r["dc9_true"])]  # the figure plots against the truth
+        if known:
+            plot = plot_fit_summary(
+                known, args.out.with_suffix(".png"), title=f"ML fit, {args.sets} sets x {args.events_per_set} events"
+            )
     out, _ = _consoles()
     from rich import box
 
@@ -553,7 +646,8 @@ def _cmd_fit(args) -> int:
         table.add_row(*(fmt.format(row[c]) for c, _, fmt in _FIT_TABLE_COLUMNS))
     out.print(table)
     if args.out is not None:
-        out.print(f"wrote all {len(POINT_COLUMNS)} columns to {args.out}, and the figure {plot}", soft_wrap=True)
+        figure = f", and the figure {plot}" if plot is not None else " (no figure: the truth is unknown)"
+        out.print(f"wrote all {len(POINT_COLUMNS)} columns to {args.out}{figure}", soft_wrap=True)
     return 0
 
 
@@ -680,6 +774,47 @@ def _cmd_validate(args) -> int:
             f"sigma/sigma_CRB {row['sigma_over_crb']:.3f}, pulls {row['pull_mean']:+.2f} +- {row['pull_width']:.2f}",
             soft_wrap=True,
         )
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from rich import box
+    from rich.table import Table
+
+    from kernels.errors import ConfigError
+    from orchestrator.config import load_config
+    from orchestrator.pipeline import run_job
+    from orchestrator.report import TERMINAL_COLUMNS, summary_header, summary_rows
+
+    cfg = load_config(args.config)
+    if args.device:
+        cfg = cfg.model_copy(update={"device": args.device})
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    out_dir = args.out or Path("out") / cfg.name
+    _, err = _consoles()
+    enabled = _progress_enabled(args)
+
+    def progress(description, total, unit):
+        return _progress(description, total, unit, enabled and total > 0)
+
+    def stage(msg):
+        if not args.quiet:
+            err.print(f"[bold]wcscan run[/bold] {msg}", highlight=False)
+
+    result = run_job(cfg, out_dir, tracking_uri=args.tracking_uri, workers=args.workers, address=args.address,
+                     progress=progress, stage=stage)
+    out, _ = _consoles()
+    ev0 = result.evaluations[0].rows[0]
+    table = Table(title=f"{cfg.name}: {ev0['n_sets']} test sets x {ev0['n_events']} events per point; "
+                  "sigma/sigma_CRB = 1 is optimal", box=box.SIMPLE_HEAD, pad_edge=False)
+    for h in ["estimator"] + summary_header(TERMINAL_COLUMNS):
+        table.add_column(h, justify="right", no_wrap=True)
+    for row in summary_rows(result.evaluations, TERMINAL_COLUMNS):
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"report: {result.report}", soft_wrap=True)
+    out.print(f"MLflow: {result.tracking_uri} (parent run {result.run_id})", soft_wrap=True)
     return 0
 
 

@@ -47,7 +47,7 @@ class TheoryConfig(_Strict):
     def _windows(cls, v):
         from kernels.theory import validate_windows
 
-        return [list(w) for w in validate_windows(v)]
+        return [tuple(w) for w in validate_windows(v)]
 
     @field_validator("coefficients")
     @classmethod

@@ -9,8 +9,6 @@ Open the UI with ``mlflow ui --backend-store-uri sqlite:///OUT/mlflow.db``.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,15 +38,6 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
         else:
             out[key] = str(v)[:6000]
     return out
-
-
-def points_csv(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow([repr(float(r[c])) if isinstance(r[c], float) else r[c] for c in columns])
-    return buf.getvalue()
 
 
 class Tracker:

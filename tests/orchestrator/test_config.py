@@ -19,7 +19,7 @@ def test_shipped_configs_validate(name):
 
 def test_gen24k_matches_its_definition():
     cfg = load_config("gen24k")
-    assert cfg.scan.level == "gen" and cfg.theory.windows == [[1.1, 6.0]]
+    assert cfg.scan.level == "gen" and cfg.theory.windows == [(1.1, 6.0)]
     assert len(cfg.scan.dc9) == 22 and cfg.scan.dc9[0] == -2.0 and cfg.scan.dc9[-1] == pytest.approx(1.1)
     assert cfg.evaluation.events_per_set == 24000
     assert {-2.0, -1.0, -0.82, 0.0, 1.0} <= set(cfg.evaluation.dc9)

@@ -1,0 +1,285 @@
+"""``wcscan run``: the whole job from one config.
+
+generate (Ray) -> images -> train the 3D ResNet, Deep Sets and the event-by-event
+classifier -> evaluate them and the ML fit on independent test MC beside the
+Cramér–Rao bound -> MLflow (a parent run, a child per estimator), figures,
+``OUT/report.md`` and ``OUT/evaluation/<estimator>/points.csv``.
+
+Seed streams (see :mod:`kernels.bootstrap`): generator chunks ``(seed, point,
+chunk)``; Deep Sets training sets by index from the training part of each
+point's events; evaluation sets ``(seed, EVAL_POINT_OFFSET + i, 2*10**6 + k)``,
+fresh MC that no training input shares.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.config import RunConfig
+from orchestrator.evaluation import Evaluation, evaluate
+
+log = logging.getLogger(__name__)
+
+EVAL_POINT_OFFSET = 10_000
+"""Evaluation points are numbered from here in the seed streams, apart from the scan's points."""
+
+TRAIN_FRACTION = 0.8
+"""Share of each point's (non-image) events used for training; the rest validates."""
+
+ProgressFactory = Callable[[str, int, str], contextlib.AbstractContextManager]
+
+
+@contextlib.contextmanager
+def _no_progress(description: str, total: int, unit: str):
+    yield None
+
+
+@dataclass
+class JobResult:
+    out: Path
+    evaluations: list[Evaluation]
+    histories: dict = field(default_factory=dict)
+    report: Path | None = None
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+
+def _train_config(tc, cfg: RunConfig, **override):
+    from models.training import TrainConfig
+
+    kw = tc.model_dump()
+    kw.update(seed=cfg.seed, device=cfg.device, **override)
+    return TrainConfig(**kw)
+
+
+def _pools(events_dir: Path, manifest: dict, level: str) -> list[np.ndarray]:
+    from kernels.dataset import COLUMNS, read_point
+
+    pools = []
+    for p in sorted(manifest["points"], key=lambda p: p["index"]):
+        t = read_point(events_dir, manifest, level, p["index"])
+        pools.append(np.stack([t.column(c).to_numpy() for c in COLUMNS], axis=1).astype(np.float32))
+    return pools
+
+
+class _EpochLogger:
+    """Per-epoch metrics into the active MLflow child run, and a progress tick."""
+
+    def __init__(self, tracker, advance):
+        self.tracker, self.advance = tracker, advance
+
+    def __call__(self, epoch, train_loss, val_loss, lr, *rest):
+        self.tracker.metrics({"train_loss": train_loss, "val_loss": val_loss, "lr": lr}, step=epoch)
+        if self.advance is not None:
+            self.advance(1)
+
+
+def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress):
+    from kernels.image_dataset import open_images
+    from models.data import image_dataset
+    from models.resnet3d import ResNet3d
+    from models.training import train
+
+    rc = cfg.models.resnet3d
+    tr = [open_images(images_dir, "train", p) for p in range(len(grid))]
+    va = [open_images(images_dir, "val", p) for p in range(len(grid))]
+    net = ResNet3d(depth=rc.depth, width=rc.width, dropout=rc.dropout).fit_preprocess(tr)
+    tc = _train_config(rc.train, cfg)
+    with progress("train resnet3d", tc.epochs, "epochs") as adv:
+        hist = train(net, image_dataset(tr, grid), image_dataset(va, grid), tc, on_epoch=_EpochLogger(tracker, adv))
+    return net, hist
+
+
+def _split(pool: np.ndarray, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    pool = pool if n is None else pool[:n]
+    cut = int(TRAIN_FRACTION * len(pool))
+    return pool[:cut], pool[cut:]
+
+
+def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress):
+    from kernels.bootstrap import index_seed, set_indices
+    from models.data import SetDataset
+    from models.deepsets import DeepSets
+    from models.training import train
+
+    dc = cfg.models.deepsets
+    parts = [_split(p) for p in pools]
+    n_val = max(4, dc.sets_per_point // 5)
+    idx_tr = [set_indices(len(t), dc.set_size, dc.sets_per_point, index_seed(cfg.seed, i, 1), replace=True) for i, (t, _) in enumerate(parts)]
+    idx_va = [set_indices(len(v), dc.set_size, n_val, index_seed(cfg.seed, i, 2), replace=True) for i, (_, v) in enumerate(parts)]
+    net = DeepSets(hidden=dc.hidden, phi_layers=dc.phi_layers, latent=dc.hidden, rho_layers=dc.rho_layers, pool=dc.pooling)
+    net.fit_features(np.concatenate([t[:20_000] for t, _ in parts]))
+    tc = _train_config(dc.train, cfg)
+    train_set = SetDataset([t for t, _ in parts], grid, idx_tr)
+    val_set = SetDataset([v for _, v in parts], grid, idx_va)
+    with progress("train deepsets", tc.epochs, "epochs") as adv:
+        hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
+    return net, hist
+
+
+def _train_classifier(cfg: RunConfig, pools, grid, tracker, progress):
+    from models.data import EventDataset
+    from models.event_classifier import EventClassifier
+    from models.training import train
+
+    cc = cfg.models.event_classifier
+    parts = [_split(p, cc.events_per_point) for p in pools]
+    classes = list(range(len(grid)))
+    train_set = EventDataset.from_pools([t for t, _ in parts], classes)
+    val_set = EventDataset.from_pools([v for _, v in parts], classes)
+    net = EventClassifier(grid, hidden=cc.hidden, layers=cc.layers)
+    net.fit_features(train_set.tensors[0].numpy()).set_prior(train_set.classes)
+    tc = _train_config(cc.train, cfg, loss="cross_entropy")
+    with progress("train event classifier", tc.epochs, "epochs") as adv:
+        hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
+    return net, hist
+
+
+def _manifest_checksum(events_dir: Path) -> str:
+    return hashlib.sha256((events_dir / "manifest.json").read_bytes()).hexdigest()
+
+
+def run_job(
+    cfg: RunConfig,
+    out: Path,
+    *,
+    tracking_uri: str | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    progress: ProgressFactory = _no_progress,
+    stage: Callable[[str], None] = lambda msg: log.info(msg),
+) -> JobResult:
+    """Run the job of ``cfg`` into ``out``; see the module docstring."""
+    from kernels import detector, likelihood, theory
+    from kernels.bootstrap import test_sets
+    from models import estimators
+    from orchestrator import plots, report
+    from orchestrator.fitting import write_points_csv
+    from orchestrator.generate import generate
+    from orchestrator.tracking import Tracker
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    windows = [tuple(w) for w in cfg.theory.windows]
+    level = cfg.scan.level
+    grid = [float(d) for d in cfg.scan.dc9]
+    det = detector.DetectorConfig.from_dict(cfg.scan.detector)
+
+    stage(f"generating {len(grid)} points x {cfg.scan.events_per_point} events at level {level}")
+    events_dir = out / "events"
+    with progress("generate", len(grid) * cfg.scan.events_per_point, "events") as adv:
+        manifest = generate(
+            events_dir, grid, cfg.scan.events_per_point, cfg.seed, windows, cfg.scan.chunk_size, adv,
+            level=level, detector=cfg.scan.detector or None, workers=workers if workers is not None else cfg.scan.workers,
+            address=address,
+        ).manifest
+    table = theory.jtable(["C9_bsmumu"], windows)
+    pdf = det.pdf_model(level, table.windows)
+    checksum = _manifest_checksum(events_dir)
+
+    evaluations: list[Evaluation] = []
+    histories: dict = {}
+    with Tracker(out, tracking_uri or cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name=cfg.name) as tracker:
+        tracker.params(cfg.model_dump())
+        tracker.tags({"dataset_manifest_sha256": checksum, "config": cfg.name, "level": level})
+
+        # Independent test MC and the bound, shared by every estimator.
+        ec = cfg.evaluation
+        stage(f"drawing {len(ec.dc9)} x {ec.sets} evaluation sets of {ec.events_per_set} events from independent MC")
+        sets, crb = {}, {}
+        with progress("test MC", len(ec.dc9), "points") as adv:
+            for i, d in enumerate(ec.dc9):
+                sets[d] = test_sets(table, [d], ec.events_per_set, ec.sets, cfg.seed, level, det, point=EVAL_POINT_OFFSET + i).events
+                crb[d] = likelihood.sigma_crb(table, [d], ec.events_per_set, pdf)
+                if adv:
+                    adv(1)
+
+        mc = cfg.models
+        need_pools = (mc.deepsets and mc.deepsets.enabled) or (mc.event_classifier and mc.event_classifier.enabled)
+        pools = _pools(events_dir, manifest, level) if need_pools else None
+        images_dir = out / "images"
+        if mc.resnet3d and mc.resnet3d.enabled:
+            ic = cfg.images
+            stage(f"building {ic.bins}^3 images: {ic.images_per_point} per point of {ic.events_per_image} events")
+            from orchestrator.images import build_images
+
+            if images_dir.exists():  # images are cheap next to training: rebuild rather than trust
+                import shutil
+
+                shutil.rmtree(images_dir)
+            with progress("images", len(grid) * ic.images_per_point, "images") as adv:
+                build_images(events_dir, images_dir, ic.bins, ic.events_per_image, ic.images_per_point, ic.val_fraction,
+                             adv, test_images=1, seed=cfg.seed, level=level)
+
+        # One child run per estimator: its params, training curves, model, evaluation and table.
+        jobs = []  # (name, config section or None, trainer or None, estimator factory)
+        if mc.ml_fit.enabled:
+            jobs.append(("ml_fit", mc.ml_fit, None, lambda net: estimators.MLFitEstimator(table, pdf, name="ml_fit")))
+        if mc.resnet3d and mc.resnet3d.enabled:
+            ic = cfg.images
+            jobs.append(("resnet3d", mc.resnet3d, lambda: _train_resnet(cfg, images_dir, grid, tracker, progress),
+                         lambda net: estimators.ResNetEstimator(net, ic.bins, ic.events_per_image, name="resnet3d")))
+        if mc.deepsets and mc.deepsets.enabled:
+            jobs.append(("deepsets", mc.deepsets, lambda: _train_deepsets(cfg, pools, grid, tracker, progress),
+                         lambda net: estimators.DeepSetsEstimator(net, name="deepsets")))
+        if mc.event_classifier and mc.event_classifier.enabled:
+            jobs.append(("event_posterior", mc.event_classifier, lambda: _train_classifier(cfg, pools, grid, tracker, progress),
+                         lambda net: estimators.EventPosteriorEstimator(net, name="event_posterior")))
+        on_grid = [d for d in ec.dc9 if any(abs(d - g) < 1e-9 for g in grid)]
+        for name, section, trainer, make in jobs:
+            with tracker.child(name):
+                tracker.params(section.model_dump())
+                tracker.tags({"estimator": name, "dataset_manifest_sha256": checksum})
+                net = None
+                if trainer is not None:
+                    stage(f"training {name}")
+                    net, hist = trainer()
+                    histories[name] = hist
+                    tracker.model(net)
+                    tracker.metrics({"best_epoch": hist["best_epoch"], "epochs_run": hist["epochs_run"],
+                                     "train_seconds": hist.get("seconds", float("nan"))})
+                est = make(net)
+                stage(f"evaluating {name} on independent test MC")
+                with progress(f"evaluate {name}", len(ec.dc9), "points") as adv:
+                    ev = evaluate(est, sets, crb, on_grid=on_grid, progress=adv)
+                evaluations.append(ev)
+                path = out / "evaluation" / name / "points.csv"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_points_csv(ev.rows, path)
+                tracker.metrics(ev.summary)
+                tracker.artifact(path, "evaluation")
+
+        stage("figures and report")
+        fig_dir = out / "figures"
+        d_lo, d_hi = min(ec.dc9), max(ec.dc9)
+        dense = np.linspace(d_lo, d_hi, 25)
+        crb_curve = (dense, np.array([likelihood.sigma_crb(table, [d], ec.events_per_set, pdf) for d in dense]))
+        figures = {
+            "linearity": plots.plot_linearity(evaluations, fig_dir / "linearity.png"),
+            "sensitivity": plots.plot_sensitivity(evaluations, crb_curve, fig_dir / "sensitivity.png"),
+            "bias": plots.plot_bias(evaluations, fig_dir / "bias.png"),
+            "sigma_over_crb": plots.plot_sigma_over_crb(evaluations, fig_dir / "sigma_over_crb.png"),
+        }
+        if histories:
+            figures["training_curves"] = plots.plot_training_curves(histories, fig_dir / "training_curves.png")
+        if mc.resnet3d and mc.resnet3d.enabled:
+            from kernels.image_dataset import open_images
+
+            ex = [open_images(out / "images", "train", p)[0] for p in (0, len(grid) // 2, len(grid) - 1)]
+            figures["image_slices"] = plots.plot_image_slices(np.stack(ex), [grid[0], grid[len(grid) // 2], grid[-1]], fig_dir / "image_slices.png")
+        report_path = report.write_report(out, cfg, evaluations, figures, checksum, tracker.uri, tracker.run_id)
+        for f in figures.values():
+            tracker.artifact(f, "figures")
+        tracker.artifact(report_path)
+        for ev in evaluations:  # the parent holds every table too, for side-by-side comparison
+            tracker.artifact(out / "evaluation" / ev.name / "points.csv", f"evaluation/{ev.name}")
+        run_id = tracker.run_id
+        uri = tracker.uri
+    return JobResult(out, evaluations, histories, report_path, run_id, uri)

@@ -1,0 +1,84 @@
+"""A tiny `wcscan run` end to end: MLflow parent and children, points.csv, figures, report."""
+
+import csv
+
+import pytest
+
+from orchestrator.cli import main
+
+TINY = """
+name: tiny
+seed: 3
+scan: {dc9: "-1:1:3", events_per_point: 12000}
+images: {bins: 6, events_per_image: 400, images_per_point: 10, val_fraction: 0.2}
+models:
+  resnet3d: {depth: 10, width: 4, train: {epochs: 1, batch_size: 8}}
+  deepsets: {hidden: 8, phi_layers: 1, rho_layers: 1, set_size: 400, sets_per_point: 6, train: {epochs: 1, batch_size: 4}}
+  event_classifier: {hidden: 8, layers: 1, events_per_point: 3000, train: {epochs: 1, batch_size: 512}}
+evaluation: {dc9: [-1.0, -0.5], sets: 3, events_per_set: 400}
+"""
+
+ESTIMATORS = ["deepsets", "event_posterior", "ml_fit", "resnet3d"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp / "out"
+    code = main(["run", "--config", str(cfg), "--out", str(out), "--workers", "0", "--quiet"])
+    return code, out
+
+
+def test_tiny_run_succeeds_and_writes_the_report(tiny_run):
+    code, out = tiny_run
+    assert code == 0
+    report = (out / "report.md").read_text()
+    for name in ESTIMATORS:
+        assert name in report
+    for fig in ("linearity", "sensitivity", "bias", "sigma_over_crb", "training_curves", "image_slices"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert f"figures/{fig}.png" in report
+
+
+def test_tiny_run_writes_a_points_table_per_estimator(tiny_run):
+    _, out = tiny_run
+    for name in ESTIMATORS:
+        with open(out / "evaluation" / name / "points.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [float(r["dc9_true"]) for r in rows] == [-1.0, -0.5]
+        assert {"sigma_crb", "sigma_over_crb", "mse", "bias"} <= set(rows[0])
+        assert all(float(r["sigma_crb"]) > 0 for r in rows)
+
+
+def test_tiny_run_logs_a_parent_and_one_child_per_estimator(tiny_run):
+    from mlflow.tracking import MlflowClient
+
+    _, out = tiny_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve()}/mlflow.db")
+    exp = client.get_experiment_by_name("wcscan")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.params["scan.events_per_point"] == "12000"
+    assert len(parent.data.tags["dataset_manifest_sha256"]) == 64
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ESTIMATORS
+    for child in children:
+        assert "sigma_over_crb_mean" in child.data.metrics
+        arts = [a.path for a in client.list_artifacts(child.info.run_id, "evaluation")]
+        assert arts == ["evaluation/points.csv"]
+    resnet = next(c for c in children if c.info.run_name == "resnet3d")
+    assert [m.step for m in client.get_metric_history(resnet.info.run_id, "val_loss")] == [0]
+    assert [a.path for a in client.list_artifacts(resnet.info.run_id, "model")] == ["model/model.pt"]
+
+
+def test_a_config_that_does_not_validate_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("events_per_point: 12000", "events_per_point: 0"))
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scan.events_per_point" in err[0]
+    assert not (tmp_path / "o").exists()
