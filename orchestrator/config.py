@@ -119,6 +119,7 @@ class ClassifierConfig(_Strict):
     enabled: bool = True
     hidden: int = Field(128, gt=0)
     layers: int = Field(3, gt=0)
+    head: Literal["quadratic", "grid"] = "quadratic"
     events_per_point: int = Field(gt=0)
     train: TrainConfig = TrainConfig()
 

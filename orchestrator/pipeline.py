@@ -134,7 +134,7 @@ def _train_classifier(cfg: RunConfig, pools, grid, tracker, progress):
     classes = list(range(len(grid)))
     train_set = EventDataset.from_pools([t for t, _ in parts], classes)
     val_set = EventDataset.from_pools([v for _, v in parts], classes)
-    net = EventClassifier(grid, hidden=cc.hidden, layers=cc.layers)
+    net = EventClassifier(grid, hidden=cc.hidden, layers=cc.layers, head=cc.head)
     net.fit_features(train_set.tensors[0].numpy()).set_prior(train_set.classes)
     tc = _train_config(cc.train, cfg, loss="cross_entropy")
     with progress("train event classifier", tc.epochs, "epochs") as adv:

@@ -114,7 +114,8 @@ def test_classifier_learns_gaussian_events_and_its_posterior_tracks_off_grid_tru
     train_set = EventDataset.from_pools([toy_events(d, 6000, rng) for d in grid], [0, 1, 2])
     val_set = EventDataset.from_pools([toy_events(d, 1500, rng) for d in grid], [0, 1, 2])
     seed_everything(0)
-    net = EventClassifier(grid, hidden=32, layers=2).fit_features(train_set.tensors[0].numpy()).set_prior(train_set.classes)
+    # Gaussian events: p(x|d) is not quadratic in d, so this toy needs the free (grid) head.
+    net = EventClassifier(grid, hidden=32, layers=2, head="grid").fit_features(train_set.tensors[0].numpy()).set_prior(train_set.classes)
     hist = train(net, train_set, val_set,
                  TrainConfig(lr=3e-3, batch_size=256, epochs=4, loss="cross_entropy", patience=0))
     assert hist["val_loss"][hist["best_epoch"]] < hist["val_loss"][0] < np.log(3)
@@ -151,3 +152,22 @@ def test_classifier_on_generated_events_orders_off_grid_truths(c9_table):
     assert per_truth[0] < per_truth[1] < per_truth[2]
     assert np.all(np.abs(per_truth - truths) < 0.25)
     assert np.all((width > 0.02) & (width < 0.4))
+
+
+def test_quadratic_head_likelihood_is_smooth_and_equals_the_grid_likelihood_at_grid_values():
+    torch.manual_seed(0)
+    grid = [-2.0, -1.0, 0.0, 1.0]
+    net = EventClassifier(grid, hidden=8, layers=1).eval()
+    sets = torch.randn(3, 50, 4).abs().clamp(max=1.0)
+    on_grid = net.log_likelihood_at(sets, grid)
+    via_softmax = net.set_log_likelihood(sets)
+    # equal up to a constant per set (the per-event softmax normalisation does not depend on d)
+    diff = (on_grid - via_softmax).numpy()
+    np.testing.assert_allclose(diff - diff[:, :1], 0.0, atol=1e-4)  # float32 logits vs float64
+    between = net.log_likelihood_at(sets, [-1.5, 0.5])
+    assert torch.isfinite(between).all()
+
+
+def test_unknown_head_is_refused():
+    with pytest.raises(ConfigError, match="head must be one of"):
+        EventClassifier([0.0, 1.0], head="spline")
