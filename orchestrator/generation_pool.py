@@ -64,7 +64,14 @@ class GenerationWorker:
         self._node = ray.get_runtime_context().get_node_id()
 
     def where(self) -> dict:
-        return {"node_id": self._node, "pid": os.getpid(), "threads": self._threads}
+        """Where this actor runs and how its thread pools are sized."""
+        import pyarrow
+
+        from orchestrator.ray_runtime import THREAD_VARIABLES
+
+        env = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+        return {"node_id": self._node, "pid": os.getpid(), "threads": self._threads,
+                "arrow_threads": pyarrow.cpu_count(), "env": env}
 
     def make(self, job, item) -> dict:
         self._maybe_crash(item)

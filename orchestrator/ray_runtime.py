@@ -93,7 +93,7 @@ def limit_threads(cpus: float | int) -> int:
 
     Sets the variables of :func:`thread_env` (read by libraries imported
     after this call, Polars and torch among them), narrows BLAS/OpenMP pools
-    already loaded (threadpoolctl, when installed), and calls
+    already loaded (threadpoolctl, when installed) and Arrow's CPU pool, and calls
     ``torch.set_num_threads`` if torch is already imported. torch is never
     imported here: if it is imported later, it reads ``OMP_NUM_THREADS``.
     """
@@ -106,6 +106,12 @@ def limit_threads(cpus: float | int) -> int:
         pass
     else:
         threadpool_limits(limits=n)
+    try:
+        import pyarrow
+    except ImportError:  # pragma: no cover - a core dependency
+        pass
+    else:
+        pyarrow.set_cpu_count(n)  # Parquet encoding and compression
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(n)

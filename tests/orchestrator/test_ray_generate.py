@@ -113,6 +113,12 @@ def test_node_ids_are_reported_but_not_written_into_the_dataset(made):
     assert pq.read_schema(out / PARTS[0]).names == ["q2", "cos_theta_mu", "cos_theta_k", "chi", "dc9"]
 
 
+def test_each_worker_sizes_its_thread_pools_to_its_one_cpu(pool):
+    for w in pool.warm_up():
+        assert w["threads"] == 1 and w["arrow_threads"] == 1
+        assert set(w["env"].values()) == {"1"}
+
+
 def ray_node_id() -> str:
     import ray
 
