@@ -62,7 +62,7 @@ class DetectorConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "DetectorConfig":
+    def from_dict(cls, d: dict | None) -> DetectorConfig:
         d = dict(d or {})
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)

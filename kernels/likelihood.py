@@ -26,8 +26,8 @@ computed by quadrature (:func:`fisher_information`), and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -179,7 +179,7 @@ class EventDataset(TensorDataset):
         super().__init__(torch.from_numpy(np.ascontiguousarray(ev)), torch.from_numpy(cls.astype(np.int64)))
 
     @classmethod
-    def from_pools(cls, pools: Sequence, classes: Sequence[int]) -> "EventDataset":
+    def from_pools(cls, pools: Sequence, classes: Sequence[int]) -> EventDataset:
         """Concatenate per-point pools ``(n_p, 4)``, labelling every event of pool p with ``classes[p]``."""
         if len(pools) != len(classes):
             raise ConfigError(f"{len(pools)} pools but {len(classes)} class indices")

@@ -80,7 +80,7 @@ class DeepSets(nn.Module):
         self.phi = nn.Sequential(mlp(N_FEATURES, hidden, phi_layers, latent), nn.ReLU())
         self.rho = mlp(latent + int(self.log_n), rho_hidden, rho_layers, outputs, dropout=dropout)
 
-    def fit_features(self, events, max_events: int = 1_000_000) -> "DeepSets":
+    def fit_features(self, events, max_events: int = 1_000_000) -> DeepSets:
         """Fit the event standardisation on training events ``(n, 4)``."""
         self.features.fit(events, max_events=max_events)
         return self

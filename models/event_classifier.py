@@ -163,13 +163,13 @@ class EventClassifier(nn.Module):
         if head == "quadratic":
             self.norm = nn.Parameter(torch.tensor([0.0, 0.1]))  # Z(d) = (1 + z1 d)^2 + (z2 d)^2; z2 = 0 is a saddle
 
-    def fit_features(self, events, max_events: int = 1_000_000) -> "EventClassifier":
+    def fit_features(self, events, max_events: int = 1_000_000) -> EventClassifier:
         """Fit the event standardisation on training events ``(n, 4)``."""
         self.features.fit(events, max_events=max_events)
         return self
 
     @torch.no_grad()
-    def set_prior(self, labels) -> "EventClassifier":
+    def set_prior(self, labels) -> EventClassifier:
         """Set the prior to the class frequencies of the training events' class indices ``labels``."""
         lab = torch.as_tensor(np.asarray(labels)).long().ravel()
         if lab.numel() == 0 or lab.min() < 0 or lab.max() >= self.n_classes:

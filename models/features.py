@@ -62,7 +62,7 @@ class EventFeatures(nn.Module):
         self.register_buffer("std", torch.ones(N_FEATURES))
 
     @torch.no_grad()
-    def fit(self, events, max_events: int = 1_000_000) -> "EventFeatures":
+    def fit(self, events, max_events: int = 1_000_000) -> EventFeatures:
         """Set ``mean`` and ``std`` from training events ``(n, 4)`` (at most ``max_events``, evenly strided)."""
         arr = as_events(events).reshape(-1, N_EVENT_VARIABLES)
         if arr.shape[0] == 0:

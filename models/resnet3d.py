@@ -71,7 +71,7 @@ class ImagePreprocess(nn.Module):
         self.register_buffer("std", torch.ones(channels))
 
     @torch.no_grad()
-    def fit(self, images, max_images: int = 1024, chunk: int = 16) -> "ImagePreprocess":
+    def fit(self, images, max_images: int = 1024, chunk: int = 16) -> ImagePreprocess:
         """Fit the channel statistics on training images.
 
         ``images``: an array ``(n, C, B, B, B)`` (a memory map is fine; it is read in
@@ -237,7 +237,7 @@ class ResNet3d(nn.Module):
         out = self.head(self.features(x))
         return out.squeeze(-1) if self.outputs == 1 else out
 
-    def fit_preprocess(self, images: np.ndarray | Sequence[np.ndarray], max_images: int = 1024) -> "ResNet3d":
+    def fit_preprocess(self, images: np.ndarray | Sequence[np.ndarray], max_images: int = 1024) -> ResNet3d:
         """Fit the input standardisation on training images (see :meth:`ImagePreprocess.fit`)."""
         self.preprocess.fit(images, max_images=max_images)
         return self

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class Tracker:
         self.run_name = run_name
         self.parent = None
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         mlflow = self.mlflow
         mlflow.set_tracking_uri(self.uri)
         exp = mlflow.get_experiment_by_name(self.experiment)
@@ -76,7 +76,7 @@ class Tracker:
         return self.parent.info.run_id
 
     @contextlib.contextmanager
-    def child(self, name: str) -> Iterator["Tracker"]:
+    def child(self, name: str) -> Iterator[Tracker]:
         with self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=True):
             yield self
 

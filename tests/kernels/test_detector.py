@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels import detector, likelihood, sampler
+from kernels import detector, likelihood
 from kernels.errors import ConfigError
 
 COLS = ["q2", "cos_theta_mu", "cos_theta_k", "chi"]
