@@ -289,6 +289,9 @@ def _add_images_parser(sub, common, fmt) -> None:
         "--events", type=int, metavar="N", help="with --stream: train + val events per point (sets K = N / events-per-image)"
     )
     img.add_argument("--out", type=Path, required=True, metavar="DIR", help="new image-dataset directory")
+    img.add_argument("--workers", type=int, default=0, metavar="N",
+                     help="Ray tasks in flight, one per (point, split) (default 0: in this process)")
+    img.add_argument("--address", default=None, metavar="ADDR", help="join this Ray cluster (with --workers)")
     img.set_defaults(handler=_cmd_images)
 
 
@@ -723,6 +726,8 @@ def _cmd_images(args) -> int:
             level=args.level,
             fill=args.fill,
             stream=args.stream,
+            workers=args.workers,
+            address=args.address,
             dc9=args.dc9,
             windows=args.q2_windows,
             source=info,

@@ -281,6 +281,43 @@ def build_point_split(
     }
 
 
+def _ray_build_point_split(out: str, task: SplitTask, cpus: int) -> dict:
+    """The Ray task: one (point, split), with the numerical thread pools limited to its CPUs."""
+    from orchestrator.ray_runtime import limit_threads
+
+    limit_threads(cpus)
+    return build_point_split(out, task)
+
+
+def _build_on_ray(out: Path, tasks, progress, workers: int | None, address: str | None) -> dict:
+    """One Ray task per (point, split), at most ``workers`` in flight (None: one per CPU of the cluster).
+
+    The output must be on storage every node sees. Each task writes its own file;
+    the driver collects the manifest entries, so the bytes equal an in-process build.
+    """
+    import ray
+
+    from orchestrator.ray_runtime import cluster_cpus, init_ray
+
+    init_ray(address)
+    limit = workers or cluster_cpus()
+    remote = ray.remote(num_cpus=1, max_retries=2)(_ray_build_point_split)
+    pending: dict = {}
+    entries: dict[tuple[int, str], dict] = {}
+    todo = list(tasks)
+    while todo or pending:
+        while todo and len(pending) < limit:
+            task = todo.pop(0)
+            pending[remote.remote(str(out), task, 1)] = task
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            task = pending.pop(ref)
+            entries[task.point, task.split] = ray.get(ref)
+            if progress is not None:
+                progress(task.images)
+    return entries
+
+
 # --- planning -------------------------------------------------------------------
 
 
@@ -628,16 +665,23 @@ def build_images(
     few events at a point is a one-line DatasetError naming the point and the
     counts. ``progress(n)`` is called with the number of images after each batch.
     """
+    workers = options.pop("workers", 0)
+    address = options.pop("address", None)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ConfigError(f"workers must be an integer >= 0 or None, got {workers!r}")
     plan = plan_build(dataset, out, bins, events_per_image, images_per_point, val_fraction, **options)
     out = plan.out
     created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
         entries: dict[tuple[int, str], dict] = {}
-        for task in plan.tasks:
-            if task.split == "train":
-                log.info("point %d: building images", task.point)
-            entries[task.point, task.split] = build_point_split(out, task, progress)
+        if workers == 0:
+            for task in plan.tasks:
+                if task.split == "train":
+                    log.info("point %d: building images", task.point)
+                entries[task.point, task.split] = build_point_split(out, task, progress)
+        else:
+            entries = _build_on_ray(out, plan.tasks, progress, workers, address)
         manifest = {
             **plan.header,
             "points": [

@@ -216,7 +216,8 @@ def run_job(
                 shutil.rmtree(images_dir)
             with progress("images", len(grid) * ic.images_per_point, "images") as adv:
                 build_images(events_dir, images_dir, ic.bins, ic.events_per_image, ic.images_per_point, ic.val_fraction,
-                             adv, test_images=1, seed=cfg.seed, level=level)
+                             adv, test_images=1, seed=cfg.seed, level=level,
+                             workers=workers if workers is not None else cfg.scan.workers, address=address)
 
         # One child run per estimator: its params, training curves, model, evaluation and table.
         jobs = []  # (name, config section or None, trainer or None, estimator factory)

@@ -394,3 +394,19 @@ def test_cli_bench_images_prints_json(capsys, monkeypatch):
     result = json.loads(capsys.readouterr().out)
     for key in ("ours_events_per_s_per_core", "baseline_events_per_s_per_core", "ratio"):
         assert result[key] > 0
+
+
+def test_images_built_by_ray_tasks_per_point_and_split_equal_the_in_process_build(tmp_path, ray_local):
+    """Parallel Ray tasks, one per (point, split), write the same bytes as the in-process build."""
+    from kernels import theory
+    from orchestrator.generate import generate_dataset
+    from orchestrator.images import build_images
+
+    theory.jtable(["C9_bsmumu"], [(1.1, 6.0)])  # warm the disk cache for the workers
+    events = tmp_path / "ev"
+    generate_dataset(events, [-1.0, 0.5], 6000, 7, [(1.1, 6.0)], chunk_size=3000)
+    local = build_images(events, tmp_path / "local", 6, 500, 8, 0.25, test_images=2)
+    on_ray = build_images(events, tmp_path / "ray", 6, 500, 8, 0.25, test_images=2, workers=2)
+    assert on_ray == local
+    for f in sorted((tmp_path / "local").rglob("*.npy")):
+        assert f.read_bytes() == (tmp_path / "ray" / f.relative_to(tmp_path / "local")).read_bytes()
