@@ -1,0 +1,84 @@
+"""Search spaces of the Tune sweeps, as plain dicts of Ray Tune samplers.
+
+Each function returns a fresh ``param_space`` for :class:`ray.tune.Tuner`:
+hyperparameters only. Data (dataset paths, set sizes, epochs) reach the
+trainable through :func:`tune.trainables.make_trainable`, never through the
+config. ``tiny=True`` gives a space of tiny networks for tests and smoke runs.
+
+Every sampler here (``choice``, ``loguniform``, ``uniform``) is understood by
+both the random search and the Optuna searcher.
+
+>>> sorted(deepsets_space(tiny=True))
+['batch_size', 'hidden', 'lr', 'phi_layers', 'pool', 'rho_hidden', 'rho_layers']
+>>> resnet_space()["depth"].categories
+[10, 18, 34]
+"""
+
+from __future__ import annotations
+
+from ray import tune
+
+__all__ = ["MODELS", "resnet_space", "deepsets_space", "space_for"]
+
+MODELS = ("resnet3d", "deepsets")
+
+
+def resnet_space(tiny: bool = False) -> dict:
+    """The 3D ResNet: architecture (depth, width, dropout), voxel bins, and the optimiser."""
+    if tiny:
+        return {
+            "depth": 10,
+            "width": tune.choice([2, 4]),
+            "bins": tune.choice([4, 6]),
+            "dropout": tune.uniform(0.0, 0.5),
+            "lr": tune.loguniform(1e-3, 1e-2),
+            "batch_size": tune.choice([4, 8]),
+            "weight_decay": tune.loguniform(1e-5, 1e-2),
+            "optimizer": "adamw",
+            "loss": "mae",
+        }
+    return {
+        "depth": tune.choice([10, 18, 34]),
+        "width": tune.choice([16, 32, 64]),
+        "bins": tune.choice([16, 24, 32, 50]),
+        "dropout": tune.uniform(0.0, 0.6),
+        "lr": tune.loguniform(1e-4, 1e-2),
+        "batch_size": tune.choice([16, 32, 64]),
+        "weight_decay": tune.loguniform(1e-6, 1e-2),
+        "optimizer": tune.choice(["adamw", "sgd"]),
+        "loss": tune.choice(["mae", "mse"]),
+    }
+
+
+def deepsets_space(tiny: bool = False) -> dict:
+    """Deep Sets: widths and depths of phi and rho, the pooling, and the optimiser."""
+    if tiny:
+        return {
+            "hidden": tune.choice([4, 8]),
+            "phi_layers": 1,
+            "rho_hidden": tune.choice([4, 8]),
+            "rho_layers": 1,
+            "pool": tune.choice(["mean", "sum"]),
+            "lr": tune.loguniform(1e-3, 1e-2),
+            "batch_size": tune.choice([4, 8]),
+        }
+    return {
+        "hidden": tune.choice([32, 64, 128, 256]),
+        "phi_layers": tune.choice([2, 3, 4]),
+        "rho_hidden": tune.choice([32, 64, 128]),
+        "rho_layers": tune.choice([1, 2, 3]),
+        "pool": tune.choice(["mean", "sum"]),
+        "lr": tune.loguniform(1e-4, 1e-2),
+        "batch_size": tune.choice([16, 32, 64]),
+    }
+
+
+def space_for(model: str, tiny: bool = False) -> dict:
+    """The space of ``model`` ("resnet3d" or "deepsets")."""
+    from kernels.errors import ConfigError
+
+    if model == "resnet3d":
+        return resnet_space(tiny)
+    if model == "deepsets":
+        return deepsets_space(tiny)
+    raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
