@@ -1,0 +1,13 @@
+"""A tiny event dataset shared by the Tune tests (3 points x 3000 events, generated without Ray)."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    from orchestrator.generate import generate
+
+    root = tmp_path_factory.mktemp("tune-data") / "events"
+    generate(root, [-1.0, 0.0, 1.0], 3000, 5, [(1.1, 6.0)], chunk_size=3000, workers=0)
+    return root
+

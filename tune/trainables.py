@@ -1,0 +1,250 @@
+"""The Tune trainable: a plain function of a config dict that trains one network.
+
+:func:`make_trainable` binds a :class:`DataSpec` (dataset paths and fixed
+settings: never arrays) to :func:`train_trial`; Tune calls the result with the
+trial's hyperparameters (see :mod:`tune.spaces`). Each trial
+
+1. sets torch's threads to the CPUs Tune gave it;
+2. reads its data from the event dataset (``wcscan generate``) and, for the
+   ResNet, the image dataset (``wcscan images``) when one is given, else it
+   voxelises events into images of the trial's ``bins``;
+3. builds the model, trains it with :func:`models.training.train`, and after
+   every epoch calls ``tune.report({"val_loss", "train_loss", "lr", "epoch"},
+   checkpoint=...)`` with the weights in ``model.pt``;
+4. resumes from ``tune.get_checkpoint()`` when Tune restarts it (a retry after a
+   failure, or ``Tuner.restore``): weights back, remaining epochs only.
+
+Test hook: ``DataSpec.crash_once`` (set by :func:`tune.tuner.run_sweep` from
+``$WCSCAN_TUNE_CRASH_ONCE``) names a marker file; the first trial to finish an
+epoch while it is absent creates it and raises, so that retries can be tested.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kernels.errors import ConfigError
+
+__all__ = ["DataSpec", "CHECKPOINT_FILE", "load_grid", "build_model", "train_config", "train_trial", "make_trainable"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "model.pt"
+TRAIN_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a trial trains on, and the settings every trial of a sweep shares."""
+
+    model: str
+    dataset: str
+    images: str | None = None
+    epochs: int = 10
+    patience: int = 5
+    seed: int = 0
+    set_size: int = 2000
+    sets_per_point: int = 150
+    events_per_image: int = 2000
+    images_per_point: int = 120
+    device: str | None = None
+    crash_once: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in ("resnet3d", "deepsets"):
+            raise ConfigError(f"model must be resnet3d or deepsets, got {self.model!r}")
+        if not (Path(self.dataset) / "manifest.json").is_file():
+            raise ConfigError(f"{self.dataset}: not an event dataset (no manifest.json); make one with wcscan generate")
+        if self.images is not None and not (Path(self.images) / "manifest.json").is_file():
+            raise ConfigError(f"{self.images}: not an image dataset (no manifest.json); make one with wcscan images")
+        for name in ("epochs", "set_size", "sets_per_point", "events_per_image", "images_per_point"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "crash_once"}
+
+
+# --- data -------------------------------------------------------------------------
+
+
+def load_grid(dataset: str | os.PathLike) -> tuple[dict, list[float]]:
+    """The event dataset's manifest and its delta C9 per point (in index order)."""
+    from kernels.dataset import read_manifest
+
+    manifest = read_manifest(dataset)
+    points = sorted(manifest["points"], key=lambda p: p["index"])
+    return manifest, [float(p["shifts"]["dc9"]) for p in points]
+
+
+def _pools(dataset: str, manifest: dict) -> list[np.ndarray]:
+    from kernels.dataset import COLUMNS, read_point
+
+    level = manifest["config"].get("level", "gen")
+    pools = []
+    for p in sorted(manifest["points"], key=lambda p: p["index"]):
+        t = read_point(dataset, manifest, level, p["index"])
+        pools.append(np.stack([t.column(c).to_numpy() for c in COLUMNS], axis=1).astype(np.float32))
+    return pools
+
+
+def _split(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    cut = int(TRAIN_FRACTION * len(pool))
+    return pool[:cut], pool[cut:]
+
+
+def _image_arrays(spec: DataSpec, config: dict, manifest: dict, grid: list[float]):
+    """(train arrays, val arrays, bins): one array of images per point."""
+    if spec.images is not None:
+        from kernels.image_dataset import open_images, read_image_manifest
+
+        im = read_image_manifest(spec.images)
+        n = len(im["points"])
+        if n != len(grid):
+            raise ConfigError(f"{spec.images} has {n} points, the event dataset {len(grid)}")
+        tr = [open_images(spec.images, "train", p, im) for p in range(n)]
+        va = [open_images(spec.images, "val", p, im) for p in range(n)]
+        return tr, va, int(im["bins"])
+    from kernels.images import voxelize
+
+    bins = int(config.get("bins", 16))
+    tr, va = [], []
+    for pool in _pools(spec.dataset, manifest):
+        n_img = min(spec.images_per_point, len(pool) // spec.events_per_image)
+        if n_img < 2:
+            raise ConfigError(f"a point holds {len(pool)} events: too few for 2 images of {spec.events_per_image}")
+        n_val = max(1, n_img // 5)
+        ev = pool[: n_img * spec.events_per_image]
+        imgs = voxelize(ev[:, 1], ev[:, 2], ev[:, 3], ev[:, 0], bins, n_images=n_img)
+        tr.append(imgs[n_val:])
+        va.append(imgs[:n_val])
+    return tr, va, bins
+
+
+def _datasets(spec: DataSpec, config: dict):
+    """(model, train dataset, val dataset, extra) for a trial; ``extra`` goes into the checkpoint."""
+    manifest, grid = load_grid(spec.dataset)
+    if spec.model == "resnet3d":
+        from models.data import image_dataset
+        from models.resnet3d import ResNet3d
+
+        tr, va, bins = _image_arrays(spec, config, manifest, grid)
+        net = ResNet3d(depth=int(config.get("depth", 10)), width=int(config.get("width", 16)),
+                       dropout=float(config.get("dropout", 0.5))).fit_preprocess(tr)
+        events_per_image = spec.events_per_image
+        if spec.images is not None:
+            from kernels.image_dataset import read_image_manifest
+
+            events_per_image = int(read_image_manifest(spec.images)["events_per_image"])
+        extra = {"bins": bins, "events_per_image": events_per_image}
+        return net, image_dataset(tr, grid), image_dataset(va, grid), extra
+
+    from kernels.bootstrap import index_seed, set_indices
+    from models.data import SetDataset
+    from models.deepsets import DeepSets
+
+    parts = [_split(p) for p in _pools(spec.dataset, manifest)]
+    n_val = max(4, spec.sets_per_point // 5)
+    size = spec.set_size
+    idx_tr = [set_indices(len(t), size, spec.sets_per_point, index_seed(spec.seed, i, 1), replace=True)
+              for i, (t, _) in enumerate(parts)]
+    idx_va = [set_indices(len(v), size, n_val, index_seed(spec.seed, i, 2), replace=True) for i, (_, v) in enumerate(parts)]
+    net = build_model("deepsets", config)
+    net.fit_features(np.concatenate([t[:20_000] for t, _ in parts]))
+    assert isinstance(net, DeepSets)
+    train_set = SetDataset([t for t, _ in parts], grid, idx_tr)
+    val_set = SetDataset([v for _, v in parts], grid, idx_va)
+    return net, train_set, val_set, {"set_size": size}
+
+
+def build_model(model: str, config: dict):
+    """The untrained network of a trial's config (preprocessing not yet fitted)."""
+    if model == "resnet3d":
+        from models.resnet3d import ResNet3d
+
+        return ResNet3d(depth=int(config.get("depth", 10)), width=int(config.get("width", 16)),
+                        dropout=float(config.get("dropout", 0.5)))
+    from models.deepsets import DeepSets
+
+    hidden = int(config.get("hidden", 64))
+    return DeepSets(hidden=hidden, phi_layers=int(config.get("phi_layers", 3)), latent=hidden,
+                    rho_hidden=int(config.get("rho_hidden", hidden)), rho_layers=int(config.get("rho_layers", 2)),
+                    pool=config.get("pool", "mean"))
+
+
+def train_config(spec: DataSpec, config: dict, epochs: int | None = None):
+    """The :class:`models.training.TrainConfig` of a trial (optimiser settings from its config)."""
+    from models.training import TrainConfig
+
+    return TrainConfig(
+        lr=float(config.get("lr", 1e-3)),
+        batch_size=int(config.get("batch_size", 32)),
+        epochs=epochs if epochs is not None else spec.epochs,
+        weight_decay=float(config.get("weight_decay", 1e-4)),
+        optimizer=config.get("optimizer", "adamw"),
+        loss=config.get("loss", "mae"),
+        patience=spec.patience,
+        seed=spec.seed,
+        device=spec.device,
+    )
+
+
+# --- the trainable ----------------------------------------------------------------
+
+
+def _trial_cpus() -> int:
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    except Exception:  # outside Ray (a direct call in a test)
+        cpus = 1
+    return max(1, int(cpus))
+
+
+def train_trial(config: dict, spec: DataSpec) -> None:
+    """Train one trial's network, reporting and checkpointing every epoch (see the module docstring)."""
+    import torch
+    from ray import tune
+
+    from models.training import train
+
+    torch.set_num_threads(_trial_cpus())
+    net, train_set, val_set, extra = _datasets(spec, config)
+    start = 0
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True)
+        net.load_state_dict(state["state_dict"])
+        start = int(state["epoch"]) + 1
+        log.info("resuming from the checkpoint of epoch %d", state["epoch"])
+    if start >= spec.epochs:
+        return
+    meta = {"model": spec.model, "hparams": net.hparams, **extra}
+
+    def on_epoch(epoch, train_loss, val_loss, lr, *rest):
+        epoch += start
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({"state_dict": net.state_dict(), "epoch": epoch, "val_loss": val_loss, **meta},
+                       Path(tmp) / CHECKPOINT_FILE)
+            tune.report({"val_loss": val_loss, "train_loss": train_loss, "lr": lr, "epoch": epoch},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+        if spec.crash_once and not os.path.exists(spec.crash_once):
+            Path(spec.crash_once).touch()
+            raise RuntimeError(f"injected crash after epoch {epoch} ({spec.crash_once} did not exist)")
+
+    train(net, train_set, val_set, train_config(spec, config, spec.epochs - start), on_epoch=on_epoch)
+
+
+def make_trainable(spec: DataSpec, cpus: float = 1, gpus: float = 0):
+    """``train_trial`` bound to ``spec``, with its resources declared (``tune.with_resources``)."""
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(train_trial, spec=spec), {"cpu": cpus, "gpu": gpus})
