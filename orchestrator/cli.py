@@ -122,6 +122,7 @@ examples:
   wcscan generate --dc9 -2:1.1:22 --events 24000 --seed 1 --out out/events
   wcscan fit --dataset out/events --events-per-set 2000 --sets 50 --out out/fit.csv
   wcscan images --dataset out/events --bins 16 --events-per-image 2000 --images-per-point 10 --out out/images
+  wcscan tune --model deepsets --dataset out/events --num-samples 16
   wcscan bench generate --json
 
 Run 'wcscan <command> --help' for the options of a command.
@@ -366,6 +367,67 @@ def _add_run_parser(sub, common, fmt) -> None:
     run.set_defaults(handler=_cmd_run)
 
 
+_TUNE_EXAMPLES = """\
+examples:
+  # 16 Deep Sets trials on a laptop: Optuna + ASHA, 1 CPU each
+  wcscan tune --model deepsets --dataset out/demo/events --num-samples 16 --epochs 12
+
+  # the ResNet on ready-made images, one GPU per trial, trials on shared storage
+  wcscan tune --model resnet3d --dataset /data/events --images /data/images \\
+      --num-samples 64 --cpus-per-trial 4 --gpus-per-trial 1 --storage /data/tune \\
+      --tracking-uri http://mlflow:5000
+
+  # continue an interrupted sweep (same --out / --storage)
+  wcscan tune --model deepsets --dataset out/demo/events --resume
+
+Trials and checkpoints: STORAGE/<model> (default OUT/ray_results). MLflow: a
+parent run for the sweep, a child run per trial (params, per-epoch losses);
+the best trial (lowest val_loss) is evaluated on independent test MC beside
+sigma_CRB: OUT/evaluation/tune-<model>/points.csv and a sigma/CRB figure.
+Without --images the ResNet's bins are searched and images are built per trial.
+"""
+
+
+def _add_tune_parser(sub, common, fmt) -> None:
+    tp = sub.add_parser(
+        "tune",
+        parents=[common],
+        help="Ray Tune sweep over one model family's hyperparameters, tracked in MLflow",
+        description="Search the hyperparameters of the 3D ResNet or Deep Sets with Ray Tune (ASHA, Optuna), "
+        "log every trial to MLflow and evaluate the best against the Cramer-Rao bound.",
+        epilog=_TUNE_EXAMPLES,
+        formatter_class=fmt,
+        allow_abbrev=False,
+    )
+    tp.add_argument("--model", required=True, choices=["resnet3d", "deepsets"], help="model family")
+    tp.add_argument("--dataset", required=True, type=Path, metavar="DIR", help="event dataset (wcscan generate)")
+    tp.add_argument("--images", type=Path, default=None, metavar="DIR", help="image dataset (wcscan images) for resnet3d")
+    tp.add_argument("--num-samples", type=int, default=8, metavar="K", help="trials (default: 8)")
+    tp.add_argument("--epochs", type=int, default=10, metavar="N", help="maximum epochs per trial (default: 10)")
+    tp.add_argument("--cpus-per-trial", type=float, default=1, metavar="C", help="CPUs per trial (default: 1)")
+    tp.add_argument("--gpus-per-trial", type=float, default=0, metavar="G", help="GPUs per trial (default: 0)")
+    tp.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                    help="trials at once (default: the cluster's CPUs / --cpus-per-trial)")
+    tp.add_argument("--search", choices=["optuna", "random"], default="optuna", help="search algorithm (default: optuna)")
+    tp.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="trial scheduler (default: asha)")
+    tp.add_argument("--storage", default=None, metavar="PATH",
+                    help="Tune storage: a shared directory or s3:// URI (default: OUT/ray_results)")
+    tp.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory (default: out/tune-<model>)")
+    tp.add_argument("--resume", action="store_true", help="continue the interrupted sweep at STORAGE/<model>")
+    tp.add_argument("--tracking-uri", default=None, metavar="URI",
+                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db)")
+    tp.add_argument("--address", default=None, metavar="ADDR", help="join this Ray cluster (default: $RAY_ADDRESS or a local one)")
+    tp.add_argument("--set-size", type=int, default=2000, metavar="N", help="deepsets: events per training set (default: 2000)")
+    tp.add_argument("--sets-per-point", type=int, default=150, metavar="N", help="deepsets: training sets per point (default: 150)")
+    tp.add_argument("--events-per-image", type=int, default=2000, metavar="N",
+                    help="resnet3d without --images: events per image (default: 2000)")
+    tp.add_argument("--eval-sets", type=int, default=20, metavar="N", help="test sets per point for the best trial (default: 20)")
+    tp.add_argument("--seed", type=int, default=0, help="seed of the search and of training (default: 0)")
+    tp.add_argument("--tiny", action="store_true", help="tiny networks (a smoke test of the set-up)")
+    tp.add_argument("--device", default=None, metavar="DEV", help="torch device (default: cuda if available, else cpu)")
+    tp.set_defaults(handler=_cmd_tune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     common = _Parser(add_help=False)
@@ -477,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_images_parser(sub, common, fmt)
     _add_validate_parser(sub, common, fmt)
     _add_run_parser(sub, common, fmt)
+    _add_tune_parser(sub, common, fmt)
 
     bench = sub.add_parser(
         "bench",
@@ -820,6 +883,40 @@ def _cmd_run(args) -> int:
     out.print(table)
     out.print(f"report: {result.report}", soft_wrap=True)
     out.print(f"MLflow: {result.tracking_uri} (parent run {result.run_id})", soft_wrap=True)
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from kernels.errors import ConfigError
+    from tune.tuner import run_sweep
+
+    for name in ("num_samples", "epochs", "set_size", "sets_per_point", "events_per_image", "eval_sets"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.images is not None and args.model != "resnet3d":
+        raise ConfigError("--images is for --model resnet3d")
+    out_dir = args.out or Path("out") / f"tune-{args.model}"
+    _, err = _consoles()
+    if not args.quiet:
+        err.print(f"[bold]wcscan tune[/bold] {args.model}: {args.num_samples} trials, {args.search} search, "
+                  f"{args.scheduler} scheduler", highlight=False)
+    res = run_sweep(
+        args.model, args.dataset, out_dir, args.num_samples, args.cpus_per_trial, args.gpus_per_trial,
+        args.search, args.scheduler, args.storage, args.resume, args.max_concurrent, images=args.images,
+        epochs=args.epochs, tiny=args.tiny, seed=args.seed, tracking_uri=args.tracking_uri, eval_sets=args.eval_sets,
+        address=args.address, verbose=0 if args.quiet else 1,
+        spec_overrides={"set_size": args.set_size, "sets_per_point": args.sets_per_point,
+                        "events_per_image": args.events_per_image, "device": args.device},
+    )
+    out, _ = _consoles()
+    out.print(f"{len(res.trials)} trials ({res.errors} failed) in {res.experiment_path}", soft_wrap=True)
+    if res.best is not None:
+        cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in res.best["config"].items())
+        out.print(f"best trial {res.best['trial_id']}: val_loss {res.best['best_val_loss']:.4g} ({cfg})", soft_wrap=True)
+    if res.evaluation is not None:
+        out.print("best on test MC: " + ", ".join(f"{k} {_fmt(v)}" for k, v in res.evaluation.summary.items()),
+                  soft_wrap=True)
+    out.print(f"MLflow: {res.tracking_uri} (parent run {res.run_id})", soft_wrap=True)
     return 0
 
 

@@ -29,7 +29,7 @@ def resnet_space(tiny: bool = False) -> dict:
         return {
             "depth": 10,
             "width": tune.choice([2, 4]),
-            "bins": tune.choice([4, 6]),
+            "bins": tune.choice([4, 8]),
             "dropout": tune.uniform(0.0, 0.5),
             "lr": tune.loguniform(1e-3, 1e-2),
             "batch_size": tune.choice([4, 8]),

@@ -102,6 +102,7 @@ def run_sweep(
     stop=None,
     callbacks=None,
     address: str | None = None,
+    verbose: int = 0,
     spec_overrides: dict | None = None,
 ) -> SweepResult:
     """Run (or with ``resume`` continue) a sweep; see the module docstring. ``stop``, ``callbacks``: Tune's."""
@@ -148,7 +149,7 @@ def run_sweep(
                 max_concurrent_trials=max_concurrent if search == "random" else None,
             ),
             run_config=tune.RunConfig(
-                name=name, storage_path=storage_path, stop=stop, callbacks=callbacks, verbose=0,
+                name=name, storage_path=storage_path, stop=stop, callbacks=callbacks, verbose=verbose,
                 failure_config=tune.FailureConfig(max_failures=2),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_loss",
                                                         checkpoint_score_order="min"),
