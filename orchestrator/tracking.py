@@ -55,6 +55,9 @@ class Tracker:
 
     def __enter__(self) -> Tracker:
         mlflow = self.mlflow
+        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: restore it on exit, so that the
+        # next job in this process does not take this job's store for the user's choice.
+        self._saved_env = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is None:
@@ -68,7 +71,13 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+        try:
+            self.mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+        finally:
+            if self._saved_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = self._saved_env
         return False
 
     @property

@@ -89,3 +89,15 @@ def test_tracker_writes_a_parent_and_child_runs_with_artifacts(tmp_path, monkeyp
     assert files == ["evaluation/points.csv"]
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "mlartifacts").is_dir()
     mlflow.set_tracking_uri(None)
+
+
+def test_a_second_job_in_the_same_process_uses_its_own_default_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with Tracker(tmp_path / "a"):
+        pass
+    import os
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    with Tracker(tmp_path / "b") as tr:
+        assert tr.uri == default_tracking_uri(tmp_path / "b")
+    assert (tmp_path / "b" / "mlflow.db").exists()
