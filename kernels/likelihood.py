@@ -163,19 +163,24 @@ def _newton(a: np.ndarray, norm: np.ndarray, d0: np.ndarray, mix=None, iters: in
     N = a.shape[0]
     d2m = _monomial_hessian(n)  # second derivatives of the monomials: constant
     for _ in range(iters):
-        if not np.isfinite(nll(d, a, norm, mix)):
-            break
-        s = _scores(d, a, norm, mix)
-        grad = -s.sum(0)
-        if mix is None:
-            m = monomials(d)
-            g = a @ m
-            Gn = norm @ m
-            sn = monomial_gradient(d) @ norm / Gn
-            hess = (s + sn).T @ (s + sn) - np.einsum("abp,ep->ab", d2m, a / g[:, None]) + N * (
+        m = monomials(d)
+        dm = monomial_gradient(d)
+        g = a @ m
+        Gn = norm @ m
+        if mix is None:  # one pass over the events: scores, gradient and exact Hessian
+            if np.any(g <= 0) or Gn <= 0:
+                break
+            s_ev = (a @ dm.T) / g[:, None]  # d ln G per event
+            sn = dm @ norm / Gn
+            grad = -s_ev.sum(0) + N * sn
+            hess = s_ev.T @ s_ev - np.einsum("abp,ep->ab", d2m, a / g[:, None]) + N * (
                 np.einsum("abp,p->ab", d2m, norm) / Gn - np.outer(sn, sn)
             )
         else:
+            if Gn <= 0 or np.any(mix[0] * g / Gn + mix[1] <= 0):
+                break
+            s = _scores(d, a, norm, mix)
+            grad = -s.sum(0)
             hess = s.T @ s  # outer product of scores: positive definite, good near the optimum
         try:
             step = np.linalg.solve(hess, grad)
