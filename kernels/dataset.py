@@ -78,7 +78,7 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -108,14 +108,17 @@ def write_part(
 
     The file is serialised in memory (zstd, no timestamps), hashed, and moved
     into place with ``os.replace``; the same table gives the same bytes on
-    every run. Returns ``{"path": <posix path relative to root>, "rows": n,
+    every run. Dictionary encoding is used only for the columns that repeat
+    (shifts, flags), not for the continuous kinematics, where it never pays:
+    trying it costs most of the encoding time and makes the file larger. Returns ``{"path": <posix path relative to root>, "rows": n,
     "sha256": <hex digest of the file>}``, the entry the manifest records.
     """
     path = part_path(root, level, point, part)
     path.parent.mkdir(parents=True, exist_ok=True)
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression=_COMPRESSION)
-    data = sink.getvalue().to_pybytes()
+    dictionary = [c for c in table.column_names if c not in COLUMNS]
+    pq.write_table(table, sink, compression=_COMPRESSION, use_dictionary=dictionary)
+    data = memoryview(sink.getvalue())  # no copy: hashed and written from Arrow's buffer
     _atomic_write_bytes(path, data)
     info = {
         "path": path.relative_to(Path(root)).as_posix(),
