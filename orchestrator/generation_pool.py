@@ -6,9 +6,10 @@ the kernels are imported), and keeps
 the theory tables it has built (from the on-disk cache of
 :func:`kernels.theory.jtable`), so a table is built once per actor, not once
 per part. The driver hands out :class:`~orchestrator.generate.WorkItem` s one
-at a time to idle actors and collects the results with ``ray.wait`` as they
-finish, so a slow node never holds up the others and the progress bar moves
-as parts land.
+at a time to idle actors (each preferably on the scan point it worked on
+last, which saves the sampler's per-point set-up) and collects the results
+with ``ray.wait`` as they finish, so a slow node never holds up the others
+and the progress bar moves as parts land.
 
 Fault tolerance: an actor whose process dies is restarted by Ray and its
 in-flight item retried (``max_restarts`` / ``max_task_retries``); if Ray gives
@@ -88,6 +89,53 @@ class GenerationWorker:
             os._exit(1)
 
 
+class _PointQueue:
+    """Work items grouped by scan point, handed out so that workers stay on their points.
+
+    A worker's first part of a point pays the sampler's per-point set-up (its
+    envelope, about as long as a 500k-event part), so an idle worker takes
+    the next part of the point it worked on last; failing that, a point no
+    worker is on yet; failing that, the point with the most parts left.
+
+    >>> from types import SimpleNamespace as Item
+    >>> q = _PointQueue([Item(point=p, part=k) for p in (0, 1) for k in (0, 1)])
+    >>> a, b = q.take(None), q.take(None)
+    >>> (a.point, b.point)  # two idle workers start on different points
+    (0, 1)
+    >>> q.take(0).point, q.take(1).point  # and each keeps to its own
+    (0, 1)
+    """
+
+    def __init__(self, items: Iterable):
+        self._left: dict[int, deque] = {}
+        for item in items:
+            self._left.setdefault(item.point, deque()).append(item)
+        self._active: Counter = Counter()  # parts in flight per point
+
+    def __bool__(self) -> bool:
+        return bool(self._left)
+
+    def take(self, last_point):
+        if last_point in self._left:
+            point = last_point
+        else:
+            fresh = [p for p in self._left if not self._active[p]]
+            point = fresh[0] if fresh else max(self._left, key=lambda p: len(self._left[p]))
+        parts = self._left[point]
+        item = parts.popleft()
+        if not parts:
+            del self._left[point]
+        self._active[point] += 1
+        return item
+
+    def finished(self, item) -> None:
+        self._active[item.point] -= 1
+
+    def put_back(self, item) -> None:
+        self.finished(item)
+        self._left.setdefault(item.point, deque()).appendleft(item)
+
+
 class GenerationPool:
     """``workers`` generation actors (default: one per CPU of the Ray cluster)."""
 
@@ -125,13 +173,14 @@ class GenerationPool:
         """
         if not self._actors:
             raise RuntimeError("the generation pool is closed")
-        queue = deque(items)
-        idle = list(self._actors)
+        queue = _PointQueue(items)
+        idle = [(actor, None) for actor in self._actors]  # (actor, the point it worked on last)
         pending: dict = {}
         attempts: Counter = Counter()
         while queue or pending:
             while queue and idle:
-                item, actor = queue.popleft(), idle.pop()
+                actor, last = idle.pop()
+                item = queue.take(last)
                 attempts[item] += 1
                 pending[actor.make.remote(job, item)] = (item, actor)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=STALL_WARNING_S)
@@ -156,14 +205,15 @@ class GenerationPool:
                         item.point, item.part, type(err).__name__,
                     )
                     self._replace(actor)
-                    idle.append(self._actors[-1])
-                    queue.appendleft(item)
+                    idle.append((self._actors[-1], None))
+                    queue.put_back(item)
                     continue
                 except RayTaskError as err:
                     if isinstance(err.cause, WcscanError):
                         raise err.cause from None
                     raise
-                idle.append(actor)
+                queue.finished(item)
+                idle.append((actor, item.point))
                 on_done(item, result)
 
     def _replace(self, actor) -> None:
