@@ -10,7 +10,10 @@ Architecture (He et al., arXiv:1512.03385, in 3D; ``depth=34`` is the seed study
 - :class:`ImagePreprocess`: empty voxels -> 0 in the q2 channel, channels
   standardised with statistics of the training images (buffers);
 - stem: ``Conv3d(C, w, 7, stride 2, padding 3)``, BatchNorm3d, ReLU,
-  ``MaxPool3d(3, stride 2, padding 1)``;
+  ``MaxPool3d(3, stride 2, padding 1)``. On the CPU the stem pads its input
+  explicitly (:class:`StemConv3d`): oneDNN's weight gradient of this
+  convolution is garbage, from run to run, on 5^3 to 7^3 inputs (torch 2.13);
+
 - four stages of basic blocks (two 3x3x3 convolutions with BatchNorm, a residual
   shortcut), ``[1,1,1,1]`` / ``[2,2,2,2]`` / ``[3,4,6,3]`` blocks for depth
   10 / 18 / 34, with ``w, 2w, 4w, 8w`` filters; the first block of stages 2-4
@@ -38,7 +41,7 @@ from torch import nn
 
 from kernels.errors import ConfigError
 
-__all__ = ["STAGE_BLOCKS", "ImagePreprocess", "BasicBlock3d", "ResNet3d"]
+__all__ = ["STAGE_BLOCKS", "ImagePreprocess", "StemConv3d", "BasicBlock3d", "ResNet3d"]
 
 #: Basic blocks per stage for each supported depth.
 STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -135,6 +138,25 @@ class ImagePreprocess(nn.Module):
         return torch.stack(out, dim=1)
 
 
+class StemConv3d(nn.Conv3d):
+    """The stem's ``Conv3d``; on the CPU, its zero padding is applied to the input before the convolution.
+
+    The same function either way (the padding is zeros), but on the CPU oneDNN's
+    backward for a 7^3, stride-2, padding-3 convolution returns an uninitialised
+    weight gradient (and sometimes crashes) on inputs of 5^3 to 7^3 voxels
+    (torch 2.13.0): training on such images gave NaN losses at random. With the
+    padding made explicit, the convolution it runs has none, and its gradient
+    is right. Parameter names are those of ``nn.Conv3d``, so checkpoints load either way.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or self.padding_mode != "zeros" or not any(self.padding):
+            return super().forward(x)
+        pad = [p for p in reversed(self.padding) for _ in range(2)]  # (W, W, H, H, D, D)
+        return nn.functional.conv3d(nn.functional.pad(x, pad), self.weight, self.bias, self.stride, 0,
+                                    self.dilation, self.groups)
+
+
 class BasicBlock3d(nn.Module):
     """Two 3x3x3 convolutions with BatchNorm and a residual shortcut (1x1x1 projection when shapes change)."""
 
@@ -193,7 +215,7 @@ class ResNet3d(nn.Module):
         self.outputs = outputs
         self.preprocess = ImagePreprocess(in_channels, log_counts=log_counts)
         self.stem = nn.Sequential(
-            nn.Conv3d(in_channels, width, 7, stride=2, padding=3, bias=False),
+            StemConv3d(in_channels, width, 7, stride=2, padding=3, bias=False),
             nn.BatchNorm3d(width),
             nn.ReLU(inplace=True),
             nn.MaxPool3d(3, stride=2, padding=1),

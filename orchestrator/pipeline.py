@@ -85,9 +85,10 @@ def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress):
     from kernels.image_dataset import open_images
     from models.data import image_dataset
     from models.resnet3d import ResNet3d
-    from models.training import train
+    from models.training import seed_everything, train
 
     rc = cfg.models.resnet3d
+    seed_everything(cfg.seed)  # the initial weights are part of the run: same config, same network
     tr = [open_images(images_dir, "train", p) for p in range(len(grid))]
     va = [open_images(images_dir, "val", p) for p in range(len(grid))]
     net = ResNet3d(depth=rc.depth, width=rc.width, dropout=rc.dropout).fit_preprocess(tr)
@@ -107,9 +108,10 @@ def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress):
     from kernels.bootstrap import index_seed, set_indices
     from models.data import SetDataset
     from models.deepsets import DeepSets
-    from models.training import train
+    from models.training import seed_everything, train
 
     dc = cfg.models.deepsets
+    seed_everything(cfg.seed)
     parts = [_split(p) for p in pools]
     n_val = max(4, dc.sets_per_point // 5)
     idx_tr = [set_indices(len(t), dc.set_size, dc.sets_per_point, index_seed(cfg.seed, i, 1), replace=True) for i, (t, _) in enumerate(parts)]
@@ -127,9 +129,10 @@ def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress):
 def _train_classifier(cfg: RunConfig, pools, grid, tracker, progress):
     from models.data import EventDataset
     from models.event_classifier import EventClassifier
-    from models.training import train
+    from models.training import seed_everything, train
 
     cc = cfg.models.event_classifier
+    seed_everything(cfg.seed)
     parts = [_split(p, cc.events_per_point) for p in pools]
     classes = list(range(len(grid)))
     train_set = EventDataset.from_pools([t for t, _ in parts], classes)

@@ -129,14 +129,15 @@ def _image_arrays(spec: DataSpec, config: dict, manifest: dict, grid: list[float
 
 def _datasets(spec: DataSpec, config: dict):
     """(model, train dataset, val dataset, extra) for a trial; ``extra`` goes into the checkpoint."""
+    from models.training import seed_everything
+
     manifest, grid = load_grid(spec.dataset)
+    seed_everything(spec.seed)  # the initial weights are part of the trial: a retried trial starts from the same ones
     if spec.model == "resnet3d":
         from models.data import image_dataset
-        from models.resnet3d import ResNet3d
 
         tr, va, bins = _image_arrays(spec, config, manifest, grid)
-        net = ResNet3d(depth=int(config.get("depth", 10)), width=int(config.get("width", 16)),
-                       dropout=float(config.get("dropout", 0.5))).fit_preprocess(tr)
+        net = build_model("resnet3d", config).fit_preprocess(tr)
         events_per_image = spec.events_per_image
         if spec.images is not None:
             from kernels.image_dataset import read_image_manifest
