@@ -888,7 +888,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_tune(args) -> int:
     from kernels.errors import ConfigError
-    from tune.tuner import run_sweep
+    from orchestrator.sweep import run_tune
 
     for name in ("num_samples", "epochs", "set_size", "sets_per_point", "events_per_image", "eval_sets"):
         if getattr(args, name) < 1:
@@ -900,9 +900,10 @@ def _cmd_tune(args) -> int:
     if not args.quiet:
         err.print(f"[bold]wcscan tune[/bold] {args.model}: {args.num_samples} trials, {args.search} search, "
                   f"{args.scheduler} scheduler", highlight=False)
-    res = run_sweep(
-        args.model, args.dataset, out_dir, args.num_samples, args.cpus_per_trial, args.gpus_per_trial,
-        args.search, args.scheduler, args.storage, args.resume, args.max_concurrent, images=args.images,
+    res = run_tune(
+        args.model, args.dataset, out_dir, num_samples=args.num_samples, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, search=args.search, scheduler=args.scheduler, storage=args.storage,
+        resume=args.resume, max_concurrent=args.max_concurrent, images=args.images,
         epochs=args.epochs, tiny=args.tiny, seed=args.seed, tracking_uri=args.tracking_uri, eval_sets=args.eval_sets,
         address=args.address, verbose=0 if args.quiet else 1,
         spec_overrides={"set_size": args.set_size, "sets_per_point": args.sets_per_point,

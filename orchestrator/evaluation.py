@@ -15,6 +15,10 @@ import numpy as np
 
 from kernels.metrics import POINT_COLUMNS, linearity, point_metrics
 
+#: Test MC of the i-th evaluation point is seed stream ``(seed, EVAL_POINT_OFFSET + i, ...)``: never a
+#: stream that generation (points 0, 1, ... of the scan) uses, so test sets are independent of training.
+EVAL_POINT_OFFSET = 10_000
+
 
 class Estimator(Protocol):
     name: str
@@ -73,3 +77,24 @@ def evaluate(
         if progress is not None:
             progress(1)
     return Evaluation(estimator.name, rows, summarise(rows))
+
+
+def evaluation_sets(table, pdf, dc9: Sequence[float], n_events: int, n_sets: int, seed: int, level: str = "gen",
+            detector=None, progress=None) -> tuple[dict[float, np.ndarray], dict[float, float]]:
+    """Independent test sets ``{dc9: (n_sets, n_events, 4)}`` and ``{dc9: sigma_CRB}`` at each point.
+
+    ``table``: the theory table (:func:`kernels.theory.jtable`); ``pdf``: the
+    model the bound is computed for (``DetectorConfig.pdf_model``); sets are drawn
+    at ``level`` with ``detector`` (:class:`kernels.detector.DetectorConfig`).
+    ``wcscan run`` and the best trial of ``wcscan tune`` are evaluated on these.
+    """
+    from kernels import likelihood
+    from kernels.bootstrap import test_sets
+
+    sets, crb = {}, {}
+    for i, d in enumerate(dc9):
+        sets[d] = test_sets(table, [d], n_events, n_sets, seed, level, detector, point=EVAL_POINT_OFFSET + i).events
+        crb[d] = likelihood.sigma_crb(table, [d], n_events, pdf)
+        if progress is not None:
+            progress(1)
+    return sets, crb

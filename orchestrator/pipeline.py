@@ -7,7 +7,7 @@ Cramér–Rao bound -> MLflow (a parent run, a child per estimator), figures,
 
 Seed streams (see :mod:`kernels.bootstrap`): generator chunks ``(seed, point,
 chunk)``; Deep Sets training sets by index from the training part of each
-point's events; evaluation sets ``(seed, EVAL_POINT_OFFSET + i, 2*10**6 + k)``,
+point's events; evaluation sets ``(seed, evaluation.EVAL_POINT_OFFSET + i, 2*10**6 + k)``,
 fresh MC that no training input shares.
 """
 
@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.config import RunConfig
-from orchestrator.evaluation import Evaluation, evaluate
+from orchestrator.evaluation import Evaluation, evaluate, evaluation_sets
 
 log = logging.getLogger(__name__)
 
-EVAL_POINT_OFFSET = 10_000
 """Evaluation points are numbered from here in the seed streams, apart from the scan's points."""
 
 TRAIN_FRACTION = 0.8
@@ -161,7 +160,6 @@ def run_job(
 ) -> JobResult:
     """Run the job of ``cfg`` into ``out``; see the module docstring."""
     from kernels import detector, likelihood, theory
-    from kernels.bootstrap import test_sets
     from models import estimators
     from orchestrator import plots, report
     from orchestrator.fitting import write_points_csv
@@ -196,13 +194,8 @@ def run_job(
         # Independent test MC and the bound, shared by every estimator.
         ec = cfg.evaluation
         stage(f"drawing {len(ec.dc9)} x {ec.sets} evaluation sets of {ec.events_per_set} events from independent MC")
-        sets, crb = {}, {}
         with progress("test MC", len(ec.dc9), "points") as adv:
-            for i, d in enumerate(ec.dc9):
-                sets[d] = test_sets(table, [d], ec.events_per_set, ec.sets, cfg.seed, level, det, point=EVAL_POINT_OFFSET + i).events
-                crb[d] = likelihood.sigma_crb(table, [d], ec.events_per_set, pdf)
-                if adv:
-                    adv(1)
+            sets, crb = evaluation_sets(table, pdf, ec.dc9, ec.events_per_set, ec.sets, cfg.seed, level, det, adv or None)
 
         mc = cfg.models
         need_pools = (mc.deepsets and mc.deepsets.enabled) or (mc.event_classifier and mc.event_classifier.enabled)

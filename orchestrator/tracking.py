@@ -43,7 +43,10 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
 class Tracker:
     """A job's MLflow parent run and its children. Use as a context manager."""
 
-    def __init__(self, out: Path, tracking_uri: str | None = None, experiment: str = EXPERIMENT, run_name: str = "job"):
+    def __init__(self, out: Path, tracking_uri: str | None = None, experiment: str = EXPERIMENT, run_name: str = "job",
+                 resume: str | None = None):
+        """``resume``: an MLflow filter string (``"tags.kind = 'tune'"``); the newest parent run that matches it
+        is reopened instead of starting a new one (``self.resumed`` says whether one was found)."""
         import mlflow
 
         self.mlflow = mlflow
@@ -51,6 +54,8 @@ class Tracker:
         self.uri = resolve_tracking_uri(self.out, tracking_uri)
         self.experiment = experiment
         self.run_name = run_name
+        self.resume = resume
+        self.resumed = False
         self.parent = None
 
     def __enter__(self) -> Tracker:
@@ -67,8 +72,30 @@ class Tracker:
             self.experiment_id = mlflow.create_experiment(self.experiment, artifact_location=loc)
         else:
             self.experiment_id = exp.experiment_id
-        self.parent = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name)
+        previous = self._find(self.resume) if self.resume else []
+        if previous:
+            self.parent = mlflow.start_run(run_id=previous[0].info.run_id)
+            self.resumed = True
+        else:
+            self.parent = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name)
         return self
+
+    def _find(self, filter_string: str) -> list:
+        """Runs of this experiment that match ``filter_string``, newest first."""
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri).search_runs([self.experiment_id], filter_string=filter_string,
+                                                  order_by=["attributes.start_time DESC"])
+
+    def children(self) -> list:
+        """The child runs of the parent run (MLflow ``Run`` objects)."""
+        return self._find(f"tags.mlflow.parentRunId = '{self.run_id}'")
+
+    def logged_steps(self, run_id: str, key: str) -> int:
+        """How many values of metric ``key`` run ``run_id`` holds."""
+        from mlflow.tracking import MlflowClient
+
+        return len(MlflowClient(self.uri).get_metric_history(run_id, key))
 
     def __exit__(self, exc_type, exc, tb):
         try:
@@ -85,7 +112,12 @@ class Tracker:
         return self.parent.info.run_id
 
     @contextlib.contextmanager
-    def child(self, name: str) -> Iterator[Tracker]:
+    def child(self, name: str, run_id: str | None = None) -> Iterator[Tracker]:
+        """A new child run named ``name``, or the existing child ``run_id`` reopened."""
+        if run_id is not None:
+            with self.mlflow.start_run(run_id=run_id, nested=True):
+                yield self
+            return
         with self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=True):
             yield self
 

@@ -31,7 +31,8 @@ import numpy as np
 
 from kernels.errors import ConfigError
 
-__all__ = ["DataSpec", "CHECKPOINT_FILE", "load_grid", "build_model", "train_config", "train_trial", "make_trainable"]
+__all__ = ["DataSpec", "CHECKPOINT_FILE", "load_grid", "build_model", "train_config", "train_trial", "make_trainable",
+           "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,29 @@ def build_model(model: str, config: dict):
     return DeepSets(hidden=hidden, phi_layers=int(config.get("phi_layers", 3)), latent=hidden,
                     rho_hidden=int(config.get("rho_hidden", hidden)), rho_layers=int(config.get("rho_layers", 2)),
                     pool=config.get("pool", "mean"))
+
+
+def load_checkpoint(checkpoint) -> tuple:
+    """``(network in eval mode, checkpoint dict)`` of a trial's ``tune.Checkpoint``.
+
+    The dict holds ``model`` ("resnet3d" or "deepsets"), ``hparams``, ``epoch``,
+    ``val_loss`` and what the estimator needs: ``bins`` and ``events_per_image``
+    (ResNet) or ``set_size`` (Deep Sets).
+    """
+    import torch
+
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True)
+    if state["model"] == "resnet3d":
+        from models.resnet3d import ResNet3d
+
+        net = ResNet3d(**state["hparams"])
+    else:
+        from models.deepsets import DeepSets
+
+        net = DeepSets(**state["hparams"])
+    net.load_state_dict(state["state_dict"])
+    return net.eval(), state
 
 
 def train_config(spec: DataSpec, config: dict, epochs: int | None = None):

@@ -9,14 +9,12 @@ an ``s3://`` URI or a shared volume on a cluster); ``FailureConfig(max_failures=
 restarts a crashed trial from its last checkpoint, and ``resume=True`` continues
 an interrupted sweep with ``Tuner.restore`` (finished trials are kept, not rerun).
 
-MLflow, all from the driver (one writer, safe for the SQLite default): a parent
-run for the sweep and, after it, a child run per trial with the trial's
-hyperparameters and per-epoch ``train_loss`` / ``val_loss`` / ``lr`` (from its
-``metrics_dataframe``). The best trial (lowest ``val_loss`` over all epochs) is
-then evaluated as ``wcscan run`` evaluates a network: on independent test MC
-(:func:`kernels.bootstrap.test_sets`) beside sigma_CRB, with
-:func:`orchestrator.evaluation.evaluate`; its per-point table, summary metrics
-and a sigma/sigma_CRB figure go on the parent run.
+The result lists every trial (its config, per-epoch metrics, best ``val_loss``,
+status) and the best one (lowest ``val_loss`` over all epochs).
+:func:`load_checkpoint` rebuilds a trial's network from its checkpoint. This
+module knows Ray Tune and the models, nothing else: the CLI's
+``wcscan tune`` (:mod:`orchestrator.sweep`) starts Ray, logs the trials to
+MLflow and evaluates the best one against sigma_CRB.
 """
 
 from __future__ import annotations
@@ -27,22 +25,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernels.errors import ConfigError
-from tune.trainables import CHECKPOINT_FILE, DataSpec, load_grid, make_trainable
+from tune.trainables import DataSpec, load_checkpoint, make_trainable
 
-__all__ = ["SEARCHES", "SCHEDULERS", "SweepResult", "run_sweep", "evaluate_checkpoint"]
+__all__ = ["SEARCHES", "SCHEDULERS", "CRASH_ENV", "SweepResult", "run_sweep", "best_checkpoint", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
 SEARCHES = ("optuna", "random")
 SCHEDULERS = ("asha", "fifo")
 CRASH_ENV = "WCSCAN_TUNE_CRASH_ONCE"
-EVAL_POINT_OFFSET = 10_000  # the evaluation seed streams of wcscan run (orchestrator.pipeline)
 
 
 @dataclass
 class SweepResult:
+    """A finished (or interrupted) sweep.
+
+    ``trials``: one dict per trial, ``trial_id``, ``config``, ``best_val_loss``,
+    ``epochs``, ``status`` (TERMINATED, ERROR or NOT_STARTED), ``error`` and
+    ``result`` (Tune's ``Result``: ``metrics_dataframe``, checkpoints, ``path``);
+    ``best``: ``trial_id``, ``config``, ``best_val_loss`` and ``result`` of the
+    trial of lowest ``val_loss``, or None; ``settings``: the sweep's options;
+    ``spec``: the :class:`DataSpec`. The orchestrator adds ``evaluation``,
+    ``run_id`` and ``tracking_uri`` when it has logged the sweep.
+    """
+
     out: Path
     experiment_path: str
+    spec: DataSpec | None = None
+    settings: dict = field(default_factory=dict)
     trials: list[dict] = field(default_factory=list)
     best: dict | None = None
     evaluation: object | None = None
@@ -96,19 +106,18 @@ def run_sweep(
     tiny: bool = False,
     name: str | None = None,
     seed: int = 0,
-    tracking_uri: str | None = None,
-    experiment: str = "wcscan",
-    eval_sets: int = 20,
     stop=None,
     callbacks=None,
-    address: str | None = None,
     verbose: int = 0,
     spec_overrides: dict | None = None,
 ) -> SweepResult:
-    """Run (or with ``resume`` continue) a sweep; see the module docstring. ``stop``, ``callbacks``: Tune's."""
+    """Run (or with ``resume`` continue) a sweep; see the module docstring. ``stop``, ``callbacks``: Tune's.
+
+    Ray should be running (``ray.init``); Tune starts a local one otherwise.
+    """
+    import ray
     from ray import tune
 
-    from orchestrator.ray_runtime import init_ray
     from tune.spaces import space_for
 
     if num_samples < 1:
@@ -124,9 +133,9 @@ def run_sweep(
     if spec.images is not None and model == "resnet3d":
         space.pop("bins", None)  # fixed by the image dataset
     sched = _scheduler(scheduler, epochs)
-    info = init_ray(address)
     if max_concurrent is None:
-        max_concurrent = max(1, int(info["cpus"] // cpus_per_trial))
+        cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else (os.cpu_count() or 1)
+        max_concurrent = max(1, int(cpus // cpus_per_trial))
     storage_path = _storage(out, storage)
     name = name or model
     path = f"{storage_path.rstrip('/')}/{name}"
@@ -156,10 +165,16 @@ def run_sweep(
             ),
         )
     grid = tuner.fit()
-    return _track(grid, spec, out, path, dict(model=model, num_samples=num_samples, cpus_per_trial=cpus_per_trial,
-                  gpus_per_trial=gpus_per_trial, search=search, scheduler=scheduler, storage=storage_path,
-                  max_concurrent=max_concurrent, resumed=resume, tiny=tiny),
-                  tracking_uri, experiment, eval_sets)
+    trials = _trial_rows(grid)
+    res = SweepResult(out, path, spec, trials=trials, errors=sum(t["error"] for t in trials),
+                      settings=dict(model=model, num_samples=num_samples, cpus_per_trial=cpus_per_trial,
+                                    gpus_per_trial=gpus_per_trial, search=search, scheduler=scheduler,
+                                    storage=storage_path, max_concurrent=max_concurrent, tiny=tiny))
+    done = [t for t in trials if t["best_val_loss"] == t["best_val_loss"]]  # not NaN
+    if done:
+        best = min(done, key=lambda t: t["best_val_loss"])
+        res.best = {k: best[k] for k in ("trial_id", "config", "best_val_loss", "result")}
+    return res
 
 
 def _trial_rows(grid) -> list[dict]:
@@ -175,98 +190,8 @@ def _trial_rows(grid) -> list[dict]:
     return rows
 
 
-def _track(grid, spec: DataSpec, out: Path, path: str, sweep: dict, tracking_uri, experiment, eval_sets) -> SweepResult:
-    from orchestrator.tracking import Tracker
-
-    trials = _trial_rows(grid)
-    res = SweepResult(out, path, trials=trials, errors=sum(t["error"] for t in trials))
-    with Tracker(out, tracking_uri, experiment, run_name=f"tune-{spec.model}") as tracker:
-        tracker.params({"sweep": sweep, "data": spec.to_dict()})
-        tracker.tags({"kind": "tune", "model": spec.model, "experiment_path": path})
-        for t in trials:
-            if t["status"] == "NOT_STARTED":  # an interrupted sweep's pending trial: logged when resumed
-                continue
-            with tracker.child(f"trial-{t['trial_id']}"):
-                tracker.params(t["config"])
-                tracker.tags({"trial_id": t["trial_id"], "status": t["status"],
-                              "trial_path": t["result"].path})
-                df = t["result"].metrics_dataframe
-                if df is not None:
-                    for _, row in df.iterrows():
-                        step = int(row.get("epoch", row.get("training_iteration", 0)))
-                        tracker.metrics({k: row[k] for k in ("train_loss", "val_loss", "lr") if k in row}, step=step)
-                tracker.metrics({"best_val_loss": t["best_val_loss"], "epochs_run": t["epochs"]})
-        done = [t for t in trials if t["best_val_loss"] == t["best_val_loss"]]  # not NaN
-        if done:
-            best = min(done, key=lambda t: t["best_val_loss"])
-            res.best = {k: best[k] for k in ("trial_id", "config", "best_val_loss")}
-            tracker.params({f"best.{k}": v for k, v in best["config"].items()})
-            tracker.metrics({"best_val_loss": best["best_val_loss"], "trials": len(trials), "trial_errors": res.errors})
-            tracker.tags({"best_trial_id": best["trial_id"]})
-            ckpt = _best_checkpoint(best["result"])
-            if ckpt is not None:
-                ev = evaluate_checkpoint(ckpt, spec, eval_sets)
-                res.evaluation = ev
-                _log_evaluation(tracker, ev, out)
-        res.run_id, res.tracking_uri = tracker.run_id, tracker.uri
-    return res
-
-
-def _best_checkpoint(result):
-    """The trial's checkpoint of lowest val_loss, else its latest, else None (a trial stopped mid-report)."""
+def best_checkpoint(result):
+    """A trial's checkpoint of lowest val_loss, else its latest, else None (a trial stopped mid-report)."""
     if result.best_checkpoints:
         return result.get_best_checkpoint("val_loss", "min")
     return result.checkpoint
-
-
-def evaluate_checkpoint(checkpoint, spec: DataSpec, n_sets: int = 20):
-    """Evaluate a trial checkpoint as ``wcscan run`` does: test MC at the dataset's points, beside sigma_CRB."""
-    import torch
-
-    from kernels import detector, likelihood, theory
-    from kernels.bootstrap import test_sets
-    from models import estimators
-    from orchestrator.evaluation import evaluate
-    from tune.trainables import build_model
-
-    with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True)
-    if state["model"] == "resnet3d":
-        from models.resnet3d import ResNet3d
-
-        net = ResNet3d(**state["hparams"])
-    else:
-        from models.deepsets import DeepSets
-
-        net = DeepSets(**state["hparams"]) if state.get("hparams") else build_model("deepsets", {})
-    net.load_state_dict(state["state_dict"])
-    net.eval()
-    if state["model"] == "resnet3d":
-        n_events = int(state["events_per_image"])
-        est = estimators.ResNetEstimator(net, int(state["bins"]), n_events, name="resnet3d")
-    else:
-        n_events = int(state["set_size"])
-        est = estimators.DeepSetsEstimator(net, name="deepsets")
-    manifest, grid = load_grid(spec.dataset)
-    cfg = manifest["config"]
-    level = cfg.get("level", "gen")
-    det = detector.DetectorConfig.from_dict(cfg.get("detector") or {})
-    table = theory.jtable(["C9_bsmumu"], [tuple(w) for w in cfg["windows"]])
-    pdf = det.pdf_model(level, table.windows)
-    seed = int(cfg.get("seed", spec.seed))
-    sets, crb = {}, {}
-    for i, d in enumerate(grid):
-        sets[d] = test_sets(table, [d], n_events, n_sets, seed, level, det, point=EVAL_POINT_OFFSET + i).events
-        crb[d] = likelihood.sigma_crb(table, [d], n_events, pdf)
-    return evaluate(est, sets, crb, on_grid=grid)
-
-
-def _log_evaluation(tracker, ev, out: Path) -> None:
-    from orchestrator import plots
-    from orchestrator.fitting import write_points_csv
-
-    table = write_points_csv(ev.rows, out / "evaluation" / f"tune-{ev.name}" / "points.csv")
-    fig = plots.plot_sigma_over_crb([ev], out / "figures" / f"tune-{ev.name}-sigma_over_crb.png")
-    tracker.metrics(ev.summary)
-    tracker.artifact(table, "evaluation")
-    tracker.artifact(fig, "figures")

@@ -1,0 +1,139 @@
+"""``wcscan tune`` as a job: Ray, the sweep (:mod:`tune.tuner`), MLflow, and the best trial against sigma_CRB.
+
+:func:`run_tune` starts (or joins) Ray, runs :func:`tune.tuner.run_sweep`, then,
+from the driver (one writer, safe for the SQLite default):
+
+- a parent run for the sweep (its settings and data spec as params, tags
+  ``kind=tune``, ``model``, ``experiment_path``) and one child run per trial,
+  ``trial-<id>``, with the trial's hyperparameters as params and per-epoch
+  ``train_loss`` / ``val_loss`` / ``lr`` (from Tune's ``metrics_dataframe``);
+- the best trial (lowest ``val_loss`` over all epochs): its hyperparameters as
+  ``best.<name>`` tags and ``best_val_loss`` on the parent; it is evaluated as
+  ``wcscan run`` evaluates a network, on independent test MC at the dataset's
+  points beside sigma_CRB (:func:`orchestrator.evaluation.evaluation_sets`), and
+  its per-point table and sigma/sigma_CRB figure go on the parent.
+
+``resume=True`` reopens the parent run of the same sweep (same
+``experiment_path``) and its children: trials logged before the interruption
+get only their new epochs, new trials get new children. The evaluation of the
+best trial is redone and replaces the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from tune.tuner import SweepResult, best_checkpoint, load_checkpoint, run_sweep
+
+__all__ = ["run_tune", "evaluate_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+_EPOCH_METRICS = ("train_loss", "val_loss", "lr")
+
+
+def run_tune(
+    model: str,
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    tracking_uri: str | None = None,
+    experiment: str = "wcscan",
+    eval_sets: int = 20,
+    address: str | None = None,
+    resume: bool = False,
+    **sweep,
+) -> SweepResult:
+    """Run (or continue) a sweep and log it; ``sweep``: the options of :func:`tune.tuner.run_sweep`."""
+    from orchestrator.ray_runtime import init_ray
+
+    out = Path(out)
+    init_ray(address)
+    res = run_sweep(model, dataset, out, resume=resume, **sweep)
+    _track(res, tracking_uri, experiment, eval_sets, resume)
+    return res
+
+
+def _track(res: SweepResult, tracking_uri, experiment: str, eval_sets: int, resume: bool) -> None:
+    from orchestrator.tracking import Tracker
+
+    spec = res.spec
+    path = res.experiment_path
+    previous = f"tags.kind = 'tune' AND tags.experiment_path = '{path}'" if resume and "'" not in path else None
+    with Tracker(res.out, tracking_uri, experiment, run_name=f"tune-{spec.model}", resume=previous) as tracker:
+        if tracker.resumed:
+            tracker.tags({"resumed": "true"})
+        else:
+            tracker.params({"sweep": res.settings, "data": spec.to_dict()})
+            tracker.tags({"kind": "tune", "model": spec.model, "experiment_path": path})
+        logged = {r.data.tags.get("trial_id"): r.info.run_id for r in tracker.children()} if tracker.resumed else {}
+        for t in res.trials:
+            if t["status"] == "NOT_STARTED":  # an interrupted sweep's pending trial: logged when resumed
+                continue
+            _log_trial(tracker, t, logged.get(t["trial_id"]))
+        if res.best is not None:
+            best = res.best
+            tracker.tags({"best_trial_id": best["trial_id"], **{f"best.{k}": v for k, v in best["config"].items()}})
+            tracker.metrics({"best_val_loss": best["best_val_loss"], "trials": len(res.trials),
+                             "trial_errors": res.errors})
+            ckpt = best_checkpoint(best["result"])
+            if ckpt is not None:
+                res.evaluation = evaluate_checkpoint(ckpt, spec, eval_sets)
+                _log_evaluation(tracker, res.evaluation, res.out)
+        res.run_id, res.tracking_uri = tracker.run_id, tracker.uri
+
+
+def _log_trial(tracker, trial: dict, run_id: str | None) -> None:
+    """A trial's child run: new (``run_id`` None), or reopened with only the epochs it does not hold yet."""
+    with tracker.child(f"trial-{trial['trial_id']}", run_id=run_id):
+        done = 0
+        if run_id is None:
+            tracker.params(trial["config"])
+        else:
+            done = tracker.logged_steps(run_id, "val_loss")
+        tracker.tags({"trial_id": trial["trial_id"], "status": trial["status"], "trial_path": trial["result"].path})
+        df = trial["result"].metrics_dataframe
+        if df is not None:
+            for i, (_, row) in enumerate(df.iterrows()):
+                if i < done:
+                    continue
+                step = int(row.get("epoch", row.get("training_iteration", i)))
+                tracker.metrics({k: row[k] for k in _EPOCH_METRICS if k in row}, step=step)
+        tracker.metrics({"best_val_loss": trial["best_val_loss"], "epochs_run": trial["epochs"]})
+
+
+def evaluate_checkpoint(checkpoint, spec, n_sets: int = 20):
+    """Evaluate a trial checkpoint as ``wcscan run`` does: test MC at the dataset's points, beside sigma_CRB."""
+    from kernels import detector, theory
+    from models import estimators
+    from orchestrator.evaluation import evaluate, evaluation_sets
+    from tune.trainables import load_grid
+
+    net, state = load_checkpoint(checkpoint)
+    if state["model"] == "resnet3d":
+        n_events = int(state["events_per_image"])
+        est = estimators.ResNetEstimator(net, int(state["bins"]), n_events, name="resnet3d")
+    else:
+        n_events = int(state["set_size"])
+        est = estimators.DeepSetsEstimator(net, name="deepsets")
+    manifest, grid = load_grid(spec.dataset)
+    cfg = manifest["config"]
+    level = cfg.get("level", "gen")
+    det = detector.DetectorConfig.from_dict(cfg.get("detector") or {})
+    table = theory.jtable(["C9_bsmumu"], [tuple(w) for w in cfg["windows"]])
+    sets, crb = evaluation_sets(table, det.pdf_model(level, table.windows), grid, n_events, n_sets,
+                                int(cfg.get("seed", spec.seed)), level, det)
+    return evaluate(est, sets, crb, on_grid=grid)
+
+
+def _log_evaluation(tracker, ev, out: Path) -> None:
+    from orchestrator import plots
+    from orchestrator.fitting import write_points_csv
+
+    table = write_points_csv(ev.rows, out / "evaluation" / f"tune-{ev.name}" / "points.csv")
+    fig = plots.plot_sigma_over_crb([ev], out / "figures" / f"tune-{ev.name}-sigma_over_crb.png")
+    tracker.metrics(ev.summary)
+    tracker.artifact(table, "evaluation")
+    tracker.artifact(fig, "figures")
