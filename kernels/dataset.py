@@ -59,6 +59,7 @@ __all__ = [
     "read_point",
     "validate_events",
     "load_events",
+    "events_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,16 @@ def validate_events(
                 problems.append(f"column 'q2' has {n_out} value(s) outside the q2 window(s) {label}")
     if problems:
         raise DatasetError(f"{source}: " + "; ".join(problems))
+
+
+def events_file(path: str | os.PathLike) -> Path:
+    """The file on disk behind a user's events path: ``F.root:TREE`` -> ``F.root``, anything else as is.
+
+    >>> events_file("a/ev.root:tree").as_posix(), events_file("ev.parquet").as_posix()
+    ('a/ev.root', 'ev.parquet')
+    """
+    root = _root_spec(path)
+    return Path(os.fspath(path)) if root is None else root[0]
 
 
 def _root_spec(path: str | os.PathLike) -> tuple[Path, str | None] | None:

@@ -245,7 +245,8 @@ def _add_images_parser(sub, common, fmt) -> None:
     )
     src = img.add_argument_group("events (one of)")
     src.add_argument("--dataset", type=Path, metavar="DIR", help="event dataset from 'wcscan generate'")
-    src.add_argument("--events-file", type=Path, metavar="FILE", help="your own Parquet file of events")
+    src.add_argument("--events-file", type=Path, metavar="FILE",
+                     help="your own events: a Parquet file, or ROOT as FILE.root[:TREE] (needs uproot)")
     src.add_argument(
         "--stream", action="store_true", help="sample every split straight into images (needs --dc9)"
     )
@@ -752,7 +753,7 @@ def _images_plan(args):
 def _cmd_images(args) -> int:
     from rich.table import Table
 
-    from kernels.dataset import load_events, read_manifest
+    from kernels.dataset import events_file, load_events, read_manifest
     from orchestrator.images import build_images, split_counts
 
     source = _images_plan(args)
@@ -762,7 +763,7 @@ def _cmd_images(args) -> int:
 
         dataset = load_events(args.events_file, args.column_map)
         info = {"path": str(args.events_file.resolve()),
-                "sha256": hashlib.sha256(args.events_file.read_bytes()).hexdigest(),
+                "sha256": hashlib.sha256(events_file(args.events_file).read_bytes()).hexdigest(),
                 "column_map": args.column_map or {}}
     total = 0
     if args.images_per_point > 0 and 0 <= args.val_fraction < 1:

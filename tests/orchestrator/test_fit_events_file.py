@@ -361,3 +361,18 @@ def test_real_fit_of_an_events_file_equals_the_fit_of_the_same_dataset(tmp_path)
     for row in got:  # and the fit is sane: within 5 sigma of the truth, near the CRB
         assert abs(row["bias"]) < 5 * row["sigma_crb"]
         assert 0.3 < row["sigma_over_crb"] < 3
+
+
+def test_images_from_a_root_tree_record_the_files_hash(root_file, tmp_path, capsys):
+    import hashlib
+
+    from kernels.image_dataset import read_image_manifest
+
+    path, _ = root_file
+    out = tmp_path / "images"
+    code = main(["images", "--events-file", f"{path}:events", "--column-map", "q2=Q2,cos_theta_mu=ctl",
+                 "--bins", "4", "--events-per-image", "10", "--images-per-point", "2", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    manifest = read_image_manifest(out)
+    assert [p["shifts"]["dc9"] for p in manifest["points"]] == [-1.0, 0.0]
+    assert manifest["source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
