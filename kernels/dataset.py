@@ -57,6 +57,7 @@ __all__ = [
     "read_manifest",
     "point_checksum",
     "read_point",
+    "read_pools",
     "validate_events",
     "load_events",
     "events_file",
@@ -227,6 +228,20 @@ def read_point(
 def _column_numpy(table: pa.Table, name: str) -> np.ndarray:
     # Nulls become NaN for floating columns, so they count as non-finite.
     return table.column(name).to_numpy()
+
+
+def read_pools(root: str | os.PathLike, manifest: Mapping | None = None, level: str | None = None) -> list[np.ndarray]:
+    """The events of every scan point, float32 arrays ``(n, 4)`` (columns :data:`COLUMNS`) in point order.
+
+    ``level`` defaults to the dataset's own (``manifest["config"]["level"]``, else "gen").
+    """
+    manifest = read_manifest(root) if manifest is None else manifest
+    level = level or manifest.get("config", {}).get("level", "gen")
+    pools = []
+    for p in sorted(manifest["points"], key=lambda p: p["index"]):
+        t = read_point(root, manifest, level, p["index"])
+        pools.append(np.stack([t.column(c).to_numpy() for c in COLUMNS], axis=1).astype(np.float32))
+    return pools
 
 
 def validate_events(

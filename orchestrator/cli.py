@@ -411,6 +411,9 @@ def _add_tune_parser(sub, common, fmt) -> None:
                     help="trials at once (default: the cluster's CPUs / --cpus-per-trial)")
     tp.add_argument("--search", choices=["optuna", "random"], default="optuna", help="search algorithm (default: optuna)")
     tp.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="trial scheduler (default: asha)")
+    tp.add_argument("--data", choices=["path", "object-store"], default="path",
+                    help="trials read the events from the dataset path, or from one copy the driver puts in "
+                         "Ray's object store (default: path)")
     tp.add_argument("--storage", default=None, metavar="PATH",
                     help="Tune storage: a shared directory or s3:// URI (default: OUT/ray_results)")
     tp.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory (default: out/tune-<model>)")
@@ -904,7 +907,7 @@ def _cmd_tune(args) -> int:
     res = run_tune(
         args.model, args.dataset, out_dir, num_samples=args.num_samples, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, search=args.search, scheduler=args.scheduler, storage=args.storage,
-        resume=args.resume, max_concurrent=args.max_concurrent, images=args.images,
+        resume=args.resume, max_concurrent=args.max_concurrent, images=args.images, data=args.data,
         epochs=args.epochs, tiny=args.tiny, seed=args.seed, tracking_uri=args.tracking_uri, eval_sets=args.eval_sets,
         address=args.address, verbose=0 if args.quiet else 1,
         spec_overrides={"set_size": args.set_size, "sets_per_point": args.sets_per_point,

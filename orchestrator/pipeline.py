@@ -58,16 +58,6 @@ def _train_config(tc, cfg: RunConfig, **override):
     return TrainConfig(**kw)
 
 
-def _pools(events_dir: Path, manifest: dict, level: str) -> list[np.ndarray]:
-    from kernels.dataset import COLUMNS, read_point
-
-    pools = []
-    for p in sorted(manifest["points"], key=lambda p: p["index"]):
-        t = read_point(events_dir, manifest, level, p["index"])
-        pools.append(np.stack([t.column(c).to_numpy() for c in COLUMNS], axis=1).astype(np.float32))
-    return pools
-
-
 class _EpochLogger:
     """Per-epoch metrics into the active MLflow child run, and a progress tick."""
 
@@ -160,6 +150,7 @@ def run_job(
 ) -> JobResult:
     """Run the job of ``cfg`` into ``out``; see the module docstring."""
     from kernels import detector, likelihood, theory
+    from kernels.dataset import read_pools
     from models import estimators
     from orchestrator import plots, report
     from orchestrator.fitting import write_points_csv
@@ -199,7 +190,7 @@ def run_job(
 
         mc = cfg.models
         need_pools = (mc.deepsets and mc.deepsets.enabled) or (mc.event_classifier and mc.event_classifier.enabled)
-        pools = _pools(events_dir, manifest, level) if need_pools else None
+        pools = read_pools(events_dir, manifest, level) if need_pools else None
         images_dir = out / "images"
         if mc.resnet3d and mc.resnet3d.enabled:
             ic = cfg.images

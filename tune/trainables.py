@@ -7,7 +7,12 @@ trial's hyperparameters (see :mod:`tune.spaces`). Each trial
 1. sets torch's threads to the CPUs Tune gave it;
 2. reads its data from the event dataset (``wcscan generate``) and, for the
    ResNet, the image dataset (``wcscan images``) when one is given, else it
-   voxelises events into images of the trial's ``bins``;
+   voxelises events into images of the trial's ``bins``. With
+   ``make_trainable(..., pools=...)`` the events come instead from Ray's object
+   store: the driver reads the dataset once, ``tune.with_parameters`` puts the
+   arrays there, and every trial on a node maps the same shared-memory copy
+   (zero-copy numpy) instead of re-reading Parquet. Either way the trial's
+   config holds only hyperparameters, never data;
 3. builds the model, trains it with :func:`models.training.train`, and after
    every epoch calls ``tune.report({"val_loss", "train_loss", "lr", "epoch"},
    checkpoint=...)`` with the weights in ``model.pt``;
@@ -29,10 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.dataset import read_pools
 from kernels.errors import ConfigError
 
-__all__ = ["DataSpec", "CHECKPOINT_FILE", "load_grid", "build_model", "train_config", "train_trial", "make_trainable",
-           "load_checkpoint"]
+__all__ = ["DataSpec", "CHECKPOINT_FILE", "load_grid", "build_model", "train_config", "train_trial",
+           "make_trainable", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +90,12 @@ def load_grid(dataset: str | os.PathLike) -> tuple[dict, list[float]]:
     return manifest, [float(p["shifts"]["dc9"]) for p in points]
 
 
-def _pools(dataset: str, manifest: dict) -> list[np.ndarray]:
-    from kernels.dataset import COLUMNS, read_point
-
-    level = manifest["config"].get("level", "gen")
-    pools = []
-    for p in sorted(manifest["points"], key=lambda p: p["index"]):
-        t = read_point(dataset, manifest, level, p["index"])
-        pools.append(np.stack([t.column(c).to_numpy() for c in COLUMNS], axis=1).astype(np.float32))
-    return pools
-
-
 def _split(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cut = int(TRAIN_FRACTION * len(pool))
     return pool[:cut], pool[cut:]
 
 
-def _image_arrays(spec: DataSpec, config: dict, manifest: dict, grid: list[float]):
+def _image_arrays(spec: DataSpec, config: dict, manifest: dict, grid: list[float], pools=None):
     """(train arrays, val arrays, bins): one array of images per point."""
     if spec.images is not None:
         from kernels.image_dataset import open_images, read_image_manifest
@@ -116,7 +111,7 @@ def _image_arrays(spec: DataSpec, config: dict, manifest: dict, grid: list[float
 
     bins = int(config.get("bins", 16))
     tr, va = [], []
-    for pool in _pools(spec.dataset, manifest):
+    for pool in pools if pools is not None else read_pools(spec.dataset, manifest):
         n_img = min(spec.images_per_point, len(pool) // spec.events_per_image)
         if n_img < 2:
             raise ConfigError(f"a point holds {len(pool)} events: too few for 2 images of {spec.events_per_image}")
@@ -128,8 +123,11 @@ def _image_arrays(spec: DataSpec, config: dict, manifest: dict, grid: list[float
     return tr, va, bins
 
 
-def _datasets(spec: DataSpec, config: dict):
-    """(model, train dataset, val dataset, extra) for a trial; ``extra`` goes into the checkpoint."""
+def _datasets(spec: DataSpec, config: dict, pools=None):
+    """(model, train dataset, val dataset, extra) for a trial; ``extra`` goes into the checkpoint.
+
+    ``pools``: the dataset's events per point, when the driver shared them through the object store.
+    """
     from models.training import seed_everything
 
     manifest, grid = load_grid(spec.dataset)
@@ -137,7 +135,7 @@ def _datasets(spec: DataSpec, config: dict):
     if spec.model == "resnet3d":
         from models.data import image_dataset
 
-        tr, va, bins = _image_arrays(spec, config, manifest, grid)
+        tr, va, bins = _image_arrays(spec, config, manifest, grid, pools)
         net = build_model("resnet3d", config).fit_preprocess(tr)
         events_per_image = spec.events_per_image
         if spec.images is not None:
@@ -151,7 +149,9 @@ def _datasets(spec: DataSpec, config: dict):
     from models.data import SetDataset
     from models.deepsets import DeepSets
 
-    parts = [_split(p) for p in _pools(spec.dataset, manifest)]
+    if pools is not None and len(pools) != len(grid):
+        raise ConfigError(f"{len(pools)} shared pools, but {spec.dataset} has {len(grid)} points")
+    parts = [_split(p) for p in (pools if pools is not None else read_pools(spec.dataset, manifest))]
     n_val = max(4, spec.sets_per_point // 5)
     size = spec.set_size
     idx_tr = [set_indices(len(t), size, spec.sets_per_point, index_seed(spec.seed, i, 1), replace=True)
@@ -233,7 +233,7 @@ def _trial_cpus() -> int:
     return max(1, int(cpus))
 
 
-def train_trial(config: dict, spec: DataSpec) -> None:
+def train_trial(config: dict, spec: DataSpec, pools=None) -> None:
     """Train one trial's network, reporting and checkpointing every epoch (see the module docstring)."""
     import torch
     from ray import tune
@@ -241,7 +241,7 @@ def train_trial(config: dict, spec: DataSpec) -> None:
     from models.training import train
 
     torch.set_num_threads(_trial_cpus())
-    net, train_set, val_set, extra = _datasets(spec, config)
+    net, train_set, val_set, extra = _datasets(spec, config, pools)
     start = 0
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -268,8 +268,14 @@ def train_trial(config: dict, spec: DataSpec) -> None:
     train(net, train_set, val_set, train_config(spec, config, spec.epochs - start), on_epoch=on_epoch)
 
 
-def make_trainable(spec: DataSpec, cpus: float = 1, gpus: float = 0):
-    """``train_trial`` bound to ``spec``, with its resources declared (``tune.with_resources``)."""
+def make_trainable(spec: DataSpec, cpus: float = 1, gpus: float = 0, pools: list[np.ndarray] | None = None):
+    """``train_trial`` bound to ``spec``, with its resources declared (``tune.with_resources``).
+
+    ``pools`` (:func:`kernels.dataset.read_pools`): events shared through Ray's object store
+    (``tune.with_parameters`` stores them once; trials get references, not copies).
+    """
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(train_trial, spec=spec), {"cpu": cpus, "gpu": gpus})
+    bound = tune.with_parameters(train_trial, spec=spec) if pools is None else \
+        tune.with_parameters(train_trial, spec=spec, pools=pools)
+    return tune.with_resources(bound, {"cpu": cpus, "gpu": gpus})

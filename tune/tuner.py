@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 SEARCHES = ("optuna", "random")
 SCHEDULERS = ("asha", "fifo")
+#: Where trials read events from: each its own from the dataset path, or one copy in Ray's object store.
+DATA_SOURCES = ("path", "object-store")
 CRASH_ENV = "WCSCAN_TUNE_CRASH_ONCE"
 
 
@@ -101,6 +103,7 @@ def run_sweep(
     resume: bool = False,
     max_concurrent: int | None = None,
     *,
+    data: str = "path",
     images: str | os.PathLike | None = None,
     epochs: int = 10,
     tiny: bool = False,
@@ -139,7 +142,14 @@ def run_sweep(
     storage_path = _storage(out, storage)
     name = name or model
     path = f"{storage_path.rstrip('/')}/{name}"
-    trainable = make_trainable(spec, cpus_per_trial, gpus_per_trial)
+    if data not in DATA_SOURCES:
+        raise ConfigError(f"data must be one of {', '.join(DATA_SOURCES)}, got {data!r}")
+    pools = None
+    if data == "object-store" and not (model == "resnet3d" and spec.images is not None):
+        from kernels.dataset import read_pools
+
+        pools = read_pools(spec.dataset)  # once, on the driver; tune.with_parameters puts them in the object store
+    trainable = make_trainable(spec, cpus_per_trial, gpus_per_trial, pools)
 
     if resume:
         if not tune.Tuner.can_restore(path):
@@ -169,7 +179,7 @@ def run_sweep(
     res = SweepResult(out, path, spec, trials=trials, errors=sum(t["error"] for t in trials),
                       settings=dict(model=model, num_samples=num_samples, cpus_per_trial=cpus_per_trial,
                                     gpus_per_trial=gpus_per_trial, search=search, scheduler=scheduler,
-                                    storage=storage_path, max_concurrent=max_concurrent, tiny=tiny))
+                                    storage=storage_path, max_concurrent=max_concurrent, tiny=tiny, data=data))
     done = [t for t in trials if t["best_val_loss"] == t["best_val_loss"]]  # not NaN
     if done:
         best = min(done, key=lambda t: t["best_val_loss"])

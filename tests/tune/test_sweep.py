@@ -52,3 +52,28 @@ def test_resume_finishes_an_interrupted_sweep_without_rerunning_finished_trials(
     again = {t["trial_id"]: t["result"].metrics["timestamp"] for t in resumed.trials}
     for trial_id, stamp in finished.items():
         assert again[trial_id] == stamp
+
+
+def test_trials_can_take_their_events_from_the_object_store(ray_local, tiny_dataset, tmp_path, sweep):
+    res = sweep(tiny_dataset, tmp_path / "out", num_samples=1, data="object-store")
+    assert res.errors == 0 and res.trials[0]["epochs"] == 1 and res.settings["data"] == "object-store"
+
+
+def test_shared_pools_replace_the_dataset_files(tiny_dataset, tiny_sweep_data):
+    import numpy as np
+
+    from kernels.dataset import read_pools
+    from tune.trainables import DataSpec, _datasets
+
+    spec = DataSpec(model="deepsets", dataset=str(tiny_dataset), **tiny_sweep_data)
+    pools = [np.full_like(p, i) for i, p in enumerate(read_pools(tiny_dataset))]
+    _, train_set, _, _ = _datasets(spec, {"hidden": 8}, pools)
+    x, y = train_set[0]
+    assert float(x.max()) == 0.0 and float(y) == -1.0  # the shared arrays, not the files
+    with pytest.raises(Exception, match="2 shared pools"):
+        _datasets(spec, {"hidden": 8}, pools[:2])
+
+
+def test_an_unknown_data_source_is_a_config_error(tiny_dataset, tmp_path, sweep):
+    with pytest.raises(Exception, match="data must be one of path, object-store"):
+        sweep(tiny_dataset, tmp_path / "out", data="s3")
