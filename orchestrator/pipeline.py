@@ -65,7 +65,7 @@ class _EpochLogger:
         self.tracker, self.advance = tracker, advance
 
     def __call__(self, epoch, train_loss, val_loss, lr, *rest):
-        self.tracker.metrics({"train_loss": train_loss, "val_loss": val_loss, "lr": lr}, step=epoch)
+        self.tracker.metrics({"val_loss": val_loss, "train_loss": train_loss, "lr": lr}, step=epoch)
         if self.advance is not None:
             self.advance(1)
 
