@@ -14,7 +14,8 @@ trial's hyperparameters (see :mod:`tune.spaces`). Each trial
    (zero-copy numpy) instead of re-reading Parquet. Either way the trial's
    config holds only hyperparameters, never data;
 3. builds the model, trains it with :func:`models.training.train`, and after
-   every epoch calls ``tune.report({"val_loss", "train_loss", "lr", "epoch"},
+   every epoch calls ``tune.report({"val_loss", "train_loss", "lr", "epoch",
+   "gpus" (assigned by Ray), "cuda" (1.0 when torch sees a device)},
    checkpoint=...)`` with the weights in ``model.pt``;
 4. resumes from ``tune.get_checkpoint()`` when Tune restarts it (a retry after a
    failure, or ``Tuner.restore``): weights back, remaining epochs only.
@@ -223,14 +224,14 @@ def train_config(spec: DataSpec, config: dict, epochs: int | None = None):
 # --- the trainable ----------------------------------------------------------------
 
 
-def _trial_cpus() -> int:
+def _trial_resources() -> dict:
+    """The resources Ray assigned to this trial (``{"CPU": 1.0, "GPU": 1.0}``); empty outside Ray."""
     try:
         import ray
 
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        return dict(ray.get_runtime_context().get_assigned_resources())
     except Exception:  # outside Ray (a direct call in a test)
-        cpus = 1
-    return max(1, int(cpus))
+        return {}
 
 
 def train_trial(config: dict, spec: DataSpec, pools=None) -> None:
@@ -240,7 +241,9 @@ def train_trial(config: dict, spec: DataSpec, pools=None) -> None:
 
     from models.training import train
 
-    torch.set_num_threads(_trial_cpus())
+    assigned = _trial_resources()
+    torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
+    gpus = float(assigned.get("GPU", 0))
     net, train_set, val_set, extra = _datasets(spec, config, pools)
     start = 0
     ckpt = tune.get_checkpoint()
@@ -259,7 +262,8 @@ def train_trial(config: dict, spec: DataSpec, pools=None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({"state_dict": net.state_dict(), "epoch": epoch, "val_loss": val_loss, **meta},
                        Path(tmp) / CHECKPOINT_FILE)
-            tune.report({"val_loss": val_loss, "train_loss": train_loss, "lr": lr, "epoch": epoch},
+            tune.report({"val_loss": val_loss, "train_loss": train_loss, "lr": lr, "epoch": epoch, "gpus": gpus,
+                         "cuda": float(torch.cuda.is_available())},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
         if spec.crash_once and not os.path.exists(spec.crash_once):
             Path(spec.crash_once).touch()
