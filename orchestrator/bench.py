@@ -95,3 +95,21 @@ def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc
         "fits_valid_fraction": float(np.mean(res.valid)),
         "machine": platform.processor() or platform.machine(),
     }
+
+
+def bench_resnet(depth: int = 34, bins: int = 50, batch: int = 32, steps: int = 10, repeats: int = 3,
+                 amp: bool = True, device: str | None = None, width: int = 64) -> dict:
+    """ResNet training throughput (images/s, forward + backward + AdamW step): the median of ``repeats`` timings
+    of ``steps`` steps each, after warm-up (:func:`models.bench.resnet_throughput`). The seed study's network is
+    the default: ResNet-34 of width 64 on 50^3 images, batch 32, AMP (on CUDA). On a CPU use e.g.
+    ``depth=10, bins=16, width=16``. Uses the torch threads it is given (not one core)."""
+    from models.bench import resnet_throughput
+
+    runs = [resnet_throughput(depth=depth, bins=bins, batch=batch, steps=steps, amp=amp, device=device,
+                              width=width, warmup=3 if i == 0 else 1) for i in range(repeats)]
+    rates = [r["images_per_s"] for r in runs]
+    out = {k: v for k, v in runs[0].items() if k not in ("images_per_s", "seconds", "step_ms", "images")}
+    out.update(images_per_s_median=float(np.median(rates)), images_per_s_runs=rates,
+               step_ms_median=float(np.median([r["step_ms"] for r in runs])), repeats=repeats,
+               peak_memory_gb=max((r["peak_memory_gb"] or 0.0) for r in runs) or None)
+    return out

@@ -177,6 +177,8 @@ examples:
   wcscan bench fit --json        # machine-readable
   wcscan bench images --json     # voxel images vs scipy binned_statistic_dd
   wcscan bench scan --json       # Ray generation, 1 worker vs 2, seed-study projection
+  wcscan bench resnet --json     # ResNet-34, 50^3, batch 32, AMP: training images/s (a GPU node)
+  wcscan bench resnet --depth 10 --bins 16 --width 16 --batch 8   # something a laptop CPU finishes
 """
 
 
@@ -548,14 +550,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         parents=[common],
-        help="time the generation or fit kernels",
+        help="time the generation, fit, images and scan kernels, or ResNet training",
         description="Time a kernel on a fixed workload and report the timings.",
         epilog=_BENCH_EXAMPLES,
         formatter_class=fmt,
         allow_abbrev=False,
     )
-    bench.add_argument("what", choices=("generate", "fit", "scan", "images"), help="which kernel to time")
+    bench.add_argument("what", choices=("generate", "fit", "scan", "images", "resnet"), help="which kernel to time")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rn = bench.add_argument_group("resnet (training throughput; defaults: the seed study's network)")
+    rn.add_argument("--depth", type=int, default=34, choices=(10, 18, 34), help="ResNet depth (default: 34)")
+    rn.add_argument("--width", type=int, default=64, metavar="W", help="filters of the first stage (default: 64)")
+    rn.add_argument("--bins", type=int, default=50, metavar="B", help="voxels per axis (default: 50)")
+    rn.add_argument("--batch", type=int, default=32, metavar="N", help="images per step (default: 32)")
+    rn.add_argument("--steps", type=int, default=10, metavar="N", help="timed steps per repeat (default: 10)")
+    rn.add_argument("--repeats", type=int, default=3, metavar="N", help="repeats; the median is reported (default: 3)")
+    rn.add_argument("--no-amp", dest="amp", action="store_false", help="full precision (AMP applies on CUDA only)")
+    rn.add_argument("--device", default=None, metavar="DEV", help="torch device (default: cuda if available, else cpu)")
     bench.set_defaults(handler=_cmd_bench)
     return parser
 
@@ -936,6 +947,14 @@ def _cmd_bench(args) -> int:
         from orchestrator.bench_scan import bench_scan
 
         result = bench_scan()
+    elif args.what == "resnet":
+        from kernels.errors import ConfigError
+
+        for name in ("width", "bins", "batch", "steps", "repeats"):
+            if getattr(args, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+        result = bench.bench_resnet(args.depth, args.bins, args.batch, args.steps, args.repeats, args.amp,
+                                    args.device, args.width)
     else:
         result = bench.bench_generate() if args.what == "generate" else bench.bench_fit()
     if args.json:

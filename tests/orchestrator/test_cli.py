@@ -208,3 +208,20 @@ def test_unexpected_exceptions_propagate_with_their_traceback(monkeypatch):
     monkeypatch.setattr(orchestrator.fitting, "fit_dataset", boom)
     with pytest.raises(RuntimeError, match="bug"):
         main(["fit", "--dataset", "x", "--events-per-set", "1", "--sets", "1"])
+
+
+def test_bench_resnet_prints_the_median_throughput_as_json(capsys):
+    import json
+
+    code = main(["bench", "resnet", "--depth", "10", "--bins", "8", "--width", "4", "--batch", "2", "--steps", "1",
+                 "--repeats", "2", "--device", "cpu", "--json"])
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["depth"] == 10 and r["bins"] == 8 and r["batch"] == 2 and len(r["images_per_s_runs"]) == 2
+    assert r["images_per_s_median"] > 0 and r["amp"] is False  # AMP applies on CUDA only
+
+
+def test_bench_resnet_refuses_zero_steps_in_one_line(capsys):
+    assert main(["bench", "resnet", "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--steps must be >= 1" in err
