@@ -8,7 +8,9 @@ from the driver (one writer, safe for the SQLite default):
   ``trial-<id>``, with the trial's hyperparameters as params and per-epoch
   ``train_loss`` / ``val_loss`` / ``lr`` (from Tune's ``metrics_dataframe``);
 - the best trial (lowest ``val_loss`` over all epochs): its hyperparameters as
-  ``best.<name>`` tags and ``best_val_loss`` on the parent; it is evaluated as
+  ``best.<name>`` tags and ``best_val_loss`` on the parent; its network (from
+  its best checkpoint, or trained again from its config when no checkpoint is
+  left, tagged ``best_retrained``) is evaluated as
   ``wcscan run`` evaluates a network, on independent test MC at the dataset's
   points beside sigma_CRB (:func:`orchestrator.evaluation.evaluation_sets`), and
   its per-point table and sigma/sigma_CRB figure go on the parent.
@@ -25,9 +27,10 @@ import logging
 import os
 from pathlib import Path
 
+from tune.trainables import retrain
 from tune.tuner import SweepResult, best_checkpoint, load_checkpoint, run_sweep
 
-__all__ = ["run_tune", "evaluate_checkpoint"]
+__all__ = ["run_tune", "evaluate_network"]
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +83,13 @@ def _track(res: SweepResult, tracking_uri, experiment: str, eval_sets: int, resu
                              "trial_errors": res.errors})
             ckpt = best_checkpoint(best["result"])
             if ckpt is not None:
-                res.evaluation = evaluate_checkpoint(ckpt, spec, eval_sets)
-                _log_evaluation(tracker, res.evaluation, res.out)
+                net, state = load_checkpoint(ckpt)
+            else:  # its checkpoints are gone (storage cleaned, or a trial stopped before its first report)
+                log.warning("the best trial %s has no checkpoint: training its config again", best["trial_id"])
+                net, state = retrain(best["config"], spec)
+                tracker.tags({"best_retrained": "true"})
+            res.evaluation = evaluate_network(net, state, spec, eval_sets)
+            _log_evaluation(tracker, res.evaluation, res.out)
         res.run_id, res.tracking_uri = tracker.run_id, tracker.uri
 
 
@@ -104,14 +112,17 @@ def _log_trial(tracker, trial: dict, run_id: str | None) -> None:
         tracker.metrics({"best_val_loss": trial["best_val_loss"], "epochs_run": trial["epochs"]})
 
 
-def evaluate_checkpoint(checkpoint, spec, n_sets: int = 20):
-    """Evaluate a trial checkpoint as ``wcscan run`` does: test MC at the dataset's points, beside sigma_CRB."""
+def evaluate_network(net, state: dict, spec, n_sets: int = 20):
+    """Evaluate a trial's network as ``wcscan run`` does: test MC at the dataset's points, beside sigma_CRB.
+
+    ``state``: its checkpoint dict (:func:`tune.trainables.load_checkpoint`): the model family and what
+    the estimator needs (bins and events per image, or the set size).
+    """
     from kernels import detector, theory
     from models import estimators
     from orchestrator.evaluation import evaluate, evaluation_sets
     from tune.trainables import load_grid
 
-    net, state = load_checkpoint(checkpoint)
     if state["model"] == "resnet3d":
         n_events = int(state["events_per_image"])
         est = estimators.ResNetEstimator(net, int(state["bins"]), n_events, name="resnet3d")

@@ -39,7 +39,7 @@ from kernels.dataset import read_pools
 from kernels.errors import ConfigError
 
 __all__ = ["DataSpec", "CHECKPOINT_FILE", "load_grid", "build_model", "train_config", "train_trial",
-           "make_trainable", "load_checkpoint"]
+           "make_trainable", "load_checkpoint", "retrain"]
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,18 @@ def train_trial(config: dict, spec: DataSpec, pools=None) -> None:
             raise RuntimeError(f"injected crash after epoch {epoch} ({spec.crash_once} did not exist)")
 
     train(net, train_set, val_set, train_config(spec, config, spec.epochs - start), on_epoch=on_epoch)
+
+
+def retrain(config: dict, spec: DataSpec, pools=None) -> tuple:
+    """Train a trial's config again, outside Tune; ``(network in eval mode, checkpoint dict)`` as
+    :func:`load_checkpoint` returns them. For a best trial whose checkpoint is gone."""
+    from models.training import train
+
+    net, train_set, val_set, extra = _datasets(spec, config, pools)
+    hist = train(net, train_set, val_set, train_config(spec, config))
+    state = {"model": spec.model, "hparams": net.hparams, "epoch": hist["best_epoch"],
+             "val_loss": hist["best_val_loss"], **extra}
+    return net.eval(), state
 
 
 def make_trainable(spec: DataSpec, cpus: float = 1, gpus: float = 0, pools: list[np.ndarray] | None = None):

@@ -135,3 +135,15 @@ def test_a_sweep_logs_to_an_mlflow_server(ray_local, tiny_dataset, tiny_sweep_da
     assert {a.path for a in client.list_artifacts(res.run_id)} >= {"evaluation", "figures"}
     # the server stored the artifacts (proxied), not the client
     assert list((store / "artifacts").rglob("points.csv"))
+
+
+def test_a_best_trial_without_a_checkpoint_is_trained_again_and_evaluated(
+    ray_local, tiny_dataset, tiny_sweep_data, tmp_path, monkeypatch
+):
+    import orchestrator.sweep
+
+    monkeypatch.setattr(orchestrator.sweep, "best_checkpoint", lambda result: None)  # as if storage were cleaned
+    res = _tune(tiny_sweep_data, tiny_dataset, tmp_path / "out", num_samples=1)
+    assert [r["dc9_true"] for r in res.evaluation.rows] == [-1.0, 0.0, 1.0]
+    client, _ = _runs(f"sqlite:///{(tmp_path / 'out').resolve()}/mlflow.db")
+    assert client.get_run(res.run_id).data.tags["best_retrained"] == "true"

@@ -77,3 +77,12 @@ def test_shared_pools_replace_the_dataset_files(tiny_dataset, tiny_sweep_data):
 def test_an_unknown_data_source_is_a_config_error(tiny_dataset, tmp_path, sweep):
     with pytest.raises(Exception, match="data must be one of path, object-store"):
         sweep(tiny_dataset, tmp_path / "out", data="s3")
+
+
+def test_retrain_gives_an_evaluable_network_and_its_state(tiny_dataset, tiny_sweep_data):
+    from tune.trainables import DataSpec, retrain
+
+    spec = DataSpec(model="deepsets", dataset=str(tiny_dataset), epochs=1, **tiny_sweep_data)
+    net, state = retrain({"hidden": 8, "phi_layers": 1, "rho_layers": 1}, spec)
+    assert not net.training and state["model"] == "deepsets" and state["set_size"] == 200
+    assert state["hparams"]["hidden"] == 8 and state["val_loss"] == state["val_loss"]  # finite, not NaN
