@@ -70,3 +70,36 @@ def interrupt_after_first_trial(tmp_path):
                 os.kill(os.getpid(), signal.SIGINT)
 
     return InterruptOnce()
+
+
+#: A `wcscan run` config that runs every estimator in seconds (6^3 images: the small-image path of the ResNet).
+TINY_RUN = """\
+name: tiny
+seed: 3
+scan: {dc9: "-1:1:3", events_per_point: 12000}
+images: {bins: 6, events_per_image: 400, images_per_point: 10, val_fraction: 0.2}
+models:
+  resnet3d: {depth: 10, width: 4, train: {epochs: 1, batch_size: 8}}
+  deepsets: {hidden: 8, phi_layers: 1, rho_layers: 1, set_size: 400, sets_per_point: 6, train: {epochs: 1, batch_size: 4}}
+  event_classifier: {hidden: 8, layers: 1, events_per_point: 3000, train: {epochs: 1, batch_size: 512}}
+evaluation: {dc9: [-1.0, -0.5], sets: 3, events_per_set: 400}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_run_yaml():
+    """The text of a tiny `wcscan run` config (every estimator, seconds on 2 cores)."""
+    return TINY_RUN
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function that returns a free TCP port on 127.0.0.1."""
+    import socket
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return port

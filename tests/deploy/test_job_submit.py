@@ -10,7 +10,6 @@ job succeeded, and what it wrote to MLflow.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,29 +21,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-TINY = """\
-name: tiny
-seed: 3
-scan: {dc9: "-1:1:3", events_per_point: 12000}
-images: {bins: 8, events_per_image: 400, images_per_point: 10, val_fraction: 0.2}
-models:
-  resnet3d: {depth: 10, width: 4, train: {epochs: 1, batch_size: 8}}
-  deepsets: {hidden: 8, phi_layers: 1, rho_layers: 1, set_size: 400, sets_per_point: 6, train: {epochs: 1, batch_size: 4}}
-  event_classifier: {hidden: 8, layers: 1, events_per_point: 3000, train: {epochs: 1, batch_size: 512}}
-evaluation: {dc9: [-1.0, -0.5], sets: 3, events_per_set: 400}
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
-def loopback_head():
+def loopback_head(free_port):
     """A Ray head with its dashboard on 127.0.0.1 (2 CPUs); yields (dashboard URL, env for the `ray` CLI, temp dir)."""
-    port, dash, agent = _free_port(), _free_port(), _free_port()
+    port, dash, agent = free_port(), free_port(), free_port()
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):  # the job must join this head and write OUT/mlflow.db
         env.pop(name, None)
@@ -78,14 +59,14 @@ def loopback_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_job_submit_runs_wcscan_on_the_cluster(loopback_head, tmp_path):
+def test_ray_job_submit_runs_wcscan_on_the_cluster(loopback_head, tmp_path, tiny_run_yaml):
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_actors
 
     url, env, temp = loopback_head
     config, out = tmp_path / "tiny.yaml", tmp_path / "out"
-    config.write_text(TINY)
+    config.write_text(tiny_run_yaml)
     proc = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".", "--",
          "wcscan", "run", "--config", str(config), "--out", str(out), "--quiet"],

@@ -6,26 +6,14 @@ import pytest
 
 from orchestrator.cli import main
 
-TINY = """
-name: tiny
-seed: 3
-scan: {dc9: "-1:1:3", events_per_point: 12000}
-images: {bins: 6, events_per_image: 400, images_per_point: 10, val_fraction: 0.2}
-models:
-  resnet3d: {depth: 10, width: 4, train: {epochs: 1, batch_size: 8}}
-  deepsets: {hidden: 8, phi_layers: 1, rho_layers: 1, set_size: 400, sets_per_point: 6, train: {epochs: 1, batch_size: 4}}
-  event_classifier: {hidden: 8, layers: 1, events_per_point: 3000, train: {epochs: 1, batch_size: 512}}
-evaluation: {dc9: [-1.0, -0.5], sets: 3, events_per_set: 400}
-"""
-
 ESTIMATORS = ["deepsets", "event_posterior", "ml_fit", "resnet3d"]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_run_yaml):
     tmp = tmp_path_factory.mktemp("run")
     cfg = tmp / "tiny.yaml"
-    cfg.write_text(TINY)
+    cfg.write_text(tiny_run_yaml)
     out = tmp / "out"
     code = main(["run", "--config", str(cfg), "--out", str(out), "--workers", "0", "--quiet"])
     return code, out
@@ -75,9 +63,9 @@ def test_tiny_run_logs_a_parent_and_one_child_per_estimator(tiny_run):
     assert [a.path for a in client.list_artifacts(resnet.info.run_id, "model")] == ["model/model.pt"]
 
 
-def test_a_config_that_does_not_validate_is_one_line(tmp_path, capsys):
+def test_a_config_that_does_not_validate_is_one_line(tmp_path, capsys, tiny_run_yaml):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(TINY.replace("events_per_point: 12000", "events_per_point: 0"))
+    bad.write_text(tiny_run_yaml.replace("events_per_point: 12000", "events_per_point: 0"))
     assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scan.events_per_point" in err[0]

@@ -3,7 +3,6 @@ same parent run, and a sweep that logs to a real `mlflow server` on loopback."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -83,16 +82,10 @@ def test_resume_logs_into_the_same_parent_run_without_duplicates(
     assert client.get_run(first.run_id).data.tags["resumed"] == "true"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def mlflow_server(tmp_path):
+def mlflow_server(tmp_path, free_port):
     """``mlflow server`` on loopback with a SQLite backend and a proxied artifact store."""
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "server"
     store.mkdir()
     proc = subprocess.Popen(
