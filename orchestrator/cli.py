@@ -380,8 +380,11 @@ examples:
       --num-samples 64 --cpus-per-trial 4 --gpus-per-trial 1 --storage /data/tune \\
       --tracking-uri http://mlflow:5000
 
-  # continue an interrupted sweep (same --out / --storage)
+  # continue an interrupted sweep (same --out / --storage; the same MLflow parent run)
   wcscan tune --model deepsets --dataset out/demo/events --resume
+
+  # trials share one copy of the events through Ray's object store
+  wcscan tune --model deepsets --dataset out/demo/events --data object-store
 
 Trials and checkpoints: STORAGE/<model> (default OUT/ray_results). MLflow: a
 parent run for the sweep, a child run per trial (params, per-epoch losses);
