@@ -127,8 +127,11 @@ def run_sweep(
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
     if cpus_per_trial <= 0 or gpus_per_trial < 0:
         raise ConfigError(f"cpus per trial must be > 0 and gpus >= 0, got {cpus_per_trial}, {gpus_per_trial}")
+    if data not in DATA_SOURCES:
+        raise ConfigError(f"data must be one of {', '.join(DATA_SOURCES)}, got {data!r}")
+    if search not in SEARCHES:
+        raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     spec = DataSpec(model=model, dataset=str(Path(dataset).resolve()),
                     images=str(Path(images).resolve()) if images else None, epochs=epochs, seed=seed,
                     crash_once=os.environ.get(CRASH_ENV) or None, **(spec_overrides or {}))
@@ -136,14 +139,13 @@ def run_sweep(
     if spec.images is not None and model == "resnet3d":
         space.pop("bins", None)  # fixed by the image dataset
     sched = _scheduler(scheduler, epochs)
+    out.mkdir(parents=True, exist_ok=True)  # after every check: a refused sweep leaves nothing behind
     if max_concurrent is None:
         cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else (os.cpu_count() or 1)
         max_concurrent = max(1, int(cpus // cpus_per_trial))
     storage_path = _storage(out, storage)
     name = name or model
     path = f"{storage_path.rstrip('/')}/{name}"
-    if data not in DATA_SOURCES:
-        raise ConfigError(f"data must be one of {', '.join(DATA_SOURCES)}, got {data!r}")
     pools = None
     if data == "object-store" and not (model == "resnet3d" and spec.images is not None):
         from kernels.dataset import read_pools
