@@ -304,12 +304,12 @@ def mixed_set_indices(
 
 
 def _as_columns(columns) -> np.ndarray:
-    """(4, N) view of events given as (4, N), (N, 4) or a table with :data:`kernels.dataset.COLUMNS`.
+    """(4, N) view of events given as (4, N), (N, 4) or a table with :data:`kernels.event_store.COLUMNS`.
 
     A (4, 4) array is read as (4, N), the sampler's layout.
     """
     if hasattr(columns, "column") and hasattr(columns, "num_rows"):  # an Arrow table
-        from kernels.dataset import COLUMNS
+        from kernels.event_store import COLUMNS
 
         return np.stack([np.asarray(columns.column(c).to_numpy()) for c in COLUMNS])
     arr = np.asarray(columns)
@@ -409,7 +409,7 @@ def test_sets(
     chunks ``(seed, point, c)`` or the test images ``(seed, point, 10**6 + k)``.
     ``point`` is the scan point's index in the dataset, and must be given.
     """
-    from kernels.dataset import COLUMNS
+    from kernels.event_store import COLUMNS
     from kernels.detector import sample_level
 
     set_size = _count(set_size, "set_size")

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from kernels import angular
-from kernels.dataset import COLUMNS
+from kernels.event_store import COLUMNS
 from kernels.errors import ConfigError
 from kernels.theory import JTable
 

@@ -1,7 +1,7 @@
 r"""Torch datasets over arrays: voxel images, sets of events, single events.
 
 Every dataset here wraps arrays it is given (numpy arrays or memory maps such as
-:func:`kernels.image_dataset.open_images` returns); none opens files by itself.
+:func:`kernels.image_store.open_images` returns); none opens files by itself.
 Items are ``(inputs..., target)`` tuples, which is what
 :func:`models.training.train` expects: the model is called as
 ``model(*inputs)`` and the loss compares its output with ``target``.

@@ -6,7 +6,7 @@ networks and the ML fit are compared on identical events. ``predict`` returns
 the estimates ``(M,)`` and their uncertainties ``(M,)``, or None for an
 estimator that gives none.
 
-- :class:`ResNetEstimator`: voxelises each set with :func:`kernels.images.voxelize`
+- :class:`ResNetEstimator`: voxelises each set with :func:`kernels.voxels.voxelize`
   (the images a ResNet trains on), then runs the network; ``predict_images``
   takes ready-made images;
 - :class:`DeepSetsEstimator`: the Deep Sets network on the raw sets;
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from kernels.errors import ConfigError
-from kernels.images import voxelize
+from kernels.voxels import voxelize
 from models.event_classifier import EventClassifier, posterior_moments
 from models.features import N_EVENT_VARIABLES
 

@@ -1,7 +1,7 @@
 r"""Per-event input features shared by the event-level networks (Deep Sets, the classifier).
 
 An event is a row ``(q2, cos_theta_mu, cos_theta_k, chi)``, the column order of
-:data:`kernels.dataset.COLUMNS` and of the sets ``(M, N, 4)`` that
+:data:`kernels.event_store.COLUMNS` and of the sets ``(M, N, 4)`` that
 :func:`kernels.likelihood.fit_sets` takes. The angle chi is periodic, so it is
 encoded as ``(cos chi, sin chi)``: chi = 0 and chi = 2 pi are the same event,
 and the network never sees the seam. The five features

@@ -1,6 +1,6 @@
 r"""A 3D ResNet that regresses delta C9 from voxel images (the seed study's network).
 
-Input: images of :mod:`kernels.images`, float32 ``(batch, C, B, B, B)`` with
+Input: images of :mod:`kernels.voxels`, float32 ``(batch, C, B, B, B)`` with
 channel 0 the mean q2 per voxel (NaN, or the fill value, where the voxel is
 empty) and channel 1 the event count. Output: one value per image, shape
 ``(batch,)`` (or ``(batch, outputs)`` for ``outputs > 1``).

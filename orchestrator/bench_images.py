@@ -6,7 +6,7 @@ alternately in one process on one thread (BLAS pools limited to one thread,
 ``POLARS_MAX_THREADS=1`` set before Polars is first imported), so "per core"
 means what it says. Each figure is the median over ``repeats`` runs.
 
-- ours: :func:`kernels.images.voxelize` (one flat index per event, two
+- ours: :func:`kernels.voxels.voxelize` (one flat index per event, two
   ``np.bincount`` calls per cache-sized group of images);
 - baseline: ``scipy.stats.binned_statistic_dd`` per image, once with
   ``statistic="mean"`` on q2 and once with ``"count"``, the way earlier studies
@@ -14,7 +14,7 @@ means what it says. Each figure is the median over ``repeats`` runs.
   the exact ones, as ours);
 - also reported: the baseline reusing the first call's bin numbers for the
   count (``binned_statistic_result=``), a stronger scipy baseline, and
-  :func:`kernels.images.voxelize_polars`, the Polars group-by version.
+  :func:`kernels.voxels.voxelize_polars`, the Polars group-by version.
 
 The events are uniform in the angles and in q2 in [1.1, 6] (float32): the
 timing of binning does not depend on the physics, and this keeps the
@@ -95,7 +95,7 @@ def bench_images(
     version, and whether ours agrees with scipy on every voxel.
     """
     os.environ.setdefault("POLARS_MAX_THREADS", "1")  # only takes effect before polars is imported
-    from kernels.images import voxelize, voxelize_polars
+    from kernels.voxels import voxelize, voxelize_polars
 
     if events <= 0 or events_per_image <= 0 or events % events_per_image:
         raise ValueError(f"events ({events}) must be a positive multiple of events_per_image ({events_per_image})")

@@ -216,7 +216,7 @@ def parse_column_map(text: str) -> dict[str, str]:
     >>> parse_column_map("q2=Q2,cos_theta_mu=ctl")
     {'Q2': 'q2', 'ctl': 'cos_theta_mu'}
     """
-    from kernels.dataset import COLUMNS
+    from kernels.event_store import COLUMNS
 
     mapping: dict[str, str] = {}
     for item in text.split(","):
@@ -701,7 +701,7 @@ def _cmd_fit(args) -> int:
                                   dc9_column=args.dc9_column, dc9_true=args.dc9_true)
         total = args.sets * len(points) if args.events_per_set > 0 and args.sets > 0 else None
     elif args.events_per_set > 0 and args.sets > 0 and (args.dataset / "manifest.json").is_file():
-        from kernels.dataset import read_manifest
+        from kernels.event_store import read_manifest
 
         total = args.sets * len(read_manifest(args.dataset).get("points", ()))
     with _progress("fit", total or 0, "sets", _progress_enabled(args) and total) as advance:
@@ -770,7 +770,7 @@ def _images_plan(args):
 def _cmd_images(args) -> int:
     from rich.table import Table
 
-    from kernels.dataset import events_file, load_events, read_manifest
+    from kernels.event_store import events_file, load_events, read_manifest
     from orchestrator.images import build_images, split_counts
 
     source = _images_plan(args)

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from kernels.dataset import COLUMNS, LEVELS, load_events, read_manifest, read_point, validate_events
+from kernels.event_store import COLUMNS, LEVELS, load_events, read_manifest, read_point, validate_events
 from kernels.errors import ConfigError, DatasetError
 from kernels.metrics import POINT_COLUMNS
 

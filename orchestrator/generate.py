@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kernels.dataset import LEVELS, MANIFEST, part_path, point_checksum, write_manifest, write_part
+from kernels.event_store import LEVELS, MANIFEST, part_path, point_checksum, write_manifest, write_part
 from kernels.errors import ConfigError, DatasetError
 from orchestrator import journal
 

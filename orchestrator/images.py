@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from kernels.dataset import COLUMNS, MANIFEST, read_manifest, validate_events
+from kernels.event_store import COLUMNS, MANIFEST, read_manifest, validate_events
 from kernels.errors import ConfigError, DatasetError
-from kernels.image_dataset import FORMAT, SPLITS, image_file, image_path, write_manifest
-from kernels.images import AXES, CHANNELS, MAX_BINS, RANGES, make_images
+from kernels.image_store import FORMAT, SPLITS, image_file, image_path, write_manifest
+from kernels.voxels import AXES, CHANNELS, MAX_BINS, RANGES, make_images
 
 __all__ = [
     "TEST_SEED_OFFSET",

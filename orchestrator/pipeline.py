@@ -71,7 +71,7 @@ class _EpochLogger:
 
 
 def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress):
-    from kernels.image_dataset import open_images
+    from kernels.image_store import open_images
     from models.data import image_dataset
     from models.resnet3d import ResNet3d
     from models.training import seed_everything, train
@@ -150,7 +150,7 @@ def run_job(
 ) -> JobResult:
     """Run the job of ``cfg`` into ``out``; see the module docstring."""
     from kernels import detector, likelihood, theory
-    from kernels.dataset import read_pools
+    from kernels.event_store import read_pools
     from models import estimators
     from orchestrator import plots, report
     from orchestrator.fitting import write_points_csv
@@ -258,7 +258,7 @@ def run_job(
         if histories:
             figures["training_curves"] = plots.plot_training_curves(histories, fig_dir / "training_curves.png")
         if mc.resnet3d and mc.resnet3d.enabled:
-            from kernels.image_dataset import open_images
+            from kernels.image_store import open_images
 
             ex = [open_images(out / "images", "train", p)[0] for p in (0, len(grid) // 2, len(grid) - 1)]
             figures["image_slices"] = plots.plot_image_slices(np.stack(ex), [grid[0], grid[len(grid) // 2], grid[-1]], fig_dir / "image_slices.png")

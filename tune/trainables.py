@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.dataset import read_pools
+from kernels.event_store import read_pools
 from kernels.errors import ConfigError
 
 __all__ = ["DataSpec", "CHECKPOINT_FILE", "load_grid", "build_model", "train_config", "train_trial",
@@ -84,7 +84,7 @@ class DataSpec:
 
 def load_grid(dataset: str | os.PathLike) -> tuple[dict, list[float]]:
     """The event dataset's manifest and its delta C9 per point (in index order)."""
-    from kernels.dataset import read_manifest
+    from kernels.event_store import read_manifest
 
     manifest = read_manifest(dataset)
     points = sorted(manifest["points"], key=lambda p: p["index"])
@@ -99,7 +99,7 @@ def _split(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _image_arrays(spec: DataSpec, config: dict, manifest: dict, grid: list[float], pools=None):
     """(train arrays, val arrays, bins): one array of images per point."""
     if spec.images is not None:
-        from kernels.image_dataset import open_images, read_image_manifest
+        from kernels.image_store import open_images, read_image_manifest
 
         im = read_image_manifest(spec.images)
         n = len(im["points"])
@@ -108,7 +108,7 @@ def _image_arrays(spec: DataSpec, config: dict, manifest: dict, grid: list[float
         tr = [open_images(spec.images, "train", p, im) for p in range(n)]
         va = [open_images(spec.images, "val", p, im) for p in range(n)]
         return tr, va, int(im["bins"])
-    from kernels.images import voxelize
+    from kernels.voxels import voxelize
 
     bins = int(config.get("bins", 16))
     tr, va = [], []
@@ -140,7 +140,7 @@ def _datasets(spec: DataSpec, config: dict, pools=None):
         net = build_model("resnet3d", config).fit_preprocess(tr)
         events_per_image = spec.events_per_image
         if spec.images is not None:
-            from kernels.image_dataset import read_image_manifest
+            from kernels.image_store import read_image_manifest
 
             events_per_image = int(read_image_manifest(spec.images)["events_per_image"])
         extra = {"bins": bins, "events_per_image": events_per_image}
@@ -287,7 +287,7 @@ def retrain(config: dict, spec: DataSpec, pools=None) -> tuple:
 def make_trainable(spec: DataSpec, cpus: float = 1, gpus: float = 0, pools: list[np.ndarray] | None = None):
     """``train_trial`` bound to ``spec``, with its resources declared (``tune.with_resources``).
 
-    ``pools`` (:func:`kernels.dataset.read_pools`): events shared through Ray's object store
+    ``pools`` (:func:`kernels.event_store.read_pools`): events shared through Ray's object store
     (``tune.with_parameters`` stores them once; trials get references, not copies).
     """
     from ray import tune

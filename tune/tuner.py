@@ -148,7 +148,7 @@ def run_sweep(
     path = f"{storage_path.rstrip('/')}/{name}"
     pools = None
     if data == "object-store" and not (model == "resnet3d" and spec.images is not None):
-        from kernels.dataset import read_pools
+        from kernels.event_store import read_pools
 
         pools = read_pools(spec.dataset)  # once, on the driver; tune.with_parameters puts them in the object store
     trainable = make_trainable(spec, cpus_per_trial, gpus_per_trial, pools)

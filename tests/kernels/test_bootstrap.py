@@ -21,7 +21,7 @@ from kernels.bootstrap import (
     test_set_seed,
     test_sets,
 )
-from kernels.dataset import COLUMNS
+from kernels.event_store import COLUMNS
 from kernels.errors import ConfigError
 
 

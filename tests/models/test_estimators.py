@@ -8,7 +8,7 @@ import torch
 
 from kernels import sampler
 from kernels.errors import ConfigError
-from kernels.images import voxelize
+from kernels.voxels import voxelize
 from kernels.likelihood import sigma_crb
 from models.deepsets import DeepSets
 from models.estimators import (

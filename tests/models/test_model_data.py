@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kernels.errors import ConfigError
-from kernels.image_dataset import image_file, open_images, write_manifest
+from kernels.image_store import image_file, open_images, write_manifest
 from models.data import EventDataset, ImageDataset, SetDataset, collate_sets, image_dataset, join_mixed_indices
 from models.deepsets import DeepSets
 from models.training import TrainConfig, evaluate_loss, train

@@ -20,7 +20,7 @@ import pytest
 
 import kernels
 import kernels.theory
-from kernels.dataset import COLUMNS, load_events
+from kernels.event_store import COLUMNS, load_events
 from kernels.errors import ConfigError, DatasetError
 from orchestrator.cli import main
 from orchestrator.fitting import POINT_COLUMNS, fit_events_file, read_events_file
@@ -344,7 +344,7 @@ def test_cli_fits_a_root_ntuple(root_file, fitter, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_real_fit_of_an_events_file_equals_the_fit_of_the_same_dataset(tmp_path):
-    from kernels.dataset import read_manifest, read_point
+    from kernels.event_store import read_manifest, read_point
     from orchestrator.fitting import fit_dataset
     from orchestrator.generate import generate_dataset
 
@@ -366,7 +366,7 @@ def test_real_fit_of_an_events_file_equals_the_fit_of_the_same_dataset(tmp_path)
 def test_images_from_a_root_tree_record_the_files_hash(root_file, tmp_path, capsys):
     import hashlib
 
-    from kernels.image_dataset import read_image_manifest
+    from kernels.image_store import read_image_manifest
 
     path, _ = root_file
     out = tmp_path / "images"

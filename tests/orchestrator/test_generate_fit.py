@@ -20,7 +20,7 @@ import pytest
 
 import kernels
 import kernels.theory
-from kernels.dataset import COLUMNS, MANIFEST, read_manifest, read_point, validate_events
+from kernels.event_store import COLUMNS, MANIFEST, read_manifest, read_point, validate_events
 from kernels.errors import DatasetError
 from orchestrator import generate as gen_mod
 from orchestrator.cli import main
@@ -120,7 +120,7 @@ def test_generate_splits_events_into_full_chunks_then_the_remainder(tmp_path, fa
 
 
 def test_manifest_records_config_seeds_shifts_and_checksums(tmp_path, fake_kernels):
-    from kernels.dataset import point_checksum
+    from kernels.event_store import point_checksum
 
     m = generate_dataset(tmp_path / "ds", [-1.0, 0.5], 300, 7, WINDOWS, chunk_size=200)
     assert m["format"] == "wcscan-events/1"

@@ -20,10 +20,10 @@ import pytest
 
 import kernels
 import kernels.theory
-from kernels.dataset import COLUMNS, read_manifest, read_point
+from kernels.event_store import COLUMNS, read_manifest, read_point
 from kernels.errors import ConfigError, DatasetError
-from kernels.image_dataset import FORMAT, open_images, read_image_manifest
-from kernels.images import CHANNELS, make_images
+from kernels.image_store import FORMAT, open_images, read_image_manifest
+from kernels.voxels import CHANNELS, make_images
 from orchestrator import images as oi
 from orchestrator.cli import main
 from orchestrator.generate import generate_dataset

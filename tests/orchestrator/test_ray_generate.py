@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from kernels.dataset import MANIFEST, read_manifest
+from kernels.event_store import MANIFEST, read_manifest
 from kernels.errors import ConfigError
 from orchestrator.cli import main
 from orchestrator.generate import generate

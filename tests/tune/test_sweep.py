@@ -62,7 +62,7 @@ def test_trials_can_take_their_events_from_the_object_store(ray_local, tiny_data
 def test_shared_pools_replace_the_dataset_files(tiny_dataset, tiny_sweep_data):
     import numpy as np
 
-    from kernels.dataset import read_pools
+    from kernels.event_store import read_pools
     from tune.trainables import DataSpec, _datasets
 
     spec = DataSpec(model="deepsets", dataset=str(tiny_dataset), **tiny_sweep_data)

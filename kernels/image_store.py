@@ -9,7 +9,7 @@ Layout, under the dataset root (e.g. ``out/images``)::
     ...
 
 Each file is a plain NumPy ``.npy`` array (channels and axes as in
-:mod:`kernels.images`), written through :func:`numpy.lib.format.open_memmap`
+:mod:`kernels.voxels`), written through :func:`numpy.lib.format.open_memmap`
 under a temporary name in the same directory and moved into place with
 ``os.replace``, so a file is either absent or complete. Images are written
 straight into the memory map, and :func:`open_images` maps a file read-only:
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.dataset import read_manifest, write_manifest
+from kernels.event_store import read_manifest, write_manifest
 from kernels.errors import ConfigError, DatasetError
 
 __all__ = [

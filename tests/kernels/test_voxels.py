@@ -1,4 +1,4 @@
-"""Specification of voxel images (kernels.images) and the image files (kernels.image_dataset).
+"""Specification of voxel images (kernels.voxels) and the image files (kernels.image_store).
 
 The reference is brute force: a Python loop over events that bins each one with
 exact rational arithmetic (pi to 50 digits for chi) and averages q2 in float64.
@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels import images as ki
+from kernels import voxels as ki
 from kernels.errors import ConfigError, DatasetError
-from kernels.image_dataset import (
+from kernels.image_store import (
     FORMAT,
     image_file,
     image_path,
@@ -25,7 +25,7 @@ from kernels.image_dataset import (
     read_image_manifest,
     write_manifest,
 )
-from kernels.images import bin_index, make_images, voxelize, voxelize_polars
+from kernels.voxels import bin_index, make_images, voxelize, voxelize_polars
 
 PI = Fraction("3.14159265358979323846264338327950288419716939937510")
 TWO_PI_F32 = np.float32(2 * math.pi)  # rounds above 2 pi

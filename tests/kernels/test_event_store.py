@@ -1,4 +1,4 @@
-"""Specification of the event-dataset contract (kernels.dataset)."""
+"""Specification of the event-dataset contract (kernels.event_store)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from kernels.dataset import (
+from kernels.event_store import (
     COLUMNS,
     LEVELS,
     MANIFEST,

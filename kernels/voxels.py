@@ -19,7 +19,7 @@ Binning. ``B`` equal bins over cos in [-1, 1] and chi in [0, 2 pi]. Bins are
 half-open, ``[e_i, e_{i+1})`` with ``e_i = lo + i (hi - lo) / B``, except the
 last, which is closed: ``cos = 1`` and ``chi = 2 pi`` land in bin ``B - 1``, and
 so does float32 ``2 pi`` (which rounds above 2 pi, and which
-:func:`kernels.dataset.validate_events` accepts). The index is computed in
+:func:`kernels.event_store.validate_events` accepts). The index is computed in
 float64 from the event's own value, which is exact for cos (``x * B / 2`` is
 exact for a float32 x, and ``floor`` is exact) and exact for chi except within
 1e-15 relative of an (irrational) edge ``2 pi k / B``, where no float32 lies for
@@ -436,7 +436,7 @@ def event_arrays(events) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 
     ``events`` is a pyarrow Table or RecordBatch, a Polars DataFrame, a mapping of
     column name to array, or a ``(4, n)`` array in
-    :data:`kernels.dataset.COLUMNS` order (``q2, cos_theta_mu, cos_theta_k, chi``,
+    :data:`kernels.event_store.COLUMNS` order (``q2, cos_theta_mu, cos_theta_k, chi``,
     as :func:`kernels.sampler.sample_array` returns). Arrow and numpy columns are
     not copied when they are contiguous.
     """
