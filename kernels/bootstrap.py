@@ -46,8 +46,8 @@ The streams of one scan with master seed ``seed``, at point ``p``:
 entropy                                what
 =====================================  ==========================================
 ``(seed, p, c)``                       generator chunk ``c`` of the event dataset
-                                       (``orchestrator.generate``), c < 10**6
-``(seed, p, 10**6 + k)``               test image ``k`` (``orchestrator.images``)
+                                       (``orchestrator.generate.dataset``), c < 10**6
+``(seed, p, 10**6 + k)``               test image ``k`` (``orchestrator.build.images``)
 ``(seed, p, split, 10**6 + k)``        streamed image ``k`` of a split
 ``(seed, p, 2 * 10**6 + k)``           evaluation set ``k`` (:func:`test_sets`)
 ``(seed, p, 3 * 10**6 + stream)``      index draws (:func:`index_seed`): which
@@ -409,8 +409,8 @@ def test_sets(
     chunks ``(seed, point, c)`` or the test images ``(seed, point, 10**6 + k)``.
     ``point`` is the scan point's index in the dataset, and must be given.
     """
-    from kernels.event_store import COLUMNS
     from kernels.detector import sample_level
+    from kernels.event_store import COLUMNS
 
     set_size = _count(set_size, "set_size")
     n_sets = _count(n_sets, "n_sets")

@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kernels.errors import DatasetError
+from kernels.files import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "COLUMNS",
@@ -80,18 +81,6 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def _atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def part_path(root: str | os.PathLike, level: str, point: int, part: int) -> Path:
     """Path of one Parquet part: ``root/level=<level>/point=<NNN>/part-<KKKKK>.parquet``.
 
@@ -121,7 +110,7 @@ def write_part(
     dictionary = [c for c in table.column_names if c not in COLUMNS]
     pq.write_table(table, sink, compression=_COMPRESSION, use_dictionary=dictionary)
     data = memoryview(sink.getvalue())  # no copy: hashed and written from Arrow's buffer
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
     info = {
         "path": path.relative_to(Path(root)).as_posix(),
         "rows": table.num_rows,
@@ -134,8 +123,7 @@ def write_part(
 def write_manifest(root: str | os.PathLike, manifest: Mapping) -> Path:
     """Write ``manifest.json`` atomically (sorted keys, indent 2); return its path."""
     path = Path(root) / MANIFEST
-    text = json.dumps(manifest, sort_keys=True, indent=2, allow_nan=False) + "\n"
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_json(path, manifest)
     log.debug("wrote %s", path)
     return path
 
@@ -189,12 +177,14 @@ def read_point(
     level: str,
     point: int,
     *,
-    verify_checksums: bool = False,
+    verify_checksums: bool = True,
 ) -> pa.Table:
     """Read the ``level`` events of scan point ``point``, parts in manifest order.
 
-    Each part listed in the manifest must exist and hold the recorded number of
-    rows; with ``verify_checksums`` its sha256 is checked too.
+    Each part listed in the manifest must exist, hold the recorded number of
+    rows and, with ``verify_checksums`` (the default), have the recorded
+    sha256: a part changed since it was written is refused, never used. The
+    bytes are read once, hashed and parsed from memory.
     """
     root = Path(root)
     entry = _find_point(manifest, point)
@@ -208,11 +198,13 @@ def read_point(
         if not path.is_file():
             raise DatasetError(f"{path}: part listed in the manifest is missing")
         try:
-            if verify_checksums:
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                if digest != p["sha256"]:
-                    raise DatasetError(f"{path}: checksum mismatch (file changed since written)")
-            table = pq.ParquetFile(path).read()
+            data = path.read_bytes()
+            if verify_checksums and hashlib.sha256(data).hexdigest() != p["sha256"]:
+                raise DatasetError(
+                    f"{path}: sha256 differs from the manifest's (the part changed since it was written); "
+                    "generate the dataset again"
+                )
+            table = pq.ParquetFile(pa.BufferReader(data)).read()
         except DatasetError:
             raise
         except (OSError, pa.ArrowException) as err:

@@ -16,7 +16,7 @@ straight into the memory map, and :func:`open_images` maps a file read-only:
 neither side ever holds a whole split in memory, and any image can be read
 alone (``open_images(root, "train", 3)[k]``).
 
-The manifest (see :func:`orchestrator.images.build_images` for what fills it)
+The manifest (see :func:`orchestrator.build.images.build_images` for what fills it)
 records the bin count, events per image, channels, axes, dtype, image shape,
 the fill value of empty voxels, per point and split the file, image count and
 where its events came from, and the source (an event dataset's path and the
@@ -50,8 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.event_store import read_manifest, write_manifest
 from kernels.errors import ConfigError, DatasetError
+from kernels.event_store import read_manifest, write_manifest
+from kernels.files import atomic_path
 
 __all__ = [
     "FORMAT",
@@ -105,19 +106,14 @@ def image_file(
     """
     path = image_path(root, split, point)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     shape = (int(n_images), 2, int(bins), int(bins), int(bins))
-    try:
+    with atomic_path(path) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPE, shape=shape)
         try:
             yield arr
             arr.flush()
         finally:
             del arr
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.debug("wrote %s %s", path, shape)
 
 

@@ -31,8 +31,8 @@ import numpy as np
 import pyarrow as pa
 
 from kernels import angular
-from kernels.event_store import COLUMNS
 from kernels.errors import ConfigError
+from kernels.event_store import COLUMNS
 from kernels.theory import JTable
 
 BLOCK = 1 << 16

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,6 +27,7 @@ import numpy as np
 
 from kernels import angular
 from kernels.errors import TheoryError
+from kernels.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ Q2_MAX = (5.27966 - 0.89555) ** 2
 """Kinematic upper edge, (m_B0 - m_K*0)^2, GeV^2."""
 
 DEFAULT_WINDOWS = ((1.1, 6.0),)
+
+SCAN_COEFFICIENTS = ("C9_bsmumu",)
+"""The coefficients that ``wcscan generate``, ``images``, ``fit`` and ``run`` scan: delta C9 alone (joint fits: :mod:`kernels.likelihood`)."""
+
 WC_SCALE = 4.8
 
 
@@ -348,9 +352,6 @@ def jtable(
     scale = float(table.rate_integral()[0])
     table = JTable(coeffs, windows, q2, which, coef / scale, scale, key, flavio_version)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, q2=q2, window_of_node=which, coef=table.coef, scale=scale)
-        os.replace(tmp, path)
     return table

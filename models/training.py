@@ -46,7 +46,6 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,6 +53,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from kernels.errors import ConfigError, WcscanError
+from kernels.files import atomic_path
 
 __all__ = [
     "OPTIMIZERS",
@@ -97,8 +97,8 @@ class TrainConfig:
 
     lr: float = 1e-3
     batch_size: int = 32
-    epochs: int = 50
-    weight_decay: float = 1e-2
+    epochs: int = 20
+    weight_decay: float = 1e-4
     optimizer: str = "adamw"
     momentum: float = 0.9
     nesterov: bool = False
@@ -108,7 +108,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     min_lr: float = 0.0
-    patience: int = 10
+    patience: int = 5
     min_delta: float = 0.0
     seed: int = 0
     device: str | None = None
@@ -287,15 +287,8 @@ def evaluate_loss(model: nn.Module, data: Dataset, config: TrainConfig | None = 
 
 
 def _save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _train_epoch(model, batches, opt, batch_sched, scaler, loss_fn, device: torch.device, cfg: TrainConfig) -> float:

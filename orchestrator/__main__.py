@@ -1,4 +1,4 @@
-"""``python -m orchestrator`` runs the ``wcscan`` command line."""
+"""``python -m orchestrator``: the ``wcscan`` command line."""
 
 import sys
 

@@ -16,7 +16,7 @@ def ray_local():
     tests never land on a real cluster.
     """
     pytest.importorskip("ray")
-    from orchestrator.ray_runtime import init_ray, shutdown_ray
+    from orchestrator.runtime.ray import init_ray, shutdown_ray
 
     saved = os.environ.pop("RAY_ADDRESS", None)
     try:
@@ -30,7 +30,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A tiny event dataset (3 points x 3000 events, generated without Ray), shared by the Tune tests."""
-    from orchestrator.generate import generate
+    from orchestrator.generate.dataset import generate
 
     root = tmp_path_factory.mktemp("tune-data") / "events"
     generate(root, [-1.0, 0.0, 1.0], 3000, 5, [(1.1, 6.0)], chunk_size=3000, workers=0)

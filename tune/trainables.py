@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.event_store import read_pools
 from kernels.errors import ConfigError
+from kernels.event_store import read_pools
 
 __all__ = ["DataSpec", "CHECKPOINT_FILE", "load_grid", "build_model", "train_config", "train_trial",
            "make_trainable", "load_checkpoint", "retrain"]
@@ -44,7 +44,6 @@ __all__ = ["DataSpec", "CHECKPOINT_FILE", "load_grid", "build_model", "train_con
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "model.pt"
-TRAIN_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
@@ -89,11 +88,6 @@ def load_grid(dataset: str | os.PathLike) -> tuple[dict, list[float]]:
     manifest = read_manifest(dataset)
     points = sorted(manifest["points"], key=lambda p: p["index"])
     return manifest, [float(p["shifts"]["dc9"]) for p in points]
-
-
-def _split(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    cut = int(TRAIN_FRACTION * len(pool))
-    return pool[:cut], pool[cut:]
 
 
 def _image_arrays(spec: DataSpec, config: dict, manifest: dict, grid: list[float], pools=None):
@@ -146,23 +140,15 @@ def _datasets(spec: DataSpec, config: dict, pools=None):
         extra = {"bins": bins, "events_per_image": events_per_image}
         return net, image_dataset(tr, grid), image_dataset(va, grid), extra
 
-    from kernels.bootstrap import index_seed, set_indices
-    from models.data import SetDataset
     from models.deepsets import DeepSets
+    from models.splits import deepsets_data
 
-    if pools is not None and len(pools) != len(grid):
-        raise ConfigError(f"{len(pools)} shared pools, but {spec.dataset} has {len(grid)} points")
-    parts = [_split(p) for p in (pools if pools is not None else read_pools(spec.dataset, manifest))]
-    n_val = max(4, spec.sets_per_point // 5)
     size = spec.set_size
-    idx_tr = [set_indices(len(t), size, spec.sets_per_point, index_seed(spec.seed, i, 1), replace=True)
-              for i, (t, _) in enumerate(parts)]
-    idx_va = [set_indices(len(v), size, n_val, index_seed(spec.seed, i, 2), replace=True) for i, (_, v) in enumerate(parts)]
+    train_set, val_set, sample = deepsets_data(pools if pools is not None else read_pools(spec.dataset, manifest),
+                                               grid, size, spec.sets_per_point, spec.seed)
     net = build_model("deepsets", config)
-    net.fit_features(np.concatenate([t[:20_000] for t, _ in parts]))
+    net.fit_features(sample)
     assert isinstance(net, DeepSets)
-    train_set = SetDataset([t for t, _ in parts], grid, idx_tr)
-    val_set = SetDataset([v for _, v in parts], grid, idx_va)
     return net, train_set, val_set, {"set_size": size}
 
 
@@ -208,17 +194,9 @@ def train_config(spec: DataSpec, config: dict, epochs: int | None = None):
     """The :class:`models.training.TrainConfig` of a trial (optimiser settings from its config)."""
     from models.training import TrainConfig
 
-    return TrainConfig(
-        lr=float(config.get("lr", 1e-3)),
-        batch_size=int(config.get("batch_size", 32)),
-        epochs=epochs if epochs is not None else spec.epochs,
-        weight_decay=float(config.get("weight_decay", 1e-4)),
-        optimizer=config.get("optimizer", "adamw"),
-        loss=config.get("loss", "mae"),
-        patience=spec.patience,
-        seed=spec.seed,
-        device=spec.device,
-    )
+    chosen = {k: config[k] for k in ("lr", "batch_size", "weight_decay", "optimizer", "loss") if k in config}
+    return TrainConfig(**chosen, epochs=epochs if epochs is not None else spec.epochs, patience=spec.patience,
+                       seed=spec.seed, device=spec.device)
 
 
 # --- the trainable ----------------------------------------------------------------

@@ -13,7 +13,7 @@ The result lists every trial (its config, per-epoch metrics, best ``val_loss``,
 status) and the best one (lowest ``val_loss`` over all epochs).
 :func:`load_checkpoint` rebuilds a trial's network from its checkpoint. This
 module knows Ray Tune and the models, nothing else: the CLI's
-``wcscan tune`` (:mod:`orchestrator.sweep`) starts Ray, logs the trials to
+``wcscan tune`` (:mod:`orchestrator.jobs.tune`) starts Ray, logs the trials to
 MLflow and evaluates the best one against sigma_CRB.
 """
 
@@ -47,7 +47,8 @@ class SweepResult:
     ``result`` (Tune's ``Result``: ``metrics_dataframe``, checkpoints, ``path``);
     ``best``: ``trial_id``, ``config``, ``best_val_loss`` and ``result`` of the
     trial of lowest ``val_loss``, or None; ``settings``: the sweep's options;
-    ``spec``: the :class:`DataSpec`. The orchestrator adds ``evaluation``,
+    ``spec``: the :class:`DataSpec`; ``interrupted``: the sweep was stopped
+    (Ctrl-C) before every trial finished. The orchestrator adds ``evaluation``,
     ``run_id`` and ``tracking_uri`` when it has logged the sweep.
     """
 
@@ -56,6 +57,7 @@ class SweepResult:
     spec: DataSpec | None = None
     settings: dict = field(default_factory=dict)
     trials: list[dict] = field(default_factory=list)
+    interrupted: bool = False
     best: dict | None = None
     evaluation: object | None = None
     run_id: str | None = None
@@ -179,6 +181,7 @@ def run_sweep(
     grid = tuner.fit()
     trials = _trial_rows(grid)
     res = SweepResult(out, path, spec, trials=trials, errors=sum(t["error"] for t in trials),
+                      interrupted=_interrupted(grid, num_samples),
                       settings=dict(model=model, num_samples=num_samples, cpus_per_trial=cpus_per_trial,
                                     gpus_per_trial=gpus_per_trial, search=search, scheduler=scheduler,
                                     storage=storage_path, max_concurrent=max_concurrent, tiny=tiny, data=data))
@@ -187,6 +190,19 @@ def run_sweep(
         best = min(done, key=lambda t: t["best_val_loss"])
         res.best = {k: best[k] for k in ("trial_id", "config", "best_val_loss", "result")}
     return res
+
+
+def _interrupted(grid, num_samples: int) -> bool:
+    """Whether Tune stopped early on Ctrl-C: trials left unfinished, or fewer trials than asked for.
+
+    Tune catches the first SIGINT itself, saves the experiment and returns normally; this tells the
+    caller. (ASHA's early stops end trials as TERMINATED, so they do not count.)
+    """
+    try:
+        statuses = [t.status for t in grid._experiment_analysis.trials]
+    except AttributeError:  # another Ray version: only the count is known
+        return len(grid) < num_samples
+    return len(statuses) < num_samples or any(s not in ("TERMINATED", "ERROR") for s in statuses)
 
 
 def _trial_rows(grid) -> list[dict]:

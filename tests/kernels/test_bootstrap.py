@@ -21,8 +21,8 @@ from kernels.bootstrap import (
     test_set_seed,
     test_sets,
 )
-from kernels.event_store import COLUMNS
 from kernels.errors import ConfigError
+from kernels.event_store import COLUMNS
 
 
 def rows_as_bytes(events) -> set[bytes]:

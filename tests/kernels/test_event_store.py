@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from kernels.errors import DatasetError
 from kernels.event_store import (
     COLUMNS,
     LEVELS,
@@ -22,7 +23,6 @@ from kernels.event_store import (
     write_manifest,
     write_part,
 )
-from kernels.errors import DatasetError
 
 
 def events(n: int = 100, seed: int = 0) -> pa.Table:
@@ -169,11 +169,12 @@ def test_read_point_names_a_missing_part_file(tmp_path):
         read_point(tmp_path, manifest, "gen", 0)
 
 
-def test_read_point_detects_a_changed_part_when_verifying_checksums(tmp_path):
+def test_read_point_refuses_a_changed_part_by_default(tmp_path):
     manifest = _dataset_with_two_parts(tmp_path)
     write_part(tmp_path, "gen", 0, 1, events(30, seed=99))
-    with pytest.raises(DatasetError, match="checksum mismatch"):
-        read_point(tmp_path, manifest, "gen", 0, verify_checksums=True)
+    with pytest.raises(DatasetError, match="part-00001.parquet: sha256 differs from the manifest"):
+        read_point(tmp_path, manifest, "gen", 0)
+    assert read_point(tmp_path, manifest, "gen", 0, verify_checksums=False).num_rows == 60  # when asked not to check
 
 
 def test_read_point_rejects_an_unknown_point(tmp_path):

@@ -25,7 +25,8 @@ from kernels.image_store import (
     read_image_manifest,
     write_manifest,
 )
-from kernels.voxels import bin_index, make_images, voxelize, voxelize_polars
+from kernels.voxels import bin_index, make_images, voxelize
+from kernels.voxels_polars import voxelize_polars
 
 PI = Fraction("3.14159265358979323846264338327950288419716939937510")
 TWO_PI_F32 = np.float32(2 * math.pi)  # rounds above 2 pi

@@ -8,8 +8,8 @@ import torch
 
 from kernels import sampler
 from kernels.errors import ConfigError
-from kernels.voxels import voxelize
 from kernels.likelihood import sigma_crb
+from kernels.voxels import voxelize
 from models.deepsets import DeepSets
 from models.estimators import (
     DeepSetsEstimator,

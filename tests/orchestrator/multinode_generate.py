@@ -17,8 +17,8 @@ import sys
 def main(out: str, config: dict) -> dict:
     from ray.cluster_utils import Cluster
 
-    from orchestrator.generate import generate
-    from orchestrator.ray_runtime import shutdown_ray
+    from orchestrator.generate.dataset import generate
+    from orchestrator.runtime.ray import shutdown_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     cluster = Cluster(

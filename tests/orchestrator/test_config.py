@@ -3,7 +3,7 @@
 import pytest
 
 from kernels.errors import ConfigError
-from orchestrator.config import available, load_config
+from orchestrator.config.run import available, load_config
 
 
 def test_the_issue_configs_ship_with_the_package():

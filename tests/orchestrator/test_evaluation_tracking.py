@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from orchestrator.evaluation import evaluate, summarise
-from orchestrator.tracking import Tracker, default_tracking_uri, flatten, resolve_tracking_uri
+from orchestrator.evaluate.estimators import evaluate, summarise
+from orchestrator.track.runs import Tracker, default_tracking_uri, flatten, resolve_tracking_uri
 
 
 class Fixed:

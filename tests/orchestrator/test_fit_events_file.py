@@ -20,10 +20,10 @@ import pytest
 
 import kernels
 import kernels.theory
-from kernels.event_store import COLUMNS, load_events
 from kernels.errors import ConfigError, DatasetError
+from kernels.event_store import COLUMNS, load_events
 from orchestrator.cli import main
-from orchestrator.fitting import POINT_COLUMNS, fit_events_file, read_events_file
+from orchestrator.evaluate.fit import POINT_COLUMNS, fit_events_file, read_events_file
 
 
 def events(n: int, seed: int = 0, **extra) -> dict[str, np.ndarray]:
@@ -264,7 +264,7 @@ def test_cli_column_map_naming_an_absent_column_is_one_line(tmp_path, fitter, ca
         (("--dataset", "D", "--column-map", "q2=Q2"), "--column-map only go with --events-file"),
         (("--dataset", "D", "--dc9-true", "0"), "--dc9-true only go with --events-file"),
         (("--dataset", "D", "--q2-window", "1,6"), "--q2-window only go with --events-file"),
-        (("--events-file", "F", "--dc9-column", "x", "--dc9-true", "0"), "not allowed with argument"),
+        (("--events-file", "F", "--dc9-column", "x", "--dc9-true", "0"), "not both"),
         (("--events-file", "F", "--dc9-true", "inf"), "not a finite number"),
     ],
 )
@@ -345,8 +345,8 @@ def test_cli_fits_a_root_ntuple(root_file, fitter, capsys, tmp_path):
 @pytest.mark.slow
 def test_real_fit_of_an_events_file_equals_the_fit_of_the_same_dataset(tmp_path):
     from kernels.event_store import read_manifest, read_point
-    from orchestrator.fitting import fit_dataset
-    from orchestrator.generate import generate_dataset
+    from orchestrator.evaluate.fit import fit_dataset
+    from orchestrator.generate.dataset import generate_dataset
 
     ds = tmp_path / "ds"
     generate_dataset(ds, [-1.0, 0.5], 4_000, 3, [(1.1, 6.0)], chunk_size=1_500)

@@ -1,4 +1,4 @@
-"""Specification of dataset generation and fitting (orchestrator.generate / .fitting).
+"""Specification of dataset generation and fitting (orchestrator.generate.dataset / .fitting).
 
 The first part runs the orchestration on stand-in kernels (a uniform sampler,
 a recording fitter), so it pins the layout, manifest, chunking, determinism and
@@ -20,12 +20,12 @@ import pytest
 
 import kernels
 import kernels.theory
-from kernels.event_store import COLUMNS, MANIFEST, read_manifest, read_point, validate_events
 from kernels.errors import DatasetError
-from orchestrator import generate as gen_mod
+from kernels.event_store import COLUMNS, MANIFEST, read_manifest, read_point, validate_events
 from orchestrator.cli import main
-from orchestrator.fitting import POINT_COLUMNS, fit_dataset, write_points_csv
-from orchestrator.generate import generate_dataset
+from orchestrator.evaluate.fit import POINT_COLUMNS, fit_dataset, write_points_csv
+from orchestrator.generate import dataset as gen_mod
+from orchestrator.generate.dataset import generate_dataset
 
 WINDOWS = [(1.1, 6.0)]
 

@@ -1,4 +1,4 @@
-"""Specification of image-dataset building (orchestrator.images) and ``wcscan images``.
+"""Specification of image-dataset building (orchestrator.build.images) and ``wcscan images``.
 
 Runs on stand-in kernels (a uniform sampler that records its seeds, a fake
 theory table), so it pins which events and seeds each split uses, the layout,
@@ -20,14 +20,14 @@ import pytest
 
 import kernels
 import kernels.theory
-from kernels.event_store import COLUMNS, read_manifest, read_point
 from kernels.errors import ConfigError, DatasetError
+from kernels.event_store import COLUMNS, read_manifest, read_point
 from kernels.image_store import FORMAT, open_images, read_image_manifest
 from kernels.voxels import CHANNELS, make_images
-from orchestrator import images as oi
+from orchestrator.build import images as oi
+from orchestrator.build.images import TEST_SEED_OFFSET, build_images, plan_build, split_events
 from orchestrator.cli import main
-from orchestrator.generate import generate_dataset
-from orchestrator.images import TEST_SEED_OFFSET, build_images, plan_build, split_events
+from orchestrator.generate.dataset import generate_dataset
 
 WINDOWS = [(1.1, 6.0)]
 BINS, EPI, K = 3, 50, 10  # 8 train + 2 val images of 50 events per point
@@ -377,7 +377,7 @@ def test_cli_events_file_refuses_test_images(tmp_path, capsys):
 
 
 def test_bench_images_reports_rates_and_agrees_with_scipy():
-    from orchestrator.bench_images import bench_images
+    from orchestrator.bench.images import bench_images
 
     r = bench_images(events=2000, bins=8, repeats=1, events_per_image=500, polars=False)
     assert r["agrees_with_baseline"] is True
@@ -386,7 +386,7 @@ def test_bench_images_reports_rates_and_agrees_with_scipy():
 
 
 def test_cli_bench_images_prints_json(capsys, monkeypatch):
-    import orchestrator.bench_images as bi
+    import orchestrator.bench.images as bi
 
     real = bi.bench_images
     monkeypatch.setattr(bi, "bench_images", lambda: real(events=1000, bins=4, repeats=1, events_per_image=250))
@@ -399,8 +399,8 @@ def test_cli_bench_images_prints_json(capsys, monkeypatch):
 def test_images_built_by_ray_tasks_per_point_and_split_equal_the_in_process_build(tmp_path, ray_local):
     """Parallel Ray tasks, one per (point, split), write the same bytes as the in-process build."""
     from kernels import theory
-    from orchestrator.generate import generate_dataset
-    from orchestrator.images import build_images
+    from orchestrator.build.images import build_images
+    from orchestrator.generate.dataset import generate_dataset
 
     theory.jtable(["C9_bsmumu"], [(1.1, 6.0)])  # warm the disk cache for the workers
     events = tmp_path / "ev"

@@ -17,12 +17,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from kernels.event_store import MANIFEST, read_manifest
 from kernels.errors import ConfigError
+from kernels.event_store import MANIFEST, read_manifest
 from orchestrator.cli import main
-from orchestrator.generate import generate
-from orchestrator.generation_pool import CRASH_ENV, GenerationPool
-from orchestrator.journal import JOURNAL
+from orchestrator.generate.dataset import generate, generation_pool
+from orchestrator.generate.journal import JOURNAL
+from orchestrator.runtime.pool import CRASH_ENV, ActorPool
 
 WINDOWS = [(1.1, 6.0)]
 SCAN = dict(dc9=[-1.0, 0.5], events=25_000, seed=3, windows=WINDOWS, chunk_size=10_000)
@@ -58,9 +58,9 @@ class SharedPool:
     def __init__(self):
         self._pool = None
 
-    def get(self) -> GenerationPool:
+    def get(self) -> ActorPool:
         if self._pool is None:
-            self._pool = GenerationPool(2)
+            self._pool = generation_pool(2)
         return self._pool
 
     def release(self) -> None:
@@ -77,7 +77,7 @@ def shared_pool(ray_local):
 
 
 @pytest.fixture
-def pool(shared_pool) -> GenerationPool:
+def pool(shared_pool) -> ActorPool:
     return shared_pool.get()
 
 
@@ -321,7 +321,7 @@ def test_two_node_cluster_runs_items_on_both_nodes_and_writes_the_same_bytes(tmp
 
 
 def test_bench_scan_times_1_and_2_workers_on_identical_datasets_and_projects_the_seed_study(free_cpus):
-    from orchestrator.bench_scan import bench_scan
+    from orchestrator.bench.scan import bench_scan
 
     r = bench_scan(events_per_point=20_000, points=2, chunk_size=10_000, repeats=1)
     assert r["identical"] is True

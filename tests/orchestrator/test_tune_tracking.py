@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sweep import run_tune
+from orchestrator.jobs.tune import run_tune
 
 pytestmark = pytest.mark.usefixtures("own_mlflow_store")
 
@@ -69,17 +69,22 @@ def test_resume_logs_into_the_same_parent_run_without_duplicates(
     ray_local, tiny_dataset, tiny_sweep_data, tmp_path, interrupt_after_first_trial
 ):
     out = tmp_path / "out"
-    first = _tune(tiny_sweep_data, tiny_dataset, out, max_concurrent=1, callbacks=[interrupt_after_first_trial])
-    assert sum(t["status"] == "TERMINATED" for t in first.trials) == 1
-    resumed = _tune(tiny_sweep_data, tiny_dataset, out, max_concurrent=1, resume=True)
-    assert resumed.run_id == first.run_id
+    with pytest.raises(KeyboardInterrupt, match="--resume"):  # the CLI exits 130 on it
+        _tune(tiny_sweep_data, tiny_dataset, out, max_concurrent=1, callbacks=[interrupt_after_first_trial])
     client, runs = _runs(f"sqlite:///{out.resolve()}/mlflow.db")
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.run_id]
+    (killed,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert killed.info.status == "KILLED" and killed.data.tags["interrupted"] == "true"
+    assert len(runs) == 2  # the parent and the one trial that finished before the interruption
+    resumed = _tune(tiny_sweep_data, tiny_dataset, out, max_concurrent=1, resume=True)
+    assert resumed.run_id == killed.info.run_id
+    client, runs = _runs(f"sqlite:///{out.resolve()}/mlflow.db")
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == resumed.run_id]
     assert len(runs) == 3 and len(children) == 2
     assert sorted(c.data.tags["trial_id"] for c in children) == sorted(t["trial_id"] for t in resumed.trials)
     for child in children:  # one epoch each: the trial finished before the interruption is not logged twice
         assert len(client.get_metric_history(child.info.run_id, "val_loss")) == 1
-    assert client.get_run(first.run_id).data.tags["resumed"] == "true"
+    assert client.get_run(resumed.run_id).data.tags["resumed"] == "true"
 
 
 @pytest.fixture
@@ -133,9 +138,9 @@ def test_a_sweep_logs_to_an_mlflow_server(ray_local, tiny_dataset, tiny_sweep_da
 def test_a_best_trial_without_a_checkpoint_is_trained_again_and_evaluated(
     ray_local, tiny_dataset, tiny_sweep_data, tmp_path, monkeypatch
 ):
-    import orchestrator.sweep
+    import orchestrator.jobs.tune
 
-    monkeypatch.setattr(orchestrator.sweep, "best_checkpoint", lambda result: None)  # as if storage were cleaned
+    monkeypatch.setattr(orchestrator.jobs.tune, "best_checkpoint", lambda result: None)  # as if storage were cleaned
     res = _tune(tiny_sweep_data, tiny_dataset, tmp_path / "out", num_samples=1)
     assert [r["dc9_true"] for r in res.evaluation.rows] == [-1.0, 0.0, 1.0]
     client, _ = _runs(f"sqlite:///{(tmp_path / 'out').resolve()}/mlflow.db")

@@ -44,11 +44,11 @@ def test_resume_finishes_an_interrupted_sweep_without_rerunning_finished_trials(
     out = tmp_path / "out"
     first = sweep(tiny_dataset, out, max_concurrent=1, callbacks=[interrupt_after_first_trial])
     finished = {t["trial_id"]: t["result"].metrics["timestamp"] for t in first.trials if t["epochs"]}
-    assert len(finished) == 1
+    assert len(finished) == 1 and first.interrupted
     with pytest.raises(Exception, match="--resume"):
         sweep(tiny_dataset, out, max_concurrent=1)
     resumed = sweep(tiny_dataset, out, max_concurrent=1, resume=True)
-    assert len(resumed.trials) == 2 and all(t["epochs"] == 1 for t in resumed.trials)
+    assert len(resumed.trials) == 2 and all(t["epochs"] == 1 for t in resumed.trials) and not resumed.interrupted
     again = {t["trial_id"]: t["result"].metrics["timestamp"] for t in resumed.trials}
     for trial_id, stamp in finished.items():
         assert again[trial_id] == stamp

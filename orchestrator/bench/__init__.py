@@ -1,0 +1,35 @@
+"""Every benchmark behind ``wcscan bench``, by name; each returns a flat dict of figures (medians).
+
+- ``generate``, ``fit``: :mod:`orchestrator.bench.kernels` (events/s and fits/s per core, beside baselines);
+- ``images``: :mod:`orchestrator.bench.images` (voxelising against scipy's ``binned_statistic_dd``);
+- ``scan``: :mod:`orchestrator.bench.scan` (Ray generation with 1 and 2 workers);
+- ``resnet``: :mod:`orchestrator.bench.kernels` (ResNet training images/s, a GPU node's figure).
+"""
+
+from __future__ import annotations
+
+from orchestrator.config.checks import positive_int
+
+BENCHMARKS = ("generate", "fit", "images", "scan", "resnet")
+
+
+def run_bench(what: str, **resnet) -> dict:
+    """Run one benchmark; ``resnet``: the options of :func:`orchestrator.bench.kernels.bench_resnet`."""
+    if what == "images":
+        from orchestrator.bench.images import bench_images
+
+        return bench_images()
+    if what == "scan":
+        from orchestrator.bench.scan import bench_scan
+
+        return bench_scan()
+    from orchestrator.bench import kernels
+
+    if what == "resnet":
+        for name in ("width", "bins", "batch", "steps", "repeats"):
+            positive_int(resnet[name], f"--{name}")
+        from orchestrator.config.checks import device
+
+        device(resnet.get("device"))
+        return kernels.bench_resnet(**resnet)
+    return kernels.bench_generate() if what == "generate" else kernels.bench_fit()

@@ -1,0 +1,91 @@
+"""Benchmarks behind ``wcscan bench``: medians of repeated timings, on one core.
+
+Each returns a flat dict that the CLI prints as JSON (``--json``) or a table.
+Timings are single-process and single-threaded (BLAS pools limited to one
+thread), so "per core" means what it says. Set-up (flavio tables, the sampler's
+envelope) is done once before timing: it is paid once per scan point, not per
+event.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+
+from orchestrator.bench.timing import median_time, one_thread, seconds
+
+
+def bench_generate(events: int = 1_000_000, repeats: int = 5, dc9: float = 0.0) -> dict:
+    """Generator-level events/s per core: ours against the textbook uniform-proposal sampler.
+
+    The two are timed alternately in the same process, on the same theory
+    table, shifts and event count.
+    """
+    from kernels import sampler, theory
+
+    table = theory.jtable(["C9_bsmumu"])
+    sampler.compiled(table, [dc9])  # envelope set-up, once per scan point
+    ours, base = [], []
+    with one_thread():
+        sampler.sample_array(table, [dc9], 10_000, (0,))  # warm-up
+        sampler.sample_uniform_baseline(table, [dc9], 10_000, (0,))
+        for r in range(repeats):  # alternate the two so that machine drifts hit both alike
+            seed = (1, r)
+            ours.append(seconds(lambda s=seed: sampler.sample_array(table, [dc9], events, s)))
+            base.append(seconds(lambda s=seed: sampler.sample_uniform_baseline(table, [dc9], events, s)))
+    t_ours, t_base = float(np.median(ours)), float(np.median(base))
+    return {
+        "benchmark": "generate",
+        "events": events,
+        "repeats": repeats,
+        "dc9": dc9,
+        "q2_window": list(table.windows[0]),
+        "ours_seconds_median": t_ours,
+        "baseline_seconds_median": t_base,
+        "ours_events_per_s_per_core": events / t_ours,
+        "baseline_events_per_s_per_core": events / t_base,
+        "ratio": t_base / t_ours,
+        "machine": platform.processor() or platform.machine(),
+    }
+
+
+def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc9: float = 0.0) -> dict:
+    """ML fits per second per core on sets of ``events_per_set`` (projection + MIGRAD + HESSE)."""
+    from kernels import likelihood, sampler, theory
+
+    table = theory.jtable(["C9_bsmumu"])
+    arr = sampler.sample_array(table, [dc9], events_per_set * sets, (2,)).T.reshape(sets, events_per_set, 4)
+    with one_thread():
+        likelihood.fit_sets(table, arr[:2])  # warm-up (imports iminuit)
+        t = median_time(lambda: likelihood.fit_sets(table, arr), repeats)
+        res = likelihood.fit_sets(table, arr)
+    return {
+        "benchmark": "fit",
+        "events_per_set": events_per_set,
+        "sets": sets,
+        "repeats": repeats,
+        "dc9": dc9,
+        "seconds_median": t,
+        "sets_per_s_per_core": sets / t,
+        "fits_valid_fraction": float(np.mean(res.valid)),
+        "machine": platform.processor() or platform.machine(),
+    }
+
+
+def bench_resnet(depth: int = 34, bins: int = 50, batch: int = 32, steps: int = 10, repeats: int = 3,
+                 amp: bool = True, device: str | None = None, width: int = 64) -> dict:
+    """ResNet training throughput (images/s, forward + backward + AdamW step): the median of ``repeats`` timings
+    of ``steps`` steps each, after warm-up (:func:`models.bench.resnet_throughput`). The seed study's network is
+    the default: ResNet-34 of width 64 on 50^3 images, batch 32, AMP (on CUDA). On a CPU use e.g.
+    ``depth=10, bins=16, width=16``. Uses the torch threads it is given (not one core)."""
+    from models.bench import resnet_throughput
+
+    runs = [resnet_throughput(depth=depth, bins=bins, batch=batch, steps=steps, amp=amp, device=device,
+                              width=width, warmup=3 if i == 0 else 1) for i in range(repeats)]
+    rates = [r["images_per_s"] for r in runs]
+    out = {k: v for k, v in runs[0].items() if k not in ("images_per_s", "seconds", "step_ms", "images")}
+    out.update(images_per_s_median=float(np.median(rates)), images_per_s_runs=rates,
+               step_ms_median=float(np.median([r["step_ms"] for r in runs])), repeats=repeats,
+               peak_memory_gb=max((r["peak_memory_gb"] or 0.0) for r in runs) or None)
+    return out

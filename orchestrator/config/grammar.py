@@ -1,0 +1,97 @@
+"""The value grammar shared by flags and YAML: delta C9 grids, q2 windows, column maps.
+
+Each parser takes the text a user typed and returns plain values, or raises
+:class:`~kernels.errors.ConfigError` with one line saying what is wrong. The
+click layer (:mod:`orchestrator.cli.types`) and the configs
+(:mod:`orchestrator.config.run`) both call these, so a value means the same
+on the command line and in a YAML file.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kernels.errors import ConfigError
+
+__all__ = ["parse_finite", "parse_dc9", "parse_window", "parse_column_map"]
+
+
+def parse_finite(text: str, what: str = "value") -> float:
+    """A finite float.
+
+    >>> parse_finite(" -1.5 ")
+    -1.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{what}: {str(text).strip()!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{what}: {str(text).strip()!r} is not a finite number")
+    return value
+
+
+def parse_dc9(text: str) -> list[float]:
+    """Scan points from ``START:STOP:NUM`` (inclusive, like numpy.linspace) or ``A,B,C``.
+
+    >>> parse_dc9("-1:1:5")
+    [-1.0, -0.5, 0.0, 0.5, 1.0]
+    >>> parse_dc9("-1.5,0")
+    [-1.5, 0.0]
+    """
+    text = text.strip()
+    if not text:
+        raise ConfigError("empty value; expected START:STOP:NUM or a comma list")
+    if ":" in text:
+        fields = text.split(":")
+        if len(fields) != 3:
+            raise ConfigError(f"{text!r}: expected START:STOP:NUM, e.g. -2:1.1:22")
+        start = parse_finite(fields[0], "START")
+        stop = parse_finite(fields[1], "STOP")
+        try:
+            num = int(fields[2])
+        except ValueError:
+            raise ConfigError(f"{text!r}: NUM must be a whole number of points, got {fields[2].strip()!r}") from None
+        if num < 1:
+            raise ConfigError(f"{text!r}: NUM must be at least 1, got {num}")
+        if num == 1:
+            return [start]
+        step = (stop - start) / (num - 1)
+        return [start + i * step for i in range(num - 1)] + [stop]
+    items = text.split(",")
+    if any(not item.strip() for item in items):
+        raise ConfigError(f"{text!r}: empty value in the comma list")
+    return [parse_finite(item, "value") for item in items]
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """A q2 window ``LO,HI`` in GeV^2.
+
+    >>> parse_window("1.1,6")
+    (1.1, 6.0)
+    """
+    fields = text.split(",")
+    if len(fields) != 2:
+        raise ConfigError(f"{text!r}: expected LO,HI in GeV^2, e.g. 1.1,6.0")
+    return parse_finite(fields[0], "LO"), parse_finite(fields[1], "HI")
+
+
+def parse_column_map(text: str) -> dict[str, str]:
+    """``NAME=COLUMN,...`` (wcscan name = the file's column) as load_events' file -> wcscan map.
+
+    >>> parse_column_map("q2=Q2,cos_theta_mu=ctl")
+    {'Q2': 'q2', 'ctl': 'cos_theta_mu'}
+    """
+    from kernels.event_store import COLUMNS
+
+    mapping: dict[str, str] = {}
+    for item in text.split(","):
+        name, sep, column = (s.strip() for s in item.partition("="))
+        if not sep or not name or not column:
+            raise ConfigError(f"{item.strip()!r}: expected NAME=COLUMN, e.g. q2=Q2")
+        if name not in (*COLUMNS, "dc9"):
+            raise ConfigError(f"{name!r} is not a wcscan column (one of {', '.join((*COLUMNS, 'dc9'))})")
+        if column in mapping:
+            raise ConfigError(f"column {column!r} is mapped twice")
+        mapping[column] = name
+    return mapping

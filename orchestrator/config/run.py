@@ -1,0 +1,221 @@
+"""The job configuration of ``wcscan run``: validated pydantic models loaded from YAML.
+
+Configs ship as package data (``orchestrator/config/presets/<name>.yaml``: ``demo``,
+``gen24k``, ``det_bkg24k``, ``seed-resnet34``); ``--config FILE.yaml`` loads a
+user's own. Unknown keys are refused, and a config that does not validate gets
+one line naming the field::
+
+    wcscan: error: config demo.yaml: scan.events_per_point: Input should be greater than 0
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kernels.errors import ConfigError
+from orchestrator.config.grammar import parse_dc9
+
+PositiveInt = Field(gt=0)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _grid(value):
+    """A list of numbers, or ``"START:STOP:NUM"`` / ``"a,b,c"`` as on the command line."""
+    if isinstance(value, str):
+        try:
+            return parse_dc9(value)
+        except ConfigError as err:  # the grammar's own one-line message
+            raise ValueError(str(err)) from None
+    return value
+
+
+class TheoryConfig(_Strict):
+    coefficients: list[str] = ["C9_bsmumu"]
+    windows: list[tuple[float, float]] = [(1.1, 6.0)]
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, v):
+        from kernels.theory import validate_windows
+
+        return [tuple(w) for w in validate_windows(v)]
+
+    @field_validator("coefficients")
+    @classmethod
+    def _coefficients(cls, v):
+        from kernels.theory import coefficient_for
+
+        if v != ["C9_bsmumu"] and [coefficient_for(c) for c in v] != ["C9_bsmumu"]:
+            raise ValueError("wcscan run scans delta C9 alone for now (joint fits: kernels.likelihood)")
+        return ["C9_bsmumu"]
+
+
+class ScanConfig(_Strict):
+    dc9: list[float]
+    events_per_point: int = Field(gt=0)
+    level: Literal["gen", "det", "det_bkg"] = "gen"
+    detector: dict[str, float] = {}
+    chunk_size: int = Field(1_000_000, gt=0)
+    workers: int | None = Field(None, gt=0)
+
+    _split = field_validator("dc9", mode="before")(classmethod(lambda cls, v: _grid(v)))
+
+    @field_validator("detector")
+    @classmethod
+    def _detector(cls, v):
+        from kernels.detector import DetectorConfig
+
+        DetectorConfig.from_dict(v)
+        return v
+
+
+def _train_default(name: str):
+    """The default of a training setting: :class:`models.training.TrainConfig`'s, the one source."""
+    from models.training import TrainConfig as Defaults
+
+    return Defaults.__dataclass_fields__[name].default
+
+
+class TrainConfig(_Strict):
+    lr: float = Field(default_factory=lambda: _train_default("lr"), gt=0)
+    batch_size: int = Field(default_factory=lambda: _train_default("batch_size"), gt=0)
+    epochs: int = Field(default_factory=lambda: _train_default("epochs"), gt=0)
+    weight_decay: float = Field(default_factory=lambda: _train_default("weight_decay"), ge=0)
+    optimizer: Literal["adamw", "sgd"] = Field(default_factory=lambda: _train_default("optimizer"))
+    loss: Literal["mae", "mse"] = Field(default_factory=lambda: _train_default("loss"))
+    scheduler: Literal["cosine", "onecycle", "none"] = Field(default_factory=lambda: _train_default("scheduler"))
+    patience: int = Field(default_factory=lambda: _train_default("patience"), gt=0)
+
+
+class ImagesConfig(_Strict):
+    bins: int = Field(16, ge=2)
+    events_per_image: int = Field(gt=0)
+    images_per_point: int = Field(gt=0)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class ResNetConfig(_Strict):
+    enabled: bool = True
+    depth: Literal[10, 18, 34] = 10
+    width: int = Field(16, gt=0)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    train: TrainConfig = TrainConfig()
+
+
+class DeepSetsConfig(_Strict):
+    enabled: bool = True
+    hidden: int = Field(64, gt=0)
+    phi_layers: int = Field(3, gt=0)
+    rho_layers: int = Field(2, gt=0)
+    pooling: Literal["mean", "sum"] = "mean"
+    set_size: int = Field(gt=0)
+    sets_per_point: int = Field(gt=0)
+    train: TrainConfig = TrainConfig()
+
+
+class ClassifierConfig(_Strict):
+    enabled: bool = True
+    hidden: int = Field(128, gt=0)
+    layers: int = Field(3, gt=0)
+    head: Literal["quadratic", "grid"] = "quadratic"
+    events_per_point: int = Field(gt=0)
+    train: TrainConfig = TrainConfig()
+
+
+class MLFitConfig(_Strict):
+    enabled: bool = True
+
+
+class ModelsConfig(_Strict):
+    resnet3d: ResNetConfig | None = None
+    deepsets: DeepSetsConfig | None = None
+    event_classifier: ClassifierConfig | None = None
+    ml_fit: MLFitConfig = MLFitConfig()
+
+
+class EvaluationConfig(_Strict):
+    dc9: list[float]
+    sets: int = Field(gt=1)
+    events_per_set: int = Field(gt=0)
+
+    _split = field_validator("dc9", mode="before")(classmethod(lambda cls, v: _grid(v)))
+
+
+class MLflowConfig(_Strict):
+    experiment: str = "wcscan"
+    tracking_uri: str | None = None
+
+
+class RunConfig(_Strict):
+    name: str
+    seed: int = Field(0, ge=0)
+    theory: TheoryConfig = TheoryConfig()
+    scan: ScanConfig
+    images: ImagesConfig | None = None
+    models: ModelsConfig = ModelsConfig()
+    evaluation: EvaluationConfig
+    mlflow: MLflowConfig = MLflowConfig()
+    device: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.models.resnet3d is not None and self.models.resnet3d.enabled and self.images is None:
+            raise ValueError("models.resnet3d needs an images section")
+        if self.images is not None:
+            need = self.images.events_per_image * self.images.images_per_point
+            if need > self.scan.events_per_point:
+                raise ValueError(
+                    f"images need {need} events per point (events_per_image x images_per_point) "
+                    f"but scan.events_per_point is {self.scan.events_per_point}"
+                )
+        for name, m in (("deepsets", self.models.deepsets), ("event_classifier", self.models.event_classifier)):
+            if m is None or not m.enabled:
+                continue
+            pool = m.events_per_point if name == "event_classifier" else m.set_size
+            if pool > self.scan.events_per_point:
+                raise ValueError(f"models.{name} needs {pool} events per point, more than scan.events_per_point")
+        return self
+
+
+def available() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("orchestrator.config").joinpath("presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(name_or_path: str | Path) -> RunConfig:
+    """A shipped config by name (``demo``) or a YAML file; one-line ConfigError if it does not validate."""
+    text_path = Path(str(name_or_path))
+    if text_path.suffix in (".yaml", ".yml") or text_path.exists():
+        if not text_path.is_file():
+            raise ConfigError(f"config file {text_path} does not exist")
+        source, text = text_path.name, text_path.read_text()
+    else:
+        names = available()
+        if str(name_or_path) not in names:
+            raise ConfigError(f"unknown config {name_or_path!r}; shipped: {', '.join(names)} (or give a .yaml file)")
+        source = f"{name_or_path}.yaml"
+        text = resources.files("orchestrator.config").joinpath("presets").joinpath(source).read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config {source}{where}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source}: expected a mapping at the top level")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].replace("Value error, ", "")
+        raise ConfigError(f"config {source}: {loc}: {msg}") from None
+    except ConfigError as err:
+        raise ConfigError(f"config {source}: {err}") from None

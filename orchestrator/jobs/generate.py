@@ -1,0 +1,21 @@
+"""``wcscan generate``: scan points x events -> an event dataset, with a progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kernels.theory import DEFAULT_WINDOWS
+from orchestrator.config.checks import output_dir
+from orchestrator.generate.dataset import GenerateResult, generate
+from orchestrator.runtime.progress import no_progress
+
+
+def generate_job(out: Path, dc9: list[float], events: int, seed: int = 0, windows=None, chunk_size: int = 1_000_000,
+                 level: str = "gen", workers: int | None = None, address: str | None = None,
+                 progress=None) -> GenerateResult:
+    """Check ``out`` is writable, then :func:`~orchestrator.generate.dataset.generate` with a bar over all events."""
+    output_dir(out)
+    total = max(events, 0) * len(dc9) if isinstance(events, int) else 0
+    with (progress or no_progress)("generate", total, "events") as advance:
+        return generate(out, dc9, events, seed, list(windows or DEFAULT_WINDOWS), chunk_size=chunk_size,
+                        progress=advance, level=level, workers=workers, address=address)

@@ -1,0 +1,277 @@
+"""``wcscan run``: the whole job from one config.
+
+generate (Ray) -> images -> train the 3D ResNet, Deep Sets and the event-by-event
+classifier -> evaluate them and the ML fit on independent test MC beside the
+Cramér–Rao bound -> MLflow (a parent run, a child per estimator), figures,
+``OUT/report.md`` and ``OUT/evaluation/<estimator>/points.csv``.
+
+Seed streams (see :mod:`kernels.bootstrap`): generator chunks ``(seed, point,
+chunk)``; Deep Sets training sets by index from the training part of each
+point's events; evaluation sets ``(seed, evaluation.EVAL_POINT_OFFSET + i, 2*10**6 + k)``,
+fresh MC that no training input shares.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kernels.event_store import MANIFEST
+from kernels.files import sha256_file
+from orchestrator.config.checks import device as check_device
+from orchestrator.config.checks import non_negative_int, output_dir
+from orchestrator.config.run import RunConfig, load_config
+from orchestrator.evaluate.estimators import Evaluation, evaluate, evaluation_sets
+from orchestrator.runtime.progress import ProgressFactory, no_progress
+
+log = logging.getLogger(__name__)
+
+"""Evaluation points are numbered from here in the seed streams, apart from the scan's points."""
+
+
+@dataclass
+class JobResult:
+    out: Path
+    evaluations: list[Evaluation]
+    histories: dict = field(default_factory=dict)
+    report: Path | None = None
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+
+def _train_config(tc, cfg: RunConfig, **override):
+    from models.training import TrainConfig
+
+    kw = tc.model_dump()
+    kw.update(seed=cfg.seed, device=cfg.device, **override)
+    return TrainConfig(**kw)
+
+
+class _EpochLogger:
+    """Per-epoch metrics into the active MLflow child run, and a progress tick."""
+
+    def __init__(self, tracker, advance):
+        self.tracker, self.advance = tracker, advance
+
+    def __call__(self, epoch, train_loss, val_loss, lr, *rest):
+        self.tracker.metrics({"val_loss": val_loss, "train_loss": train_loss, "lr": lr}, step=epoch)
+        if self.advance is not None:
+            self.advance(1)
+
+
+def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress):
+    from kernels.image_store import open_images
+    from models.data import image_dataset
+    from models.resnet3d import ResNet3d
+    from models.training import seed_everything, train
+
+    rc = cfg.models.resnet3d
+    seed_everything(cfg.seed)  # the initial weights are part of the run: same config, same network
+    tr = [open_images(images_dir, "train", p) for p in range(len(grid))]
+    va = [open_images(images_dir, "val", p) for p in range(len(grid))]
+    net = ResNet3d(depth=rc.depth, width=rc.width, dropout=rc.dropout).fit_preprocess(tr)
+    tc = _train_config(rc.train, cfg)
+    with progress("train resnet3d", tc.epochs, "epochs") as adv:
+        hist = train(net, image_dataset(tr, grid), image_dataset(va, grid), tc, on_epoch=_EpochLogger(tracker, adv))
+    return net, hist
+
+
+def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress):
+    from models.deepsets import DeepSets
+    from models.splits import deepsets_data
+    from models.training import seed_everything, train
+
+    dc = cfg.models.deepsets
+    seed_everything(cfg.seed)
+    train_set, val_set, sample = deepsets_data(pools, grid, dc.set_size, dc.sets_per_point, cfg.seed)
+    net = DeepSets(hidden=dc.hidden, phi_layers=dc.phi_layers, latent=dc.hidden, rho_layers=dc.rho_layers, pool=dc.pooling)
+    net.fit_features(sample)
+    tc = _train_config(dc.train, cfg)
+    with progress("train deepsets", tc.epochs, "epochs") as adv:
+        hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
+    return net, hist
+
+
+def _train_classifier(cfg: RunConfig, pools, grid, tracker, progress):
+    from models.data import EventDataset
+    from models.event_classifier import EventClassifier
+    from models.splits import split_pool
+    from models.training import seed_everything, train
+
+    cc = cfg.models.event_classifier
+    seed_everything(cfg.seed)
+    parts = [split_pool(p, cc.events_per_point) for p in pools]
+    classes = list(range(len(grid)))
+    train_set = EventDataset.from_pools([t for t, _ in parts], classes)
+    val_set = EventDataset.from_pools([v for _, v in parts], classes)
+    net = EventClassifier(grid, hidden=cc.hidden, layers=cc.layers, head=cc.head)
+    net.fit_features(train_set.tensors[0].numpy()).set_prior(train_set.classes)
+    tc = _train_config(cc.train, cfg, loss="cross_entropy")
+    with progress("train event classifier", tc.epochs, "epochs") as adv:
+        hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
+    return net, hist
+
+
+def _manifest_checksum(events_dir: Path) -> str:
+    return sha256_file(events_dir / MANIFEST)
+
+
+def run_job(
+    cfg: RunConfig,
+    out: Path,
+    *,
+    tracking_uri: str | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    progress: ProgressFactory = no_progress,
+    stage: Callable[[str], None] = lambda msg: log.info(msg),
+) -> JobResult:
+    """Run the job of ``cfg`` into ``out``; see the module docstring."""
+    from kernels import detector, likelihood, theory
+    from kernels.event_store import read_pools
+    from models import estimators
+    from orchestrator.evaluate.fit import write_points_csv
+    from orchestrator.generate.dataset import generate
+    from orchestrator.report import markdown as report
+    from orchestrator.report import plots
+    from orchestrator.track.runs import Tracker
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    windows = [tuple(w) for w in cfg.theory.windows]
+    level = cfg.scan.level
+    grid = [float(d) for d in cfg.scan.dc9]
+    det = detector.DetectorConfig.from_dict(cfg.scan.detector)
+
+    stage(f"generating {len(grid)} points x {cfg.scan.events_per_point} events at level {level}")
+    events_dir = out / "events"
+    with progress("generate", len(grid) * cfg.scan.events_per_point, "events") as adv:
+        manifest = generate(
+            events_dir, grid, cfg.scan.events_per_point, cfg.seed, windows, cfg.scan.chunk_size, adv,
+            level=level, detector=cfg.scan.detector or None, workers=workers if workers is not None else cfg.scan.workers,
+            address=address,
+        ).manifest
+    table = theory.jtable(["C9_bsmumu"], windows)
+    pdf = det.pdf_model(level, table.windows)
+    checksum = _manifest_checksum(events_dir)
+
+    evaluations: list[Evaluation] = []
+    histories: dict = {}
+    with Tracker(out, tracking_uri or cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name=cfg.name) as tracker:
+        tracker.params(cfg.model_dump())
+        tracker.tags({"dataset_manifest_sha256": checksum, "config": cfg.name, "level": level})
+
+        # Independent test MC and the bound, shared by every estimator.
+        ec = cfg.evaluation
+        stage(f"drawing {len(ec.dc9)} x {ec.sets} evaluation sets of {ec.events_per_set} events from independent MC")
+        with progress("test MC", len(ec.dc9), "points") as adv:
+            sets, crb = evaluation_sets(table, pdf, ec.dc9, ec.events_per_set, ec.sets, cfg.seed, level, det, adv or None)
+
+        mc = cfg.models
+        need_pools = (mc.deepsets and mc.deepsets.enabled) or (mc.event_classifier and mc.event_classifier.enabled)
+        pools = read_pools(events_dir, manifest, level) if need_pools else None
+        images_dir = out / "images"
+        if mc.resnet3d and mc.resnet3d.enabled:
+            ic = cfg.images
+            stage(f"building {ic.bins}^3 images: {ic.images_per_point} per point of {ic.events_per_image} events")
+            from orchestrator.build.images import build_images
+
+            if images_dir.exists():  # images are cheap next to training: rebuild rather than trust
+                import shutil
+
+                shutil.rmtree(images_dir)
+            with progress("images", len(grid) * ic.images_per_point, "images") as adv:
+                build_images(events_dir, images_dir, ic.bins, ic.events_per_image, ic.images_per_point, ic.val_fraction,
+                             adv, test_images=1, seed=cfg.seed, level=level,
+                             workers=workers if workers is not None else cfg.scan.workers, address=address)
+
+        # One child run per estimator: its params, training curves, model, evaluation and table.
+        jobs = []  # (name, config section or None, trainer or None, estimator factory)
+        if mc.ml_fit.enabled:
+            jobs.append(("ml_fit", mc.ml_fit, None, lambda net: estimators.MLFitEstimator(table, pdf, name="ml_fit")))
+        if mc.resnet3d and mc.resnet3d.enabled:
+            ic = cfg.images
+            jobs.append(("resnet3d", mc.resnet3d, lambda: _train_resnet(cfg, images_dir, grid, tracker, progress),
+                         lambda net: estimators.ResNetEstimator(net, ic.bins, ic.events_per_image, name="resnet3d")))
+        if mc.deepsets and mc.deepsets.enabled:
+            jobs.append(("deepsets", mc.deepsets, lambda: _train_deepsets(cfg, pools, grid, tracker, progress),
+                         lambda net: estimators.DeepSetsEstimator(net, name="deepsets")))
+        if mc.event_classifier and mc.event_classifier.enabled:
+            jobs.append(("event_posterior", mc.event_classifier, lambda: _train_classifier(cfg, pools, grid, tracker, progress),
+                         lambda net: estimators.EventPosteriorEstimator(net, name="event_posterior")))
+        on_grid = [d for d in ec.dc9 if any(abs(d - g) < 1e-9 for g in grid)]
+        for name, section, trainer, make in jobs:
+            with tracker.child(name):
+                tracker.params(section.model_dump())
+                tracker.tags({"estimator": name, "dataset_manifest_sha256": checksum})
+                net = None
+                if trainer is not None:
+                    stage(f"training {name}")
+                    net, hist = trainer()
+                    histories[name] = hist
+                    tracker.model(net)
+                    tracker.metrics({"best_epoch": hist["best_epoch"], "epochs_run": hist["epochs_run"],
+                                     "train_seconds": hist.get("seconds", float("nan"))})
+                est = make(net)
+                stage(f"evaluating {name} on independent test MC")
+                with progress(f"evaluate {name}", len(ec.dc9), "points") as adv:
+                    ev = evaluate(est, sets, crb, on_grid=on_grid, progress=adv)
+                evaluations.append(ev)
+                path = out / "evaluation" / name / "points.csv"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_points_csv(ev.rows, path)
+                tracker.metrics(ev.summary)
+                tracker.artifact(path, "evaluation")
+
+        stage("figures and report")
+        fig_dir = out / "figures"
+        d_lo, d_hi = min(ec.dc9), max(ec.dc9)
+        dense = np.linspace(d_lo, d_hi, 25)
+        crb_curve = (dense, np.array([likelihood.sigma_crb(table, [d], ec.events_per_set, pdf) for d in dense]))
+        figures = {
+            "linearity": plots.plot_linearity(evaluations, fig_dir / "linearity.png"),
+            "sensitivity": plots.plot_sensitivity(evaluations, crb_curve, fig_dir / "sensitivity.png"),
+            "bias": plots.plot_bias(evaluations, fig_dir / "bias.png"),
+            "sigma_over_crb": plots.plot_sigma_over_crb(evaluations, fig_dir / "sigma_over_crb.png"),
+        }
+        if histories:
+            figures["training_curves"] = plots.plot_training_curves(histories, fig_dir / "training_curves.png")
+        if mc.resnet3d and mc.resnet3d.enabled:
+            from kernels.image_store import open_images
+
+            ex = [open_images(out / "images", "train", p)[0] for p in (0, len(grid) // 2, len(grid) - 1)]
+            figures["image_slices"] = plots.plot_image_slices(np.stack(ex), [grid[0], grid[len(grid) // 2], grid[-1]], fig_dir / "image_slices.png")
+        report_path = report.write_report(out, cfg, evaluations, figures, checksum, tracker.uri, tracker.run_id)
+        for f in figures.values():
+            tracker.artifact(f, "figures")
+        tracker.artifact(report_path)
+        for ev in evaluations:  # the parent holds every table too, for side-by-side comparison
+            tracker.artifact(out / "evaluation" / ev.name / "points.csv", f"evaluation/{ev.name}")
+        run_id = tracker.run_id
+        uri = tracker.uri
+    return JobResult(out, evaluations, histories, report_path, run_id, uri)
+
+
+def run_config(config: str | Path = "demo", out: Path | None = None, *, device: str | None = None,
+               tracking_uri: str | None = None, workers: int | None = None, address: str | None = None,
+               progress: ProgressFactory = no_progress, stage: Callable[[str], None] = lambda msg: log.info(msg)
+               ) -> tuple[RunConfig, JobResult]:
+    """``wcscan run``: load the config, check every option and the output directory, then :func:`run_job`.
+
+    The torch device (the flag's, else the config's) is checked here, before
+    minutes of generation: a device that does not exist, or ``cuda`` without
+    a GPU, is a one-line error and nothing is written.
+    """
+    cfg = load_config(config)
+    if device:
+        cfg = cfg.model_copy(update={"device": device})
+    check_device(cfg.device, "--device" if device else f"config {cfg.name}: device")
+    if workers is not None:
+        non_negative_int(workers, "--workers")
+    out = output_dir(Path(out) if out is not None else Path("out") / cfg.name)
+    return cfg, run_job(cfg, out, tracking_uri=tracking_uri, workers=workers, address=address, progress=progress,
+                        stage=stage)

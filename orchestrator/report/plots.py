@@ -1,0 +1,169 @@
+"""Figures: what people would rather look at than read.
+
+Plain matplotlib (Agg backend), one function per figure, each writing a PNG
+atomically and returning its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kernels.files import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    return Path(path)
+
+
+def plot_fit_summary(rows: Sequence[Mapping], path: Path, title: str = "") -> Path:
+    """Linearity (mean +- sigma against the truth, with y = x) and sensitivity against sigma_CRB."""
+    plt = _pyplot()
+    d = np.array([r["dc9_true"] for r in rows], dtype=float)
+    mean = np.array([r["mean"] for r in rows], dtype=float)
+    sigma = np.array([r["sigma"] for r in rows], dtype=float)
+    crb = np.array([r["sigma_crb"] for r in rows], dtype=float)
+    n_sets = int(rows[0]["n_sets"]) if rows else 0
+    order = np.argsort(d)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    lim = [d.min() - 0.3, d.max() + 0.3] if d.size else [-1, 1]
+    ax1.plot(lim, lim, color="0.6", lw=1, label="y = x")
+    ax1.errorbar(d, mean, yerr=sigma, fmt="o", ms=4, capsize=3, label="ML fit: mean ± σ")
+    ax1.set_xlabel("true δC9")
+    ax1.set_ylabel("estimated δC9")
+    ax1.set_title("linearity")
+    ax1.legend(loc="upper left")
+    # The standard error of a standard deviation from M sets is sigma / sqrt(2 (M - 1)).
+    err = sigma / np.sqrt(max(2 * (n_sets - 1), 1))
+    ax2.plot(d[order], crb[order], "-", color="k", lw=1.5, label="σ_CRB (Cramér–Rao)")
+    ax2.errorbar(d, sigma, yerr=err, fmt="o", ms=4, capsize=3, label="ML fit: σ over sets")
+    ax2.set_xlabel("true δC9")
+    ax2.set_ylabel("σ(δC9)")
+    ax2.set_title("sensitivity")
+    ax2.set_ylim(bottom=0)
+    ax2.legend(loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def _series(evaluation, key):
+    rows = sorted(evaluation.rows, key=lambda r: r["dc9_true"])
+    return np.array([r["dc9_true"] for r in rows]), np.array([r[key] for r in rows], dtype=float), rows
+
+
+def plot_linearity(evaluations, path: Path) -> Path:
+    """mean +- sigma against the truth for every estimator, with y = x."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    allx = np.concatenate([_series(e, "mean")[0] for e in evaluations])
+    lim = [allx.min() - 0.3, allx.max() + 0.3]
+    ax.plot(lim, lim, color="0.6", lw=1, label="y = x")
+    for i, e in enumerate(evaluations):
+        x, mean, _ = _series(e, "mean")
+        _, sig, _ = _series(e, "sigma")
+        ax.errorbar(x + 0.02 * (i - len(evaluations) / 2), mean, yerr=sig, fmt="o", ms=3, capsize=2, label=e.name)
+    ax.set(xlabel="true δC9", ylabel="estimated δC9 (mean ± σ)", title="linearity")
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_sensitivity(evaluations, crb_curve: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
+    """sigma against delta C9 for every estimator, with the sigma_CRB curve."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(*crb_curve, color="k", lw=1.5, label="σ_CRB (Cramér–Rao)")
+    for e in evaluations:
+        x, sig, _ = _series(e, "sigma")
+        ax.plot(x, sig, "o-", ms=3, label=e.name)
+    ax.set(xlabel="true δC9", ylabel="σ(δC9)", title="sensitivity")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_bias(evaluations, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.axhline(0, color="0.6", lw=1)
+    for e in evaluations:
+        x, bias, rows = _series(e, "bias")
+        err = np.array([r["sigma"] / np.sqrt(max(r["n_sets"], 1)) for r in rows])
+        ax.errorbar(x, bias, yerr=err, fmt="o-", ms=3, capsize=2, label=e.name)
+    ax.set(xlabel="true δC9", ylabel="bias (mean − truth)", title="bias")
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_sigma_over_crb(evaluations, path: Path) -> Path:
+    """sigma / sigma_CRB for all estimators on one figure: 1 is optimal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.axhline(1, color="k", lw=1.5, label="Cramér–Rao bound")
+    for e in evaluations:
+        x, r, _ = _series(e, "sigma_over_crb")
+        ax.plot(x, r, "o-", ms=3, label=e.name)
+    ax.set(xlabel="true δC9", ylabel="σ / σ_CRB", title="how close to optimal")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_image_slices(images: np.ndarray, labels: Sequence[float], path: Path) -> Path:
+    """Central cos_theta_K slice of the mean-q2 channel for a few example images."""
+    plt = _pyplot()
+    n = min(len(images), 4)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
+    for ax, img, lab in zip(axes[0], images[:n], labels[:n]):
+        b = img.shape[-1]
+        sl = np.array(img[0, :, b // 2, :], dtype=float)
+        sl[np.array(img[1, :, b // 2, :]) == 0] = np.nan
+        im = ax.imshow(sl.T, origin="lower", extent=[-1, 1, 0, 2 * np.pi], aspect="auto", cmap="viridis")
+        ax.set(xlabel="cos θ_μ", ylabel="χ", title=f"δC9 = {lab:+.2f}")
+        fig.colorbar(im, ax=ax, label="mean q² (GeV²)")
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_training_curves(histories: Mapping[str, Mapping], path: Path) -> Path:
+    """Train and validation loss per epoch for every trained network."""
+    plt = _pyplot()
+    n = max(len(histories), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+    for ax, (name, h) in zip(axes[0], histories.items()):
+        ax.plot(h.get("train_loss", []), label="train")
+        ax.plot(h.get("val_loss", []), label="validation")
+        if h.get("best_epoch") is not None:
+            ax.axvline(h["best_epoch"], color="0.6", ls="--", lw=1, label="best")
+        ax.set(xlabel="epoch", ylabel="loss", title=name)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
