@@ -51,6 +51,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
             log.info("starting a local Ray instance (num_cpus=%s)", num_cpus or "all")
+            quiet_token_notice()
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     try:
         gcs_address = ray.get_runtime_context().gcs_address
@@ -61,6 +62,36 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
         "cpus": cluster_cpus(),
         "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
     }
+
+
+def _token_available() -> bool:
+    """Whether Ray will find an auth token, by its sources in its order: ``RAY_AUTH_TOKEN``, the file
+    ``RAY_AUTH_TOKEN_PATH`` names, ``~/.ray/auth_token``."""
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(path).expanduser() if path else Path.home() / ".ray" / "auth_token"
+    try:
+        return bool(path.read_text().strip())
+    except OSError:
+        return False
+
+
+def quiet_token_notice() -> bool:
+    """Say ``RAY_AUTH_MODE=token`` out loud when a token exists, so Ray's notice is shown once per machine.
+
+    A local Ray turns token authentication on by itself and, while ``RAY_AUTH_MODE`` is unset, warns
+    "Token authentication is enabled for this Ray cluster" at every start. Setting the mode to what
+    Ray chooses anyway silences the repeat; authentication stays on. The first start on a machine
+    (no token yet) is left alone: Ray prints the notice once and writes ``~/.ray/auth_token``. An
+    explicit ``RAY_AUTH_MODE`` is never changed. Returns whether this call set the variable.
+    """
+    if "RAY_AUTH_MODE" in os.environ or not _token_available():
+        return False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    return True
 
 
 def shutdown_ray() -> None:

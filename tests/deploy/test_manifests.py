@@ -1,5 +1,7 @@
-"""deploy/: every YAML parses, and carries the fields Ray, KubeRay and the cluster launcher require."""
+"""deploy/: every YAML parses, and carries the fields Ray, KubeRay and the cluster launcher require, token
+authentication included."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -51,10 +53,24 @@ def _check_cluster_spec(spec):
         assert "MLFLOW_TRACKING_URI" in env
 
 
+def _check_token_auth(spec):
+    """KubeRay (>= 1.5.1) turns Ray's token authentication on with ``authOptions.mode: token`` (Ray >= 2.52): it
+    makes the token Secret and sets RAY_AUTH_MODE and RAY_AUTH_TOKEN on every Ray container. No container may
+    override RAY_AUTH_MODE (to ``disabled`` or anything else)."""
+    assert spec["authOptions"]["mode"] == "token"
+    assert tuple(int(x) for x in spec["rayVersion"].split(".")[:2]) >= (2, 52)
+    pods = [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+    for pod in pods:
+        for container in pod["containers"]:
+            names = {e["name"] for e in container.get("env", [])}
+            assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}, names
+
+
 def test_raycluster_has_head_cpu_and_gpu_groups_shm_and_shared_data():
     rc = _kind("kuberay-raycluster.yaml", "RayCluster")
     assert rc["apiVersion"] == "ray.io/v1"
     _check_cluster_spec(rc["spec"])
+    _check_token_auth(rc["spec"])
     claim = _kind("kuberay-raycluster.yaml", "PersistentVolumeClaim")
     assert "ReadWriteMany" in claim["spec"]["accessModes"]
 
@@ -66,6 +82,9 @@ def test_rayjob_runs_wcscan_on_its_own_cluster():
     assert "rayClusterSpec" in job["spec"] or "clusterSelector" in job["spec"]
     if "rayClusterSpec" in job["spec"]:
         _check_cluster_spec(job["spec"]["rayClusterSpec"])
+        _check_token_auth(job["spec"]["rayClusterSpec"])
+    # The job's own runtime env must not switch authentication off either.
+    assert "RAY_AUTH_MODE" not in job["spec"].get("runtimeEnvYAML", "")
 
 
 def test_cluster_launcher_names_its_node_types():
@@ -82,6 +101,25 @@ def test_cluster_launcher_names_its_node_types():
     assert any("pip install" in c for c in cfg["setup_commands"])
 
 
+def test_cluster_launcher_starts_every_node_with_the_same_token():
+    (cfg,) = _docs("cluster-launcher.yaml")
+    # The token from `ray get-auth-token --generate` on the user's machine goes to the same path on every node ...
+    mounts = cfg["file_mounts"]
+    remote = [r for r in mounts if r.endswith("/.ray/auth_token")]
+    assert remote and mounts[remote[0]] == "~/.ray/auth_token", mounts
+    # ... and every `ray start`, head and workers, runs with token authentication on.
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in cfg[key] if "ray start" in c]
+        assert starts and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts), cfg[key]
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOY.iterdir()), ids=lambda p: p.name)
+def test_nothing_in_deploy_turns_token_authentication_off(path):
+    text = path.read_text()
+    assert not re.search(r"RAY_AUTH_MODE\W{0,6}disabled", text, re.IGNORECASE)
+    assert not re.search(r"mode:\s*[\"']?disabled", text)
+
+
 def test_dockerfile_installs_torch_before_the_package():
     text = (DEPLOY / "Dockerfile").read_text()
     assert text.splitlines()[[i for i, l in enumerate(text.splitlines()) if l.startswith("FROM")][0]] == "FROM python:3.11-slim"
@@ -91,4 +129,8 @@ def test_dockerfile_installs_torch_before_the_package():
 def test_readme_documents_job_submission_and_the_mlflow_server():
     text = (DEPLOY / "README.md").read_text()
     assert "ray job submit --address http://127.0.0.1:8265 --working-dir . -- wcscan run --config demo" in text
+    # Token authentication: the token, the client's mode, the other token sources, KubeRay's authOptions.
+    for step in ("ray get-auth-token --generate", "export RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH",
+                 "export RAY_AUTH_TOKEN=", "authOptions", "Missing authentication token"):
+        assert step in text, step
     assert "mlflow server --backend-store-uri postgresql://" in text and "--artifacts-destination s3://" in text
