@@ -7,6 +7,7 @@ exits 130; anything else is a bug and shows its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ from orchestrator.cli.images import images
 from orchestrator.cli.run import run
 from orchestrator.cli.tune import tune
 from orchestrator.cli.validate import validate
+from orchestrator.runtime.ray import quiet_token_notice
 
 __all__ = ["main", "wcscan"]
 
@@ -61,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv or "--verbose" in argv
     setup(verbose)
+    if not any(a == "--address" or a.startswith("--address=") for a in argv) and not os.environ.get("RAY_ADDRESS"):
+        quiet_token_notice()  # a local Ray: before anything imports ray
     try:
         rv = wcscan.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as err:  # `wcscan` alone: the help, exit 0

@@ -59,7 +59,7 @@ def fit(dataset, events_file, events_per_set, sets, level, column_map, dc9_colum
     from rich import box
     from rich.table import Table
 
-    from kernels.metrics import POINT_COLUMNS
+    from orchestrator.evaluate.fit import POINT_COLUMNS
     from orchestrator.jobs.fit import fit_job
 
     res = fit_job(events_per_set, sets, dataset, events_file, level, column_map, dc9_column, dc9_true,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli.common import PATH, common_options, fmt, stderr, stdout
+from orchestrator.cli.common import PATH, common_options, fmt, stage_printer, stdout
 
 EPILOG = """\b
 Examples:
@@ -76,15 +76,12 @@ def tune(model, dataset, images, num_samples, epochs, cpus_per_trial, gpus_per_t
     MLflow and evaluate the best against the Cramer-Rao bound."""
     from orchestrator.jobs.tune import tune_job
 
-    if not quiet:
-        stderr().print(f"[bold]wcscan tune[/bold] {model}: {num_samples} trials, {search} search, "
-                       f"{scheduler} scheduler", highlight=False)
     res = tune_job(model, dataset, out, images=images, num_samples=num_samples, epochs=epochs, set_size=set_size,
                    sets_per_point=sets_per_point, events_per_image=events_per_image, eval_sets=eval_sets,
                    device=device, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, gpu_wait=gpu_wait,
                    search=search, scheduler=scheduler, storage=storage, resume=resume, max_concurrent=max_concurrent,
                    data=data, tiny=tiny, seed=seed, tracking_uri=tracking_uri, address=address,
-                   verbose=0 if quiet else 1)
+                   verbose=0 if quiet else 1, stage=stage_printer("tune", quiet))
     console = stdout()
     console.print(f"{len(res.trials)} trials ({res.errors} failed) in {res.experiment_path}", soft_wrap=True)
     if res.best is not None:

@@ -159,7 +159,8 @@ def _log_evaluation(tracker, ev, out: Path) -> None:
 
 def tune_job(model: str, dataset: Path, out: Path | None = None, *, images: Path | None = None,
              num_samples: int = 8, epochs: int = 10, set_size: int = 2000, sets_per_point: int = 150,
-             events_per_image: int = 2000, eval_sets: int = 20, device: str | None = None, **options) -> SweepResult:
+             events_per_image: int = 2000, eval_sets: int = 20, device: str | None = None,
+             stage=lambda msg: log.info(msg), **options) -> SweepResult:
     """``wcscan tune``: every option checked (and the output proved writable) before Ray starts; then :func:`run_tune`."""
     from kernels.errors import ConfigError
     from kernels.event_store import read_manifest
@@ -181,6 +182,8 @@ def tune_job(model: str, dataset: Path, out: Path | None = None, *, images: Path
             raise ConfigError(f"--set-size {set_size}: {dataset} holds {fewest} events per point, of which "
                               f"{train_events(fewest)} train; use a set size of at most that")
     out = output_dir(out if out is not None else Path("out") / f"tune-{model}")
+    stage(f"{model}: {num_samples} trials, {options.get('search', 'optuna')} search, "
+          f"{options.get('scheduler', 'asha')} scheduler")
     return run_tune(model, dataset, out, images=images, num_samples=num_samples, epochs=epochs, eval_sets=eval_sets,
                     spec_overrides={"set_size": set_size, "sets_per_point": sets_per_point,
                                     "events_per_image": events_per_image, "device": device}, **options)

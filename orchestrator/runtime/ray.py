@@ -42,6 +42,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
 
     Returns ``{"address": ..., "cpus": <CPUs in the cluster>, "nodes": <alive nodes>}``.
     """
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        quiet_token_notice()
     import ray
 
     if not ray.is_initialized():
@@ -51,7 +53,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
             log.info("starting a local Ray instance (num_cpus=%s)", num_cpus or "all")
-            quiet_token_notice()
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     try:
         gcs_address = ray.get_runtime_context().gcs_address
@@ -88,8 +89,8 @@ def quiet_token_notice() -> bool:
     (no token yet) is left alone: Ray prints the notice once and writes ``~/.ray/auth_token``. An
     explicit ``RAY_AUTH_MODE`` is never changed. Returns whether this call set the variable.
     """
-    if "RAY_AUTH_MODE" in os.environ or not _token_available():
-        return False
+    if "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules or not _token_available():
+        return False  # (Ray reads the mode once, at import: setting it later would split driver and GCS)
     os.environ["RAY_AUTH_MODE"] = "token"
     return True
 
@@ -152,13 +153,21 @@ def limit_threads(cpus: float | int) -> int:
 
 
 def _autoscaler_running() -> bool:
-    """Whether the cluster has an autoscaler (it publishes its status in the GCS key-value store)."""
+    """Whether the cluster has an autoscaler that can add nodes.
+
+    Ray's monitor publishes a status in the GCS key-value store on every
+    cluster; only a cluster with an autoscaler adds an ``autoscaler_report`` to
+    it (a local Ray's status has none).
+    """
+    import json
+
     try:
         from ray._private import ray_constants
         from ray.experimental.internal_kv import _internal_kv_get
 
-        return _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) is not None
-    except Exception:  # an older/newer Ray without these internals: assume none
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        return bool(raw) and bool(json.loads(raw).get("autoscaler_report"))
+    except Exception:  # another Ray version without these internals: assume none
         return False
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-
-from types import SimpleNamespace
 
 from orchestrator.cli import main, wcscan
 from orchestrator.config.grammar import parse_dc9

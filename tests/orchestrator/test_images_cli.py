@@ -20,6 +20,7 @@ import pytest
 
 import kernels
 import kernels.theory
+import orchestrator.build.sources
 from kernels.errors import ConfigError, DatasetError
 from kernels.event_store import COLUMNS, read_manifest, read_point
 from kernels.image_store import FORMAT, open_images, read_image_manifest
@@ -179,7 +180,7 @@ def test_the_same_config_gives_the_same_bytes(tmp_path, dataset):
 
 def test_batches_of_images_across_parts_give_the_same_images(tmp_path, dataset, monkeypatch):
     build_images(dataset, tmp_path / "a", BINS, EPI, K)
-    monkeypatch.setattr(oi, "_BATCH_EVENTS", 3 * EPI)  # 3-image batches, straddling the 300-row parts
+    monkeypatch.setattr(orchestrator.build.sources, "_BATCH_EVENTS", 3 * EPI)  # 3-image batches, straddling the 300-row parts
     build_images(dataset, tmp_path / "b", BINS, EPI, K)
     for s in ("train", "val"):
         np.testing.assert_array_equal(open_images(tmp_path / "a", s, 0), open_images(tmp_path / "b", s, 0))
@@ -230,12 +231,12 @@ def test_too_few_events_names_the_point_and_the_counts_and_writes_nothing(tmp_pa
     "kwargs, fragment",
     [
         ({"bins": 0}, "--bins must be an integer in [1, 512]"),
-        ({"events_per_image": 0}, "--events-per-image must be an integer >= 1"),
-        ({"images_per_point": 0}, "--images-per-point must be an integer >= 1"),
+        ({"events_per_image": 0}, "--events-per-image must be a positive integer"),
+        ({"images_per_point": 0}, "--images-per-point must be a positive integer"),
         ({"val_fraction": 1.0}, "--val-fraction must be in [0, 1)"),
         ({"val_fraction": 0.95}, "leaves no training image"),
-        ({"test_images": -1}, "--test-images must be an integer >= 0"),
-        ({"seed": -2}, "--seed must be an integer >= 0"),
+        ({"test_images": -1}, "--test-images must be a non-negative integer"),
+        ({"seed": -2}, "--seed must be a non-negative integer"),
     ],
 )
 def test_bad_settings_are_config_errors_before_any_write(tmp_path, dataset, kwargs, fragment):

@@ -19,7 +19,7 @@ def test_tune_refuses_a_directory_that_is_not_a_dataset_in_one_line(tmp_path, ca
     code = main(["tune", "--model", "deepsets", "--dataset", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("\n") == 1 and "not an event dataset" in err
+    assert err.count("\n") == 1 and "not a wcscan dataset" in err
 
 
 def test_tune_resume_without_a_sweep_says_so(ray_local, tiny_dataset, tmp_path, capsys):

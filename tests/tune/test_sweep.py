@@ -70,7 +70,7 @@ def test_shared_pools_replace_the_dataset_files(tiny_dataset, tiny_sweep_data):
     _, train_set, _, _ = _datasets(spec, {"hidden": 8}, pools)
     x, y = train_set[0]
     assert float(x.max()) == 0.0 and float(y) == -1.0  # the shared arrays, not the files
-    with pytest.raises(Exception, match="2 shared pools"):
+    with pytest.raises(Exception, match="2 pools of events"):
         _datasets(spec, {"hidden": 8}, pools[:2])
 
 
