@@ -9,21 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kernels.metrics import POINT_COLUMNS, linearity, point_metrics
 
+if TYPE_CHECKING:  # the one Estimator protocol; torch is not imported to evaluate
+    from models.estimators import Estimator
+
 #: Test MC of the i-th evaluation point is seed stream ``(seed, EVAL_POINT_OFFSET + i, ...)``: never a
 #: stream that generation (points 0, 1, ... of the scan) uses, so test sets are independent of training.
 EVAL_POINT_OFFSET = 10_000
-
-
-class Estimator(Protocol):
-    name: str
-
-    def predict(self, sets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 @dataclass

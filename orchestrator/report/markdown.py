@@ -35,9 +35,21 @@ def summary_header(columns=None) -> list[str]:
     return [h for k, h, _ in SUMMARY_COLUMNS if columns is None or k in columns]
 
 
+def _cell(text) -> str:
+    """A GFM table cell: a literal ``|`` (as in ``|bias|``) is escaped, or it would split the cell."""
+    return str(text).replace("|", "\\|")
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    """A GitHub-flavoured Markdown table.
+
+    >>> print(markdown_table(["a", "|b|"], [["1", "2"]]))
+    | a | \\|b\\| |
+    |---|---|
+    | 1 | 2 |
+    """
+    lines = ["| " + " | ".join(map(_cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(_cell, r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
