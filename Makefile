@@ -29,9 +29,13 @@ demo: venv
 	rm -rf demo-out
 	$(WCSCAN) run --config demo --out demo-out
 
+# Every benchmark behind `wcscan bench` (resnet at a size a CPU finishes; the seed-study size needs a GPU).
 bench: venv
 	$(WCSCAN) bench generate --json
 	$(WCSCAN) bench fit --json
+	$(WCSCAN) bench images --json
+	$(WCSCAN) bench scan --json
+	$(WCSCAN) bench resnet --depth 10 --bins 16 --width 16 --batch 8 --steps 3 --json
 
 clean:
 	rm -rf demo-out build dist *.egg-info .pytest_cache .hypothesis
