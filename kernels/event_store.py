@@ -39,6 +39,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,61 @@ def _find_point(manifest: Mapping, point: int) -> Mapping:
     raise DatasetError(f"point {point} is not in the manifest (points: {known})")
 
 
+@dataclass(frozen=True)
+class EventManifest:
+    """A typed view of an event dataset's ``manifest.json`` (:func:`read_event_manifest`).
+
+    ``points`` are the per-point entries in index order (each a dict with
+    ``index``, ``shifts``, ``events``, ``parts``, ``seed`` and ``checksum``);
+    ``raw`` is the manifest as read, for what the view does not name.
+    """
+
+    root: Path
+    format: str
+    level: str
+    coefficients: tuple[str, ...]
+    windows: tuple[tuple[float, float], ...]
+    seed: int
+    detector: dict | None
+    theory_key: str | None
+    points: tuple[dict, ...]
+    raw: dict
+
+    @property
+    def dc9(self) -> list[float]:
+        """delta C9 of each point, in index order."""
+        return [float(p["shifts"]["dc9"]) for p in self.points]
+
+    @property
+    def fewest_events(self) -> int:
+        """Events of the smallest point."""
+        return min(int(p["events"]) for p in self.points)
+
+
+def read_event_manifest(root: str | os.PathLike) -> EventManifest:
+    """:func:`read_manifest`, checked to be a wcscan event dataset, as an :class:`EventManifest`.
+
+    A manifest of another format, or with missing or malformed entries, is a one-line DatasetError.
+    """
+    root = Path(root)
+    raw = read_manifest(root)
+    if not str(raw.get("format", "")).startswith("wcscan-events/"):
+        raise DatasetError(f"{root / MANIFEST}: not a wcscan event dataset (format {raw.get('format')!r})")
+    try:
+        config = raw["config"]
+        points = tuple(sorted(raw["points"], key=lambda p: p["index"]))
+        if not points:
+            raise KeyError("points (none listed)")
+        return EventManifest(
+            root=root, format=raw["format"], level=str(config.get("level", "gen")),
+            coefficients=tuple(config["coefficients"]), windows=tuple(tuple(map(float, w)) for w in config["windows"]),
+            seed=int(config.get("seed", 0)), detector=config.get("detector"), theory_key=raw.get("theory_key"),
+            points=points, raw=raw,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise DatasetError(f"{root / MANIFEST}: missing or malformed entry {err}") from None
+
+
 def read_point(
     root: str | os.PathLike,
     manifest: Mapping,
@@ -227,8 +283,9 @@ def read_pools(root: str | os.PathLike, manifest: Mapping | None = None, level: 
 
     ``level`` defaults to the dataset's own (``manifest["config"]["level"]``, else "gen").
     """
-    manifest = read_manifest(root) if manifest is None else manifest
-    level = level or manifest.get("config", {}).get("level", "gen")
+    view = read_event_manifest(root) if manifest is None else None
+    manifest = view.raw if view is not None else manifest
+    level = level or (view.level if view is not None else manifest.get("config", {}).get("level", "gen"))
     pools = []
     for p in sorted(manifest["points"], key=lambda p: p["index"]):
         t = read_point(root, manifest, level, p["index"])

@@ -8,7 +8,11 @@ For the predictions x of M independent sets at truth d:
 - MSE = mean((x - d)^2);
 - sigma / sigma_CRB;
 - pulls (x - d) / sigma_x where the estimator gives an uncertainty: their mean and
-  width (``ddof=1``).
+  width (``ddof=1``);
+- the coverage of the 68% and 95% intervals ``x +- z sigma_x``
+  (:func:`kernels.coverage.point_coverage`), NaN without uncertainties or truth;
+- sigma_CRB,image, the bound of the voxel image (:mod:`kernels.image_information`),
+  for an estimator that sees images; NaN for the others.
 
 >>> row = point_metrics(np.array([0.9, 1.1, 1.0, 1.2]), truth=1.0, sigma_crb=0.1, n_events=100)
 >>> round(row["mean"], 3), round(row["bias"], 3), round(row["sigma"], 4), round(row["mse"], 4)
@@ -17,7 +21,11 @@ For the predictions x of M independent sets at truth d:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from kernels.coverage import point_coverage
 
 POINT_COLUMNS = (
     "dc9_true",
@@ -33,8 +41,11 @@ POINT_COLUMNS = (
     "mse",
     "pull_mean",
     "pull_width",
+    "coverage_68",
+    "coverage_95",
+    "sigma_crb_image",
 )
-"""The per-point table's columns (the contract of ``design.md``, plus the pulls)."""
+"""The per-point table's columns (the contract of ``design.md``, plus the pulls, the coverage and the image bound)."""
 
 
 def _rms(x: np.ndarray) -> float:
@@ -48,8 +59,15 @@ def point_metrics(
     truth: float,
     sigma_crb: float,
     n_events: int,
+    sigma_crb_image: float = math.nan,
 ) -> dict:
-    """One row of the per-point table from the estimates (and optional uncertainties) of M sets."""
+    """One row of the per-point table from the estimates (and optional uncertainties) of M sets.
+
+    >>> x = np.array([0.95, 1.05, 1.0, 1.15])     # within 0.5, 0.5, 0 and 1.5 widths of the truth
+    >>> row = point_metrics(x, np.full(4, 0.1), truth=1.0, sigma_crb=0.1, n_events=100)
+    >>> row["coverage_68"], row["coverage_95"], row["sigma_crb_image"]
+    (0.75, 1.0, nan)
+    """
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
         raise ValueError("no estimates to summarise")
@@ -70,6 +88,9 @@ def point_metrics(
         "mse": float(np.mean((x - truth) ** 2)),
         "pull_mean": float("nan"),
         "pull_width": float("nan"),
+        "coverage_68": float("nan"),
+        "coverage_95": float("nan"),
+        "sigma_crb_image": float(sigma_crb_image),
     }
     if errors is not None:
         e = np.asarray(errors, dtype=np.float64).ravel()
@@ -78,6 +99,9 @@ def point_metrics(
             pulls = (x[ok] - truth) / e[ok]
             row["pull_mean"] = float(pulls.mean())
             row["pull_width"] = float(pulls.std(ddof=1))
+        if math.isfinite(truth) and (ok & np.isfinite(x)).any():
+            cov = point_coverage(x, e, truth)
+            row["coverage_68"], row["coverage_95"] = cov["coverage_68"], cov["coverage_95"]
     return row
 
 

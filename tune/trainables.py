@@ -83,11 +83,10 @@ class DataSpec:
 
 def load_grid(dataset: str | os.PathLike) -> tuple[dict, list[float]]:
     """The event dataset's manifest and its delta C9 per point (in index order)."""
-    from kernels.event_store import read_manifest
+    from kernels.event_store import read_event_manifest
 
-    manifest = read_manifest(dataset)
-    points = sorted(manifest["points"], key=lambda p: p["index"])
-    return manifest, [float(p["shifts"]["dc9"]) for p in points]
+    m = read_event_manifest(dataset)
+    return m.raw, m.dc9
 
 
 def _image_arrays(spec: DataSpec, config: dict, manifest: dict, grid: list[float], pools=None):

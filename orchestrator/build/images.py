@@ -413,16 +413,8 @@ def plan_build(
     return BuildPlan(out, tasks, points, header)
 
 
-def build_images(
-    dataset: str | Path | pa.Table | None,
-    out: str | Path,
-    bins: int,
-    events_per_image: int,
-    images_per_point: int,
-    val_fraction: float = DEFAULT_VAL_FRACTION,
-    progress: Callable[[int], None] | None = None,
-    **options,
-) -> dict:
+def build_images(*args, progress: Callable[[int], None] | None = None, workers: int | None = 0,
+                 address: str | None = None, **options) -> dict:
     """Build the image dataset ``out``; return its manifest (also written, last, to ``out``).
 
     ``dataset`` is an event-dataset directory, or an Arrow table of a user's
@@ -445,12 +437,9 @@ def build_images(
     few events at a point is a one-line DatasetError naming the point and the
     counts. ``progress(n)`` is called with the number of images after each batch.
     """
-    workers = options.pop("workers", 0)
-    address = options.pop("address", None)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise ConfigError(f"workers must be an integer >= 0 or None, got {workers!r}")
-    plan = plan_build(dataset, out, bins, events_per_image, images_per_point, val_fraction, **options)
-    return run_plan(plan, progress, workers, address)
+    return run_plan(plan_build(*args, **options), progress, workers, address)
 
 
 def run_plan(plan: BuildPlan, progress: Callable[[int], None] | None = None, workers: int | None = 0,

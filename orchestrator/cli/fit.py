@@ -24,7 +24,8 @@ Sets are consecutive disjoint blocks of each point's events, in stored (file) or
 the mean estimate. Every part is checked against the manifest's sha256 before it is used.
 
 The CSV has one row per point: dc9_true, n_sets, n_events, mean, bias, sigma, sigma_left, sigma_right,
-sigma_crb, sigma_over_crb, mse, pull_mean, pull_width.
+sigma_crb, sigma_over_crb, mse, pull_mean, pull_width, coverage_68, coverage_95 (of the intervals
+estimate +- z * HESSE error; nan when the truth is unknown) and sigma_crb_image (nan: the fit sees no image).
 """
 
 # The terminal shows the headline columns; the CSV (--out) has them all. (column, header, format)

@@ -3,9 +3,14 @@
 Each type calls the grammar's parser and turns its one-line
 :class:`~kernels.errors.ConfigError` into click's usage error (exit 2), as
 pyhf's ``EqDelimStringParamType`` does.
+
+>>> DC9.convert("-1:1:3", None, None)
+[-1.0, 0.0, 1.0]
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import click
 
@@ -13,47 +18,23 @@ from kernels.errors import ConfigError
 from orchestrator.config import grammar
 
 
-class _Grammar(click.ParamType):
-    parse = staticmethod(lambda text: text)
+class GrammarType(click.ParamType):
+    """A click type whose values are parsed by one function of the grammar."""
+
+    def __init__(self, name: str, parse: Callable[[str], object]):
+        self.name = name
+        self._parse = parse
 
     def convert(self, value, param, ctx):
         if not isinstance(value, str):
             return value
         try:
-            return type(self).parse(value)
+            return self._parse(value)
         except ConfigError as err:
             self.fail(str(err), param, ctx)
 
 
-class Dc9Grid(_Grammar):
-    """``START:STOP:NUM`` (inclusive) or ``A,B,...``."""
-
-    name = "START:STOP:NUM|A,B,..."
-    parse = staticmethod(grammar.parse_dc9)
-
-
-class Window(_Grammar):
-    """A q2 window ``LO,HI`` in GeV^2."""
-
-    name = "LO,HI"
-    parse = staticmethod(grammar.parse_window)
-
-
-class ColumnMap(_Grammar):
-    """``NAME=COLUMN,...``."""
-
-    name = "NAME=COL,..."
-    parse = staticmethod(grammar.parse_column_map)
-
-
-class Finite(_Grammar):
-    """A finite number."""
-
-    name = "VALUE"
-    parse = staticmethod(grammar.parse_finite)
-
-
-DC9 = Dc9Grid()
-WINDOW = Window()
-COLUMN_MAP = ColumnMap()
-FINITE = Finite()
+DC9 = GrammarType("START:STOP:NUM|A,B,...", grammar.parse_dc9)
+WINDOW = GrammarType("LO,HI", grammar.parse_window)
+COLUMN_MAP = GrammarType("NAME=COL,...", grammar.parse_column_map)
+FINITE = GrammarType("VALUE", grammar.parse_finite)

@@ -3,6 +3,16 @@
 One function evaluates every estimator (ML fit, ResNet, Deep Sets, event-by-event
 posterior): anything with ``predict(sets) -> (estimates, uncertainties or None)``.
 The test sets are drawn from MC seeded independently of every training input.
+
+Where an estimator gives a width per set, its honesty is measured on the same
+test sets (``physics.md``, "Coverage"): per point, the coverage of the 68% and
+95% intervals (columns ``coverage_68``, ``coverage_95``); pooled over the points,
+the PIT values ``u = Phi((d - x) / s)`` (kept in :attr:`Evaluation.pit` for the
+expected-coverage figure) and their uniformity verdict
+(:attr:`Evaluation.calibration`). An estimator without widths gets NaN there, and
+starts to report them as soon as its ``predict`` returns widths. For an image
+estimator (one with ``images`` and ``bins``, the ResNet) the bound of its
+representation, sigma_CRB,image (:func:`image_bounds`), goes beside sigma_CRB.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kernels.coverage import expected_coverage, pit, uniformity
 from kernels.metrics import POINT_COLUMNS, linearity, point_metrics
 
 if TYPE_CHECKING:  # the one Estimator protocol; torch is not imported to evaluate
@@ -22,18 +33,54 @@ if TYPE_CHECKING:  # the one Estimator protocol; torch is not imported to evalua
 #: stream that generation (points 0, 1, ... of the scan) uses, so test sets are independent of training.
 EVAL_POINT_OFFSET = 10_000
 
+#: Fewest pooled PIT values for which :func:`kernels.coverage.uniformity` is asked for a verdict.
+MIN_SETS_UNIFORMITY = 10
+
 
 @dataclass
 class Evaluation:
-    """Per-point rows (``POINT_COLUMNS`` plus ``on_grid``) and summary metrics of one estimator."""
+    """One estimator's evaluation.
+
+    ``rows``: per point, ``POINT_COLUMNS`` plus ``on_grid``; ``summary``: metrics over the points;
+    ``pit``: per point (its true dC9), the PIT values of its sets (empty without widths);
+    ``calibration``: the uniformity of the pooled PIT values (:func:`calibration`), None without widths.
+    """
 
     name: str
     rows: list[dict]
     summary: dict = field(default_factory=dict)
+    pit: dict[float, np.ndarray] = field(default_factory=dict)
+    calibration: dict | None = None
+
+    def pooled_pit(self) -> np.ndarray | None:
+        """The PIT values of every set of every point, or None when the estimator gives no widths."""
+        return np.concatenate(list(self.pit.values())) if self.pit else None
+
+
+def calibration(u) -> dict:
+    """Pooled PIT values ``u`` -> ``n_sets``, the coverage of the central 68% and 95% intervals
+    (``coverage_68``, ``coverage_95``), and, from :data:`MIN_SETS_UNIFORMITY` sets on, the KS and
+    chi-square p-values of uniformity and its ``verdict`` (``"calibrated"`` / ``"miscalibrated"``;
+    ``"untested"`` below that)."""
+    u = np.asarray(u, dtype=np.float64).ravel()
+    _, cov = expected_coverage(u, levels=[0.68, 0.95])
+    out = {"n_sets": int(u.size), "coverage_68": float(cov[0]), "coverage_95": float(cov[1]), "verdict": "untested"}
+    if u.size >= MIN_SETS_UNIFORMITY:
+        test = uniformity(u)
+        out.update(ks_pvalue=test["ks_pvalue"], chi2_pvalue=test["chi2_pvalue"], verdict=test["verdict"])
+    return out
+
+
+def _finite_mean(values) -> float | None:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else None
 
 
 def summarise(rows: Sequence[Mapping]) -> dict:
-    """Summary metrics over the points: mean and worst sigma/sigma_CRB, bias, MSE, linearity."""
+    """Summary metrics over the points: mean and worst sigma/sigma_CRB, bias, MSE, linearity; where
+    defined, the mean coverage (``coverage_68``, ``coverage_95``), the mean ``sigma_crb_image`` and
+    ``sigma_over_crb_image_mean``, the mean of sigma / sigma_CRB,image."""
     d = np.array([r["dc9_true"] for r in rows], dtype=float)
     mean = np.array([r["mean"] for r in rows], dtype=float)
     sigma = np.array([r["sigma"] for r in rows], dtype=float)
@@ -52,6 +99,16 @@ def summarise(rows: Sequence[Mapping]) -> dict:
     pw = [r["pull_width"] for r in rows if np.isfinite(r["pull_width"])]
     if pw:
         out["pull_width_mean"] = float(np.mean(pw))
+    img = [r.get("sigma_crb_image") for r in rows]
+    means = {
+        "coverage_68": _finite_mean(r.get("coverage_68") for r in rows),
+        "coverage_95": _finite_mean(r.get("coverage_95") for r in rows),
+        "sigma_crb_image": _finite_mean(img),
+        "sigma_over_crb_image_mean": _finite_mean(
+            r["sigma"] / b for r, b in zip(rows, img) if b is not None and b > 0
+        ),
+    }
+    out.update({k: v for k, v in means.items() if v is not None})
     return out
 
 
@@ -61,19 +118,49 @@ def evaluate(
     sigma_crb: Mapping[float, float],
     on_grid: Sequence[float] = (),
     progress=None,
+    sigma_crb_image: Mapping[float, float] | None = None,
 ) -> Evaluation:
-    """Predict every point's test sets (M, N, 4) and compute the metrics of ``physics.md``."""
+    """Predict every point's test sets (M, N, 4) and compute the metrics of ``physics.md``.
+
+    ``sigma_crb_image``: per point, the bound of the estimator's image (:func:`image_bounds`), for an
+    image estimator; NaN in the table otherwise. Widths, when ``predict`` gives them, yield the
+    coverage columns, the PIT values per point and the pooled calibration (:class:`Evaluation`).
+    """
     grid = {round(float(g), 9) for g in on_grid}
-    rows = []
+    rows, pits = [], {}
     for d, sets in test_sets.items():
         est, unc = estimator.predict(sets)
-        row = point_metrics(est, unc, truth=float(d), sigma_crb=float(sigma_crb[d]), n_events=sets.shape[1])
+        bound = float("nan") if sigma_crb_image is None else float(sigma_crb_image[d])
+        row = point_metrics(est, unc, truth=float(d), sigma_crb=float(sigma_crb[d]), n_events=sets.shape[1],
+                            sigma_crb_image=bound)
         row = {k: row[k] for k in POINT_COLUMNS}
         row["on_grid"] = round(float(d), 9) in grid
         rows.append(row)
+        if unc is not None and np.isfinite(row["coverage_68"]):
+            pits[float(d)] = pit(est, unc, float(d))
         if progress is not None:
             progress(1)
-    return Evaluation(estimator.name, rows, summarise(rows))
+    ev = Evaluation(estimator.name, rows, summarise(rows), pits)
+    if pits:
+        ev.calibration = calibration(ev.pooled_pit())
+        for key in ("ks_pvalue", "chi2_pvalue"):
+            if key in ev.calibration:
+                ev.summary[f"pit_{key}"] = ev.calibration[key]
+    return ev
+
+
+def image_bins(estimator) -> int | None:
+    """The bins per axis of an image estimator (one that voxelises its sets: ``images`` and ``bins``), else None."""
+    bins = getattr(estimator, "bins", None)
+    return int(bins) if callable(getattr(estimator, "images", None)) and bins else None
+
+
+def image_bounds(table, pdf, dc9: Sequence[float], bins: int, n_events: int) -> dict[float, float]:
+    """``{dc9: sigma_CRB,image}``: the Cramér–Rao bound of a ``bins``^3 image of ``n_events`` under ``pdf``
+    (counts and the mean-q2 channel, :func:`kernels.image_information.sigma_crb_image`); >= sigma_CRB."""
+    from kernels.image_information import sigma_crb_image
+
+    return {d: float(sigma_crb_image(table, [d], bins, n_events, pdf)) for d in dc9}
 
 
 def evaluation_sets(table, pdf, dc9: Sequence[float], n_events: int, n_sets: int, seed: int, level: str = "gen",

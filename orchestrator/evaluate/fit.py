@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from kernels.errors import ConfigError, DatasetError
-from kernels.event_store import COLUMNS, LEVELS, load_events, read_manifest, read_point, validate_events
+from kernels.event_store import COLUMNS, LEVELS, load_events, read_event_manifest, read_point, validate_events
 from kernels.files import atomic_write_text
 from kernels.metrics import POINT_COLUMNS
 from kernels.theory import SCAN_COEFFICIENTS
@@ -81,22 +81,11 @@ def fit_dataset(
     dataset = Path(dataset)
     positive_int(events_per_set, "--events-per-set")
     positive_int(sets, "--sets")
-    manifest = read_manifest(dataset)
-    if level is None:
-        level = str(manifest.get("config", {}).get("level", "gen"))
+    m = read_event_manifest(dataset)
+    level = m.level if level is None else level
     if level not in LEVELS:
         raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    if not str(manifest.get("format", "")).startswith("wcscan-events/"):
-        raise DatasetError(
-            f"{dataset}/manifest.json: not a wcscan event dataset (format {manifest.get('format')!r})"
-        )
-    try:
-        config = manifest["config"]
-        coefficients = list(config["coefficients"])
-        windows = [tuple(w) for w in config["windows"]]
-        points = sorted(manifest["points"], key=lambda p: p["index"])
-    except (KeyError, TypeError) as err:
-        raise DatasetError(f"{dataset}/manifest.json: missing or malformed entry {err}") from None
+    manifest, coefficients, windows, points = m.raw, list(m.coefficients), list(m.windows), m.points
 
     need = events_per_set * sets
     for p in points:  # refuse before any fitting
@@ -109,7 +98,7 @@ def fit_dataset(
     from kernels import detector, theory
 
     table = theory.jtable(coefficients, windows)
-    model = detector.DetectorConfig.from_dict(config.get("detector")).pdf_model(level, table.windows)
+    model = detector.DetectorConfig.from_dict(m.detector).pdf_model(level, table.windows)
     rows = []
     for p in points:
         index, dc9_true = p["index"], float(p["shifts"]["dc9"])
@@ -319,31 +308,15 @@ def fit_events_points(
     ]
 
 
-def fit_events_file(
-    path: str | os.PathLike,
-    column_map: Mapping[str, str] | None,
-    events_per_set: int,
-    sets: int,
-    windows: Sequence[tuple[float, float]] | None = None,
-    level: str = "gen",
-    detector: Any = None,
-    progress: Callable[[int], None] | None = None,
-    *,
-    dc9_column: str | None = None,
-    dc9_true: float | None = None,
-) -> list[dict]:
-    """Fit a user's events file: :func:`read_events_file`, then :func:`fit_events_points`.
+def fit_events_file(path: str | os.PathLike, column_map: Mapping[str, str] | None, events_per_set: int, sets: int,
+                    *, dc9_column: str | None = None, dc9_true: float | None = None, **options) -> list[dict]:
+    """Fit a user's events file: :func:`read_events_file`, then :func:`fit_events_points` (``options``).
 
     ``path`` is a Parquet file, or a ROOT file ``F.root`` / ``F.root:TREE``
     (needs uproot: ``pip install 'wcscan[root]'``). Returns one row per point.
     """
-    positive_int(events_per_set, "--events-per-set")
-    positive_int(sets, "--sets")
-    if level not in LEVELS:
-        raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    points = read_events_file(path, column_map, windows, dc9_column=dc9_column, dc9_true=dc9_true)
-    return fit_events_points(points, events_per_set, sets, windows, level, detector, progress,
-                             source=os.fspath(path))
+    points = read_events_file(path, column_map, options.get("windows"), dc9_column=dc9_column, dc9_true=dc9_true)
+    return fit_events_points(points, events_per_set, sets, source=os.fspath(path), **options)
 
 
 def _format(value) -> str:

@@ -41,7 +41,7 @@ from orchestrator.generate import journal
 from orchestrator.generate.parts import WORKER, Job, PartMaker, WorkItem, work_items
 from orchestrator.runtime.versions import flavio_version, generator_version
 
-__all__ = ["FORMAT", "GenerateResult", "generation_pool", "generate", "generate_dataset"]
+__all__ = ["FORMAT", "GenerateResult", "generation_pool", "generate"]
 
 log = logging.getLogger(__name__)
 
@@ -359,17 +359,3 @@ def generation_pool(workers: int | None = None, address: str | None = None):
     from orchestrator.runtime.pool import ActorPool
 
     return ActorPool(WORKER, workers, address)
-
-
-def generate_dataset(
-    out: Path,
-    dc9: list[float],
-    events: int,
-    seed: int,
-    windows: list[tuple[float, float]],
-    chunk_size: int = 1_000_000,
-    progress: Callable[[int], None] | None = None,
-    **options,
-) -> dict:
-    """:func:`generate`, returning only the manifest (also in ``out/manifest.json``)."""
-    return generate(out, dc9, events, seed, windows, chunk_size, progress, **options).manifest

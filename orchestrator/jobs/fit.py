@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernels.errors import ConfigError
-from kernels.event_store import read_manifest
+from kernels.event_store import read_event_manifest
 from orchestrator.config.checks import output_file, positive_int
 from orchestrator.evaluate.fit import fit_dataset, fit_events_points, read_events_file, write_points_csv
 from orchestrator.runtime.progress import no_progress
@@ -44,7 +44,7 @@ def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_
             rows = fit_events_points(points, events_per_set, sets, windows, level=level or "gen",
                                      progress=advance, source=events_file)
     else:
-        n_points = len(read_manifest(dataset).get("points", ()))
+        n_points = len(read_event_manifest(dataset).points)
         with progress("fit", sets * n_points, "sets") as advance:
             rows = fit_dataset(dataset, events_per_set, sets, level=level, progress=advance)
     outcome = FitOutcome(rows)

@@ -25,7 +25,7 @@ from kernels.files import sha256_file
 from orchestrator.config.checks import device as check_device
 from orchestrator.config.checks import non_negative_int, output_dir
 from orchestrator.config.run import RunConfig, load_config
-from orchestrator.evaluate.estimators import Evaluation, evaluate, evaluation_sets
+from orchestrator.evaluate.estimators import Evaluation, evaluate, evaluation_sets, image_bins, image_bounds
 from orchestrator.runtime.progress import ProgressFactory, no_progress
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def run_job(
                 shutil.rmtree(images_dir)
             with progress("images", len(grid) * ic.images_per_point, "images") as adv:
                 build_images(events_dir, images_dir, ic.bins, ic.events_per_image, ic.images_per_point, ic.val_fraction,
-                             adv, test_images=1, seed=cfg.seed, level=level,
+                             progress=adv, test_images=1, seed=cfg.seed, level=level,
                              workers=workers if workers is not None else cfg.scan.workers, address=address)
 
         # One child run per estimator: its params, training curves, model, evaluation and table.
@@ -217,14 +217,18 @@ def run_job(
                     tracker.metrics({"best_epoch": hist["best_epoch"], "epochs_run": hist["epochs_run"],
                                      "train_seconds": hist.get("seconds", float("nan"))})
                 est = make(net)
+                bins = image_bins(est)  # an image estimator: the bound of its image goes beside sigma_CRB
+                crb_image = image_bounds(table, pdf, ec.dc9, bins, ec.events_per_set) if bins else None
                 stage(f"evaluating {name} on independent test MC")
                 with progress(f"evaluate {name}", len(ec.dc9), "points") as adv:
-                    ev = evaluate(est, sets, crb, on_grid=on_grid, progress=adv)
+                    ev = evaluate(est, sets, crb, on_grid=on_grid, progress=adv, sigma_crb_image=crb_image)
                 evaluations.append(ev)
                 path = out / "evaluation" / name / "points.csv"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_points_csv(ev.rows, path)
                 tracker.metrics(ev.summary)
+                if ev.calibration is not None:
+                    tracker.tags({"calibration": ev.calibration["verdict"]})
                 tracker.artifact(path, "evaluation")
 
         stage("figures and report")
@@ -238,6 +242,8 @@ def run_job(
             "bias": plots.plot_bias(evaluations, fig_dir / "bias.png"),
             "sigma_over_crb": plots.plot_sigma_over_crb(evaluations, fig_dir / "sigma_over_crb.png"),
         }
+        if any(ev.pit for ev in evaluations):  # the estimators that give widths
+            figures["calibration"] = plots.plot_calibration(evaluations, fig_dir / "calibration.png")
         if histories:
             figures["training_curves"] = plots.plot_training_curves(histories, fig_dir / "training_curves.png")
         if mc.resnet3d and mc.resnet3d.enabled:

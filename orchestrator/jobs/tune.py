@@ -126,9 +126,9 @@ def evaluate_network(net, state: dict, spec, n_sets: int = 20):
     the estimator needs (bins and events per image, or the set size).
     """
     from kernels import detector, theory
+    from kernels.event_store import read_event_manifest
     from models import estimators
-    from orchestrator.evaluate.estimators import evaluate, evaluation_sets
-    from tune.trainables import load_grid
+    from orchestrator.evaluate.estimators import evaluate, evaluation_sets, image_bins, image_bounds
 
     if state["model"] == "resnet3d":
         n_events = int(state["events_per_image"])
@@ -136,14 +136,14 @@ def evaluate_network(net, state: dict, spec, n_sets: int = 20):
     else:
         n_events = int(state["set_size"])
         est = estimators.DeepSetsEstimator(net, name="deepsets")
-    manifest, grid = load_grid(spec.dataset)
-    cfg = manifest["config"]
-    level = cfg.get("level", "gen")
-    det = detector.DetectorConfig.from_dict(cfg.get("detector") or {})
-    table = theory.jtable(["C9_bsmumu"], [tuple(w) for w in cfg["windows"]])
-    sets, crb = evaluation_sets(table, det.pdf_model(level, table.windows), grid, n_events, n_sets,
-                                int(cfg.get("seed", spec.seed)), level, det)
-    return evaluate(est, sets, crb, on_grid=grid)
+    m = read_event_manifest(spec.dataset)
+    det = detector.DetectorConfig.from_dict(m.detector or {})
+    table = theory.jtable(list(m.coefficients), list(m.windows))
+    pdf = det.pdf_model(m.level, table.windows)
+    sets, crb = evaluation_sets(table, pdf, m.dc9, n_events, n_sets, m.seed, m.level, det)
+    bins = image_bins(est)
+    crb_image = image_bounds(table, pdf, m.dc9, bins, n_events) if bins else None
+    return evaluate(est, sets, crb, on_grid=m.dc9, sigma_crb_image=crb_image)
 
 
 def _log_evaluation(tracker, ev, out: Path) -> None:
@@ -155,6 +155,9 @@ def _log_evaluation(tracker, ev, out: Path) -> None:
     tracker.metrics(ev.summary)
     tracker.artifact(table, "evaluation")
     tracker.artifact(fig, "figures")
+    if ev.pit:  # the network gives widths: their calibration
+        tracker.tags({"calibration": ev.calibration["verdict"]})
+        tracker.artifact(plots.plot_calibration([ev], out / "figures" / f"tune-{ev.name}-calibration.png"), "figures")
 
 
 def tune_job(model: str, dataset: Path, out: Path | None = None, *, images: Path | None = None,
@@ -163,7 +166,7 @@ def tune_job(model: str, dataset: Path, out: Path | None = None, *, images: Path
              stage=lambda msg: log.info(msg), **options) -> SweepResult:
     """``wcscan tune``: every option checked (and the output proved writable) before Ray starts; then :func:`run_tune`."""
     from kernels.errors import ConfigError
-    from kernels.event_store import read_manifest
+    from kernels.event_store import read_event_manifest
     from models.splits import train_events
     from orchestrator.config.checks import device as check_device
     from orchestrator.config.checks import output_dir, positive_int
@@ -176,8 +179,7 @@ def tune_job(model: str, dataset: Path, out: Path | None = None, *, images: Path
         raise ConfigError("--images is for --model resnet3d")
     check_device(device)
     if model == "deepsets":
-        points = read_manifest(dataset).get("points", ())
-        fewest = min((int(p["events"]) for p in points), default=0)
+        fewest = read_event_manifest(dataset).fewest_events
         if set_size > train_events(fewest):
             raise ConfigError(f"--set-size {set_size}: {dataset} holds {fewest} events per point, of which "
                               f"{train_events(fewest)} train; use a set size of at most that")

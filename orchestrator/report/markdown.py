@@ -15,6 +15,9 @@ SUMMARY_COLUMNS = (
     ("linearity_slope", "slope", "{:.3f}"),
     ("linearity_intercept", "offset", "{:+.3f}"),
     ("pull_width_mean", "pull sd", "{:.2f}"),
+    ("coverage_68", "coverage 68%", "{:.3f}"),
+    ("coverage_95", "coverage 95%", "{:.3f}"),
+    ("sigma_over_crb_image_mean", "σ/σ_CRB,image mean", "{:.3f}"),
 )
 
 
@@ -53,6 +56,41 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _finite(value) -> bool:
+    return value is not None and value == value
+
+
+def calibration_section(evaluations) -> list[str]:
+    """The report's lines on the honesty of the per-set widths: a verdict per estimator and the coverage per point."""
+    parts = [
+        "## Calibration",
+        "",
+        "Per-set widths s, checked on the same independent test sets: the intervals x ± z·s at 68% and 95% "
+        "should cover the truth in 68% and 95% of the sets (binomial error √(c(1−c)/M) per point), and the "
+        "PIT values Φ((d − x)/s), pooled over the points, should be uniform (KS and χ² tests at α = 0.01).",
+        "",
+    ]
+    for ev in evaluations:
+        c = ev.calibration
+        if c is None:
+            parts.append(f"- `{ev.name}`: no per-set width, so no coverage.")
+            continue
+        tests = (f"; PIT KS p = {c['ks_pvalue']:.3g}, χ² p = {c['chi2_pvalue']:.3g}" if "ks_pvalue" in c
+                 else " (too few sets to test uniformity)")
+        parts.append(f"- `{ev.name}`: **{c['verdict']}**: pooled over {c['n_sets']} sets, coverage "
+                     f"{c['coverage_68']:.3f} (68%) and {c['coverage_95']:.3f} (95%){tests}.")
+    with_widths = [ev for ev in evaluations if ev.calibration is not None]
+    if with_widths:
+        by = {ev.name: {r["dc9_true"]: r for r in ev.rows} for ev in with_widths}
+        points = sorted({d for rows in by.values() for d in rows})
+        cell = lambda r: (f"{r['coverage_68']:.3f} / {r['coverage_95']:.3f}"  # noqa: E731
+                          if r is not None and _finite(r["coverage_68"]) else "—")
+        rows = [[f"{d:+.3f}"] + [cell(by[ev.name].get(d)) for ev in with_widths] for d in points]
+        parts += ["", "Coverage per point, 68% / 95%:", "",
+                  markdown_table(["δC9"] + [ev.name for ev in with_widths], rows)]
+    return parts + [""]
+
+
 def write_report(out: Path, cfg, evaluations, figures: Mapping[str, Path], checksum: str, tracking_uri: str, run_id: str) -> Path:
     """Write ``out/report.md`` atomically and return its path."""
     out = Path(out)
@@ -75,16 +113,23 @@ def write_report(out: Path, cfg, evaluations, figures: Mapping[str, Path], check
     ]
     points = sorted({r["dc9_true"] for ev in evaluations for r in ev.rows})
     by = {ev.name: {r["dc9_true"]: r for r in ev.rows} for ev in evaluations}
+    # sigma_CRB,image of the image estimators (the ResNet), beside sigma_CRB
+    images = [ev for ev in evaluations if any(_finite(r.get("sigma_crb_image")) for r in ev.rows)]
     rows = []
     for d in points:
         on = any(by[ev.name][d].get("on_grid") for ev in evaluations if d in by[ev.name])
         cells = [f"{by[ev.name][d]['sigma_over_crb']:.3f} ({by[ev.name][d]['bias']:+.3f})" if d in by[ev.name] else "—" for ev in evaluations]
-        rows.append([f"{d:+.3f}", "yes" if on else "no", f"{by[ev0.name][d]['sigma_crb']:.4f}"] + cells)
+        bounds = [f"{by[ev.name][d]['sigma_crb_image']:.4f}" if d in by[ev.name] else "—" for ev in images]
+        rows.append([f"{d:+.3f}", "yes" if on else "no", f"{by[ev0.name][d]['sigma_crb']:.4f}"] + bounds + cells)
     parts += [
-        "Each cell: σ/σ_CRB (bias).",
+        "Each cell: σ/σ_CRB (bias)."
+        + (" σ_CRB,image: the bound of the voxel image (counts and mean q²) that the image estimator sees."
+           if images else ""),
         "",
-        markdown_table(["δC9", "on grid", "σ_CRB"] + [ev.name for ev in evaluations], rows),
+        markdown_table(["δC9", "on grid", "σ_CRB"] + [f"σ_CRB,image ({ev.name})" for ev in images]
+                       + [ev.name for ev in evaluations], rows),
         "",
+        *calibration_section(evaluations),
         "## Figures",
         "",
     ]

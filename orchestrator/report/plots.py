@@ -86,51 +86,45 @@ def plot_linearity(evaluations, path: Path) -> Path:
     return out
 
 
-def plot_sensitivity(evaluations, crb_curve: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
-    """sigma against delta C9 for every estimator, with the sigma_CRB curve."""
+def _per_estimator(evaluations, key: str, path: Path, ylabel: str, title: str, reference=None,
+                   errors: bool = False, floor: bool = True) -> Path:
+    """One line per estimator of a per-point column against the true delta C9, beside a reference."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.plot(*crb_curve, color="k", lw=1.5, label="σ_CRB (Cramér–Rao)")
+    if reference is not None:
+        reference(ax)
     for e in evaluations:
-        x, sig, _ = _series(e, "sigma")
-        ax.plot(x, sig, "o-", ms=3, label=e.name)
-    ax.set(xlabel="true δC9", ylabel="σ(δC9)", title="sensitivity")
-    ax.set_ylim(bottom=0)
+        x, y, rows = _series(e, key)
+        if errors:  # the error of a mean over the sets
+            err = np.array([r["sigma"] / np.sqrt(max(r["n_sets"], 1)) for r in rows])
+            ax.errorbar(x, y, yerr=err, fmt="o-", ms=3, capsize=2, label=e.name)
+        else:
+            ax.plot(x, y, "o-", ms=3, label=e.name)
+    ax.set(xlabel="true δC9", ylabel=ylabel, title=title)
+    if floor:
+        ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def plot_sensitivity(evaluations, crb_curve: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
+    """sigma against delta C9 for every estimator, with the sigma_CRB curve."""
+    return _per_estimator(evaluations, "sigma", path, "σ(δC9)", "sensitivity",
+                          lambda ax: ax.plot(*crb_curve, color="k", lw=1.5, label="σ_CRB (Cramér–Rao)"))
 
 
 def plot_bias(evaluations, path: Path) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.axhline(0, color="0.6", lw=1)
-    for e in evaluations:
-        x, bias, rows = _series(e, "bias")
-        err = np.array([r["sigma"] / np.sqrt(max(r["n_sets"], 1)) for r in rows])
-        ax.errorbar(x, bias, yerr=err, fmt="o-", ms=3, capsize=2, label=e.name)
-    ax.set(xlabel="true δC9", ylabel="bias (mean − truth)", title="bias")
-    ax.legend(fontsize=8)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    """bias against delta C9 for every estimator, with the error of the mean over the sets."""
+    return _per_estimator(evaluations, "bias", path, "bias (mean − truth)", "bias",
+                          lambda ax: ax.axhline(0, color="0.6", lw=1), errors=True, floor=False)
 
 
 def plot_sigma_over_crb(evaluations, path: Path) -> Path:
     """sigma / sigma_CRB for all estimators on one figure: 1 is optimal."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.axhline(1, color="k", lw=1.5, label="Cramér–Rao bound")
-    for e in evaluations:
-        x, r, _ = _series(e, "sigma_over_crb")
-        ax.plot(x, r, "o-", ms=3, label=e.name)
-    ax.set(xlabel="true δC9", ylabel="σ / σ_CRB", title="how close to optimal")
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _per_estimator(evaluations, "sigma_over_crb", path, "σ / σ_CRB", "how close to optimal",
+                          lambda ax: ax.axhline(1, color="k", lw=1.5, label="Cramér–Rao bound"))
 
 
 def plot_image_slices(images: np.ndarray, labels: Sequence[float], path: Path) -> Path:
@@ -163,6 +157,43 @@ def plot_training_curves(histories: Mapping[str, Mapping], path: Path) -> Path:
             ax.axvline(h["best_epoch"], color="0.6", ls="--", lw=1, label="best")
         ax.set(xlabel="epoch", ylabel="loss", title=name)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_calibration(evaluations, path: Path) -> Path:
+    """Are the per-set widths honest? For every estimator that gives widths, from the PIT values of its
+    test sets pooled over the points (``Evaluation.pit``): the expected-coverage curve (the fraction of
+    sets whose central interval at each nominal level covers the truth, sbi's and TARP's figure; on the
+    diagonal when calibrated, below it when the widths are too small), with the diagonal's +-2 sigma
+    binomial band, and the PIT histogram (flat when calibrated)."""
+    from kernels.coverage import expected_coverage
+
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    pooled = [(e, e.pooled_pit()) for e in evaluations if e.pit]
+    lv = np.linspace(0, 1, 101)
+    if pooled:
+        m = min(u.size for _, u in pooled)
+        band = 2 * np.sqrt(lv * (1 - lv) / m)
+        ax1.fill_between(lv, lv - band, lv + band, color="0.85", label=f"±2σ binomial, {m} sets")
+    ax1.plot([0, 1], [0, 1], color="k", lw=1, label="calibrated")
+    bins = np.linspace(0, 1, 11)
+    for e, u in pooled:
+        verdict = (e.calibration or {}).get("verdict", "untested")
+        nominal, empirical = expected_coverage(u, levels=lv)
+        ax1.plot(nominal, empirical, "-", lw=1.5, label=f"{e.name} ({verdict})")
+        ax2.hist(u, bins=bins, density=True, histtype="step", lw=1.5, label=e.name)
+    ax1.set(xlabel="nominal level of the central interval", ylabel="empirical coverage",
+            title="expected coverage", xlim=(0, 1), ylim=(0, 1))
+    ax1.set_aspect("equal")
+    ax1.legend(fontsize=8, loc="upper left")
+    ax2.axhline(1, color="k", lw=1, label="uniform")
+    ax2.set(xlabel="PIT  Φ((truth − estimate) / width)", ylabel="density", title="PIT histogram", xlim=(0, 1))
+    ax2.set_ylim(bottom=0)
+    ax2.legend(fontsize=8)
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)

@@ -25,7 +25,27 @@ def test_point_metrics_match_hand_computed_values():
     assert row["pull_mean"] == pytest.approx(pulls.mean())
     assert row["pull_width"] == pytest.approx(pulls.std(ddof=1))
     assert (row["n_sets"], row["n_events"], row["dc9_true"]) == (4, 500, 1.0)
+    # |pull| <= z_68 = 0.994 for 2 of 4 sets, <= z_95 = 1.96 for all of them
+    assert (row["coverage_68"], row["coverage_95"]) == (0.5, 1.0)
+    assert math.isnan(row["sigma_crb_image"])
     assert tuple(row) == POINT_COLUMNS
+
+
+def test_the_columns_are_the_contract_in_order():
+    assert POINT_COLUMNS == (
+        "dc9_true", "n_sets", "n_events", "mean", "bias", "sigma", "sigma_left", "sigma_right", "sigma_crb",
+        "sigma_over_crb", "mse", "pull_mean", "pull_width", "coverage_68", "coverage_95", "sigma_crb_image",
+    )
+
+
+def test_coverage_is_nan_without_widths_or_truth_and_the_image_bound_is_passed_through():
+    row = point_metrics([0.1, 0.2, 0.3], truth=0.0, sigma_crb=0.1, n_events=10, sigma_crb_image=0.12)
+    assert math.isnan(row["coverage_68"]) and math.isnan(row["coverage_95"])
+    assert row["sigma_crb_image"] == 0.12
+    row = point_metrics([0.1, 0.2, 0.3], [0.1, 0.1, 0.1], truth=float("nan"), sigma_crb=0.1, n_events=10)
+    assert math.isnan(row["coverage_68"]) and math.isnan(row["coverage_95"])
+    row = point_metrics([0.1, 0.2, 0.3], [0.0, float("nan"), -1.0], truth=0.0, sigma_crb=0.1, n_events=10)
+    assert math.isnan(row["coverage_68"])
 
 
 def test_pulls_are_nan_without_uncertainties():

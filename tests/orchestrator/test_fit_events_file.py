@@ -346,10 +346,10 @@ def test_cli_fits_a_root_ntuple(root_file, fitter, capsys, tmp_path):
 def test_real_fit_of_an_events_file_equals_the_fit_of_the_same_dataset(tmp_path):
     from kernels.event_store import read_manifest, read_point
     from orchestrator.evaluate.fit import fit_dataset
-    from orchestrator.generate.dataset import generate_dataset
+    from orchestrator.generate.dataset import generate
 
     ds = tmp_path / "ds"
-    generate_dataset(ds, [-1.0, 0.5], 4_000, 3, [(1.1, 6.0)], chunk_size=1_500)
+    generate(ds, [-1.0, 0.5], 4_000, 3, [(1.1, 6.0)], chunk_size=1_500)
     manifest = read_manifest(ds)
     table = pa.concat_tables([read_point(ds, manifest, "gen", i) for i in (0, 1)])
     renamed = table.rename_columns(["Q2" if c == "q2" else c for c in table.column_names])

@@ -25,7 +25,7 @@ from kernels.event_store import COLUMNS, MANIFEST, read_manifest, read_point, va
 from orchestrator.cli import main
 from orchestrator.evaluate.fit import POINT_COLUMNS, fit_dataset, write_points_csv
 from orchestrator.generate import dataset as gen_mod
-from orchestrator.generate.dataset import generate_dataset
+from orchestrator.generate.dataset import generate
 
 WINDOWS = [(1.1, 6.0)]
 
@@ -108,21 +108,21 @@ def fake_kernels(monkeypatch):
 
 def test_generate_writes_one_partition_per_point_and_the_manifest(tmp_path, fake_kernels):
     out = tmp_path / "ds"
-    manifest = generate_dataset(out, [-1.0, 0.5], 1000, 7, WINDOWS, chunk_size=400)
+    manifest = generate(out, [-1.0, 0.5], 1000, 7, WINDOWS, chunk_size=400).manifest
     rel = [p.relative_to(out).as_posix() for p in parquet_files(out)]
     assert rel == [f"level=gen/point={i:03d}/part-{k:05d}.parquet" for i in (0, 1) for k in (0, 1, 2)]
     assert read_manifest(out) == manifest
 
 
 def test_generate_splits_events_into_full_chunks_then_the_remainder(tmp_path, fake_kernels):
-    manifest = generate_dataset(tmp_path / "ds", [0.0], 1000, 7, WINDOWS, chunk_size=400)
+    manifest = generate(tmp_path / "ds", [0.0], 1000, 7, WINDOWS, chunk_size=400).manifest
     assert [p["rows"] for p in manifest["points"][0]["parts"]] == [400, 400, 200]
 
 
 def test_manifest_records_config_seeds_shifts_and_checksums(tmp_path, fake_kernels):
     from kernels.event_store import point_checksum
 
-    m = generate_dataset(tmp_path / "ds", [-1.0, 0.5], 300, 7, WINDOWS, chunk_size=200)
+    m = generate(tmp_path / "ds", [-1.0, 0.5], 300, 7, WINDOWS, chunk_size=200).manifest
     assert m["format"] == "wcscan-events/1"
     assert m["theory_key"] == "fake-key"
     assert {"generator_version", "flavio_version"} <= m.keys()
@@ -135,20 +135,20 @@ def test_manifest_records_config_seeds_shifts_and_checksums(tmp_path, fake_kerne
 
 def test_generate_reports_progress_in_events(tmp_path, fake_kernels):
     calls: list[int] = []
-    generate_dataset(tmp_path / "ds", [0.0, 1.0], 500, 1, WINDOWS, chunk_size=200, progress=calls.append)
+    generate(tmp_path / "ds", [0.0, 1.0], 500, 1, WINDOWS, chunk_size=200, progress=calls.append)
     assert calls == [200, 200, 100, 200, 200, 100]
 
 
 def test_generate_into_an_existing_empty_directory_is_allowed(tmp_path, fake_kernels):
-    generate_dataset(tmp_path, [0.0], 10, 1, WINDOWS)
+    generate(tmp_path, [0.0], 10, 1, WINDOWS)
     assert (tmp_path / MANIFEST).is_file()
 
 
 def test_same_seed_gives_identical_bytes_whatever_the_order_of_items(tmp_path, fake_kernels, monkeypatch):
-    generate_dataset(tmp_path / "a", [0.0, 1.0], 500, 3, WINDOWS, chunk_size=200)
+    generate(tmp_path / "a", [0.0, 1.0], 500, 3, WINDOWS, chunk_size=200)
     original = gen_mod.work_items
     monkeypatch.setattr(gen_mod, "work_items", lambda *a: reversed(list(original(*a))))
-    generate_dataset(tmp_path / "b", [0.0, 1.0], 500, 3, WINDOWS, chunk_size=200)
+    generate(tmp_path / "b", [0.0, 1.0], 500, 3, WINDOWS, chunk_size=200)
     a, b = parquet_files(tmp_path / "a"), parquet_files(tmp_path / "b")
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
     assert (tmp_path / "a" / MANIFEST).read_bytes() == (tmp_path / "b" / MANIFEST).read_bytes()
@@ -165,15 +165,15 @@ def test_failure_midway_leaves_no_manifest_and_keeps_the_finished_parts_for_a_re
     monkeypatch.setattr(kernels.sampler, "sample", sample)
     out = tmp_path / "ds"
     with pytest.raises(RuntimeError, match="sampler died"):
-        generate_dataset(out, [0.0, 1.0], 100, 1, WINDOWS)
+        generate(out, [0.0, 1.0], 100, 1, WINDOWS)
     assert not (out / MANIFEST).exists()
     assert [p.relative_to(out).as_posix() for p in parquet_files(out)] == [
         "level=gen/point=000/part-00000.parquet"
     ]
 
     monkeypatch.setattr(kernels.sampler, "sample", fake_sample)
-    generate_dataset(out, [0.0, 1.0], 100, 1, WINDOWS)
-    generate_dataset(tmp_path / "undisturbed", [0.0, 1.0], 100, 1, WINDOWS)
+    generate(out, [0.0, 1.0], 100, 1, WINDOWS)
+    generate(tmp_path / "undisturbed", [0.0, 1.0], 100, 1, WINDOWS)
     assert [p.read_bytes() for p in parquet_files(out)] == [
         p.read_bytes() for p in parquet_files(tmp_path / "undisturbed")
     ]
@@ -183,7 +183,7 @@ def test_failure_midway_leaves_no_manifest_and_keeps_the_finished_parts_for_a_re
 def test_failure_midway_keeps_a_pre_existing_empty_output_dir_empty(tmp_path, fake_kernels, monkeypatch):
     monkeypatch.setattr(kernels.sampler, "sample", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        generate_dataset(tmp_path, [0.0], 100, 1, WINDOWS)
+        generate(tmp_path, [0.0], 100, 1, WINDOWS)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -201,7 +201,7 @@ def test_generate_validates_every_argument_before_touching_the_disk(tmp_path, fa
     ]:
         args = dict(out=out, dc9=[0.0], events=10, seed=0, windows=WINDOWS) | kwargs
         with pytest.raises(err):
-            generate_dataset(**args)
+            generate(**args)
         assert not out.exists()
 
 
@@ -210,7 +210,7 @@ def test_generate_validates_every_argument_before_touching_the_disk(tmp_path, fa
 
 def test_fit_cuts_the_first_events_into_disjoint_consecutive_sets(tmp_path, fake_kernels):
     out = tmp_path / "ds"
-    m = generate_dataset(out, [0.0], 1000, 1, WINDOWS, chunk_size=300)
+    m = generate(out, [0.0], 1000, 1, WINDOWS, chunk_size=300).manifest
     fit_dataset(out, events_per_set=70, sets=4)
     (arr,) = fake_kernels.fit_inputs
     assert arr.shape == (4, 70, 4) and arr.dtype == np.float64
@@ -219,9 +219,9 @@ def test_fit_cuts_the_first_events_into_disjoint_consecutive_sets(tmp_path, fake
     np.testing.assert_array_equal(arr.reshape(280, 4), expected)
 
 
-def test_fit_returns_one_row_per_point_with_the_13_columns(tmp_path, fake_kernels):
+def test_fit_returns_one_row_per_point_with_the_16_columns(tmp_path, fake_kernels):
     out = tmp_path / "ds"
-    generate_dataset(out, [-1.0, 1.0], 200, 1, WINDOWS)
+    generate(out, [-1.0, 1.0], 200, 1, WINDOWS)
     rows = fit_dataset(out, events_per_set=50, sets=2)
     assert [list(r) for r in rows] == [list(POINT_COLUMNS)] * 2
     assert [r["dc9_true"] for r in rows] == [-1.0, 1.0]
@@ -229,7 +229,7 @@ def test_fit_returns_one_row_per_point_with_the_13_columns(tmp_path, fake_kernel
 
 def test_fit_reports_progress_in_sets(tmp_path, fake_kernels):
     out = tmp_path / "ds"
-    generate_dataset(out, [-1.0, 1.0], 200, 1, WINDOWS)
+    generate(out, [-1.0, 1.0], 200, 1, WINDOWS)
     calls: list[int] = []
     fit_dataset(out, events_per_set=50, sets=3, progress=calls.append)
     assert sum(calls) == 6
@@ -237,7 +237,7 @@ def test_fit_reports_progress_in_sets(tmp_path, fake_kernels):
 
 def test_fit_with_too_few_events_names_the_point_and_the_counts(tmp_path, fake_kernels):
     out = tmp_path / "ds"
-    generate_dataset(out, [0.0], 200, 1, WINDOWS)
+    generate(out, [0.0], 200, 1, WINDOWS)
     with pytest.raises(DatasetError, match=r"point 0 \(dc9=0\) has 200 events, needs 300 \(3 sets x 100"):
         fit_dataset(out, events_per_set=100, sets=3)
     assert fake_kernels.fit_inputs == []
@@ -250,12 +250,12 @@ def test_fit_refuses_invalid_events_naming_the_point(tmp_path, fake_kernels, mon
 
     monkeypatch.setattr(kernels.sampler, "sample", sample)
     out = tmp_path / "ds"
-    generate_dataset(out, [0.0], 100, 1, WINDOWS)
+    generate(out, [0.0], 100, 1, WINDOWS)
     with pytest.raises(DatasetError, match=r"point=000: column 'chi' has 100 value"):
         fit_dataset(out, events_per_set=10, sets=2)
 
 
-def test_points_csv_has_exactly_the_13_columns_in_order(tmp_path):
+def test_points_csv_has_exactly_the_16_columns_in_order(tmp_path):
     row = {c: float(i) for i, c in enumerate(POINT_COLUMNS)} | {"n_sets": 5, "extra": 1}
     path = write_points_csv([row], tmp_path / "fit.csv")
     with open(path, newline="") as fh:
@@ -273,7 +273,9 @@ def test_cli_generate_then_fit_writes_the_csv(tmp_path, fake_kernels, capsys):
     with open(tmp_path / "fit.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [float(r["dc9_true"]) for r in rows] == [-1.0, 0.0, 1.0]
-    assert "pull sd" in capsys.readouterr().out
+    assert list(rows[0]) == list(POINT_COLUMNS)
+    text = capsys.readouterr().out
+    assert "pull sd" in text and f"wrote all {len(POINT_COLUMNS)} columns" in text and len(POINT_COLUMNS) == 16
     assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the figure beside the CSV
 
 
@@ -301,7 +303,7 @@ def real_dataset(tmp_path_factory):
     if not _has("kernels.sampler"):
         pytest.skip("kernels.sampler not there yet")
     out = tmp_path_factory.mktemp("real") / "ds"
-    manifest = generate_dataset(out, [-1.0, 1.0], 20_000, 5, WINDOWS, chunk_size=8_000)
+    manifest = generate(out, [-1.0, 1.0], 20_000, 5, WINDOWS, chunk_size=8_000).manifest
     return out, manifest
 
 
@@ -330,7 +332,7 @@ def test_real_generate_writes_the_contract_columns_and_the_dc9_value(real_datase
 @needs_sampler
 def test_real_generate_is_byte_identical_for_the_same_seed_and_differs_for_another(tmp_path):
     for name, seed in [("a", 11), ("b", 11), ("c", 12)]:
-        generate_dataset(tmp_path / name, [0.0, 1.0], 5_000, seed, WINDOWS, chunk_size=3_000)
+        generate(tmp_path / name, [0.0, 1.0], 5_000, seed, WINDOWS, chunk_size=3_000)
     files = {n: [p.read_bytes() for p in parquet_files(tmp_path / n)] for n in "abc"}
     assert files["a"] == files["b"]
     assert all(x != y for x, y in zip(files["a"], files["c"]))
@@ -352,14 +354,14 @@ def test_real_generate_interrupted_on_the_second_point_leaves_no_manifest_and_on
     monkeypatch.setattr(sampler, "sample", sample)
     out = tmp_path / "ds"
     with pytest.raises(RuntimeError, match="interrupted"):
-        generate_dataset(out, [0.0, 1.0], 2_000, 1, WINDOWS)
+        generate(out, [0.0, 1.0], 2_000, 1, WINDOWS)
     assert not (out / MANIFEST).exists()
     assert sorted(p.name for p in (out / "level=gen").iterdir()) == ["point=000"]  # kept for a resume
 
 
 @needs_sampler
 @needs_fit
-def test_real_fit_of_2000_x_5_writes_a_csv_with_the_13_columns(real_dataset, tmp_path):
+def test_real_fit_of_2000_x_5_writes_a_csv_with_the_16_columns(real_dataset, tmp_path):
     out, _ = real_dataset
     rows = fit_dataset(out, events_per_set=2_000, sets=5)
     path = write_points_csv(rows, tmp_path / "fit.csv")

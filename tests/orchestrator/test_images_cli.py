@@ -28,7 +28,7 @@ from kernels.voxels import CHANNELS, make_images
 from orchestrator.build import images as oi
 from orchestrator.build.images import TEST_SEED_OFFSET, build_images, plan_build, split_events
 from orchestrator.cli import main
-from orchestrator.generate.dataset import generate_dataset
+from orchestrator.generate.dataset import generate
 
 WINDOWS = [(1.1, 6.0)]
 BINS, EPI, K = 3, 50, 10  # 8 train + 2 val images of 50 events per point
@@ -74,7 +74,7 @@ def seeds(monkeypatch):
 @pytest.fixture
 def dataset(tmp_path, seeds):
     root = tmp_path / "events"
-    generate_dataset(root, [-1.0, 0.5], 1000, 7, WINDOWS, chunk_size=300)
+    generate(root, [-1.0, 0.5], 1000, 7, WINDOWS, chunk_size=300)
     seeds.clear()
     return root
 
@@ -401,11 +401,11 @@ def test_images_built_by_ray_tasks_per_point_and_split_equal_the_in_process_buil
     """Parallel Ray tasks, one per (point, split), write the same bytes as the in-process build."""
     from kernels import theory
     from orchestrator.build.images import build_images
-    from orchestrator.generate.dataset import generate_dataset
+    from orchestrator.generate.dataset import generate
 
     theory.jtable(["C9_bsmumu"], [(1.1, 6.0)])  # warm the disk cache for the workers
     events = tmp_path / "ev"
-    generate_dataset(events, [-1.0, 0.5], 6000, 7, [(1.1, 6.0)], chunk_size=3000)
+    generate(events, [-1.0, 0.5], 6000, 7, [(1.1, 6.0)], chunk_size=3000)
     local = build_images(events, tmp_path / "local", 6, 500, 8, 0.25, test_images=2)
     on_ray = build_images(events, tmp_path / "ray", 6, 500, 8, 0.25, test_images=2, workers=2)
     assert on_ray == local
