@@ -184,6 +184,10 @@ def tune_job(model: str, dataset: Path, out: Path | None = None, *, images: Path
             raise ConfigError(f"--set-size {set_size}: {dataset} holds {fewest} events per point, of which "
                               f"{train_events(fewest)} train; use a set size of at most that")
     out = output_dir(out if out is not None else Path("out") / f"tune-{model}")
+    from orchestrator.runtime.ray import init_ray, require_gpus
+
+    init_ray(options.get("address"))
+    require_gpus(options.get("gpus_per_trial", 0), wait_s=options.get("gpu_wait", 600.0))
     stage(f"{model}: {num_samples} trials, {options.get('search', 'optuna')} search, "
           f"{options.get('scheduler', 'asha')} scheduler")
     return run_tune(model, dataset, out, images=images, num_samples=num_samples, epochs=epochs, eval_sets=eval_sets,
