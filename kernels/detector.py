@@ -27,6 +27,7 @@ kernels.errors.ConfigError: detector acceptance reaches 2.26 > 1 in the q2 windo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -171,8 +172,12 @@ class DetectorConfig:
 
     # --- resolution ------------------------------------------------------------------
 
-    def smear(self, ev: np.ndarray, rng: np.random.Generator, windows) -> np.ndarray:
-        """Gaussian smearing, angles folded back into range, events leaving the windows dropped."""
+    def smear(self, ev: np.ndarray, rng: np.random.Generator, windows, return_truth: bool = False):
+        """Gaussian smearing, angles folded back into range, events leaving the windows dropped.
+
+        ``return_truth=True`` also returns the true events ``ev[:, kept]`` (same random draws,
+        so the smeared events are the same bytes either way).
+        """
         sig = np.array([self.sigma_q2, self.sigma_cos_mu, self.sigma_cos_k, self.sigma_chi])[:, None]
         x = ev.astype(np.float64) + sig * rng.standard_normal(ev.shape)
         for i in (1, 2):  # reflect the cosines at +-1
@@ -185,27 +190,102 @@ class DetectorConfig:
             keep |= (x[0] >= lo) & (x[0] <= hi)
         out = x[:, keep].astype(np.float32)
         out[3] = np.minimum(out[3], sampler.CHI_MAX)
-        return out
+        return (out, ev[:, keep]) if return_truth else out
+
+    def window_efficiency(self, windows):
+        r"""``kappa(q2)``: the probability that the q2 smearing keeps an event of true q2 in the windows.
+
+        ``kappa = sum_w [Phi((hi_w - q2) / sigma_q2) - Phi((lo_w - q2) / sigma_q2)]``. Smeared
+        events that leave the windows are dropped, so this is a true-level efficiency like the
+        acceptance: it enters the normalisation of the detector-level pdf (and the joint score's
+        ``-d/dd ln int eps kappa p``). The angles are folded back, never lost.
+        """
+        from scipy.special import ndtr
+
+        s = self.sigma_q2
+
+        def kappa(q2):
+            q2 = np.asarray(q2, dtype=np.float64)
+            if s == 0:
+                return sum(((q2 >= lo) & (q2 <= hi)).astype(np.float64) for lo, hi in windows)
+            return sum(ndtr((hi - q2) / s) - ndtr((lo - q2) / s) for lo, hi in windows)
+
+        return kappa
+
+    def true_efficiency(self, windows):
+        """``eps(z) kappa(q2)``: the probability that a signal event of true kinematics z is kept.
+
+        The efficiency of :func:`sample_level`'s signal at the true level: acceptance, then
+        the q2 smearing's loss at the window edges (:meth:`window_efficiency`).
+        """
+        kappa = self.window_efficiency(windows)
+
+        def eff(q2, cos_l, cos_k, chi):
+            return self.efficiency(q2, cos_l, cos_k, chi) * kappa(q2)
+
+        return eff
 
 
-def _det_signal(table: JTable, shifts, n: int, seed: tuple, det: DetectorConfig) -> np.ndarray:
-    """n signal events after acceptance and resolution, (4, n) float32."""
+def _det_signal(table: JTable, shifts, n: int, seed: tuple, det: DetectorConfig, return_truth: bool = False):
+    """n signal events after acceptance and resolution, (4, n) float32 (and their true events, if asked)."""
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([*seed, 1])))
-    parts, have, r = [], 0, 0
+    parts, truths, have, r = [], [], 0, 0
     while have < n:
         # Ask for enough candidates for the remainder at the acceptance's lower estimate.
         m = int((n - have) / 0.3) + 1000
         ev = sampler.sample_array(table, shifts, m, (*seed, 2, r))
         acc = rng.random(m) < det.efficiency(*(v.astype(np.float64) for v in ev))
-        ev = det.smear(ev[:, acc], rng, table.windows)
+        ev, true = det.smear(ev[:, acc], rng, table.windows, return_truth=True)
         parts.append(ev)
+        truths.append(true)
         have += ev.shape[1]
         r += 1
-    return np.concatenate(parts, axis=1)[:, :n]
+    out = np.concatenate(parts, axis=1)[:, :n]
+    return (out, np.concatenate(truths, axis=1)[:, :n]) if return_truth else out
 
 
 def _seed_tuple(seed) -> tuple:
     return tuple(int(s) for s in np.atleast_1d(np.asarray(seed, dtype=object)))
+
+
+class LevelSample(NamedTuple):
+    """Events at a level with their truth: ``events`` and ``truth`` (4, n) float32, ``is_signal`` (n,) bool.
+
+    ``truth`` holds each event's true kinematics z before acceptance and resolution (the event
+    itself at ``gen``, and for background events, which are not smeared).
+    """
+
+    events: np.ndarray
+    truth: np.ndarray
+    is_signal: np.ndarray
+
+
+def _level_arrays(table: JTable, shifts, n: int, seed, level: str, detector: DetectorConfig | None):
+    """(events (4, n), truth (4, n), is_signal (n,) or None): the one code path of both public samplers."""
+    if level not in LEVELS:
+        raise ConfigError(f"unknown level {level!r}; expected one of {', '.join(LEVELS)}")
+    if int(n) != n or n <= 0:
+        raise ConfigError(f"number of events must be a positive integer, got {n}")
+    det = detector or DetectorConfig()
+    det.check(table.windows)
+    seed = _seed_tuple(seed)
+    n_bkg = int(round(det.bkg_fraction * n)) if level == "det_bkg" else 0
+    if n > n_bkg:
+        sig, true = _det_signal(table, shifts, n - n_bkg, seed, det, return_truth=True)
+    else:
+        sig = true = np.empty((4, 0), np.float32)
+    is_signal = None
+    if level == "det_bkg":
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([*seed, 3])))
+        bkg = det.sample_background(table.windows, n_bkg, rng)
+        ev = np.concatenate([sig, bkg], axis=1)
+        true = np.concatenate([true.astype(np.float32), bkg], axis=1)
+        flag = np.r_[np.ones(sig.shape[1], bool), np.zeros(n_bkg, bool)]
+        order = rng.permutation(n)
+        ev, true, is_signal = ev[:, order], true[:, order], flag[order]
+    else:
+        ev = sig
+    return np.ascontiguousarray(ev), np.ascontiguousarray(true, dtype=np.float32), is_signal
 
 
 def sample_level(table: JTable, shifts, n: int, seed, level: str = "gen", detector: DetectorConfig | None = None) -> pa.Table:
@@ -219,27 +299,25 @@ def sample_level(table: JTable, shifts, n: int, seed, level: str = "gen", detect
         raise ConfigError(f"unknown level {level!r}; expected one of {', '.join(LEVELS)}")
     if level == "gen":
         return sampler.sample(table, shifts, n, seed)
-    if int(n) != n or n <= 0:
-        raise ConfigError(f"number of events must be a positive integer, got {n}")
-    det = detector or DetectorConfig()
-    det.check(table.windows)
-    seed = _seed_tuple(seed)
-    n_bkg = int(round(det.bkg_fraction * n)) if level == "det_bkg" else 0
-    sig = _det_signal(table, shifts, n - n_bkg, seed, det) if n > n_bkg else np.empty((4, 0), np.float32)
-    is_signal = None
-    if level == "det_bkg":
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([*seed, 3])))
-        bkg = det.sample_background(table.windows, n_bkg, rng)
-        ev = np.concatenate([sig, bkg], axis=1)
-        flag = np.r_[np.ones(sig.shape[1], bool), np.zeros(n_bkg, bool)]
-        order = rng.permutation(n)
-        ev, is_signal = ev[:, order], flag[order]
-    else:
-        ev = sig
-    out = sampler._to_table(np.ascontiguousarray(ev), table, shifts)
+    ev, _, is_signal = _level_arrays(table, shifts, n, seed, level, detector)
+    out = sampler._to_table(ev, table, shifts)
     if is_signal is not None:
         out = out.append_column("is_signal", pa.array(is_signal))
     return out
+
+
+def sample_level_truth(table: JTable, shifts, n: int, seed, level: str = "gen",
+                       detector: DetectorConfig | None = None) -> LevelSample:
+    """The events of :func:`sample_level` (same seed, same bytes) with their true kinematics and signal flags.
+
+    What the simulator-assisted losses need (:mod:`kernels.joint`): the joint score of an
+    event is computed from its truth z, and is 0 for a background event.
+    """
+    if level == "gen":
+        ev = sampler.sample_array(table, shifts, n, seed)
+        return LevelSample(ev, ev, np.ones(ev.shape[1], dtype=bool))
+    ev, true, is_signal = _level_arrays(table, shifts, n, seed, level, detector)
+    return LevelSample(ev, true, np.ones(ev.shape[1], dtype=bool) if is_signal is None else is_signal)
 
 
 def mean_efficiency(table: JTable, shifts, det: DetectorConfig) -> float:

@@ -14,7 +14,8 @@ Items are ``(inputs..., target)`` tuples, which is what
   :func:`collate_sets` batches them: a plain stack when all sets in the batch have
   the same size, else padding plus a mask.
 - :class:`EventDataset`: events ``(n, 4)`` and their class indices, for the
-  event-by-event classifier; an in-memory tensor dataset, so
+  event-by-event classifier, or (:meth:`EventDataset.from_joint`) events, their
+  delta C9 and joint scores, for the score-regression head; an in-memory tensor dataset, so
   :func:`models.training.train` batches it by slicing, not item by item.
 
 >>> import numpy as np
@@ -167,12 +168,27 @@ class EventDataset(TensorDataset):
     """Events ``(n, 4)`` and their class indices ``(n,)`` (int64) -> (event (4,), class), held in memory.
 
     :meth:`from_pools` builds one from per-point pools and each pool's class index.
+    :meth:`from_joint` builds the score-regression data instead: events, the delta C9 each
+    was drawn at, and its joint score -> (event (4,), d, score), float32, for
+    :class:`models.event_posterior.EventLikelihoodNet` (``model(event, d)`` against the score,
+    loss "mse"; the events and scores come from :func:`kernels.joint.sample_joint`).
     """
 
-    def __init__(self, events, classes) -> None:
+    def __init__(self, events, classes=None, *, shifts=None, scores=None) -> None:
         ev = as_events(events)
         if ev.ndim != 2:
             raise ConfigError(f"events must have shape (n, 4), got {ev.shape}")
+        if classes is None:
+            d = np.asarray(shifts, dtype=np.float32) if shifts is not None else None
+            t = np.asarray(scores, dtype=np.float32) if scores is not None else None
+            if d is None or t is None or d.shape != (ev.shape[0],) or t.shape != (ev.shape[0],):
+                raise ConfigError(f"give class indices, or shifts and scores of shape ({ev.shape[0]},)")
+            if not (np.all(np.isfinite(d)) and np.all(np.isfinite(t))):
+                raise ConfigError("shifts and joint scores must be finite")
+            super().__init__(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (ev, d, t)))
+            return
+        if shifts is not None or scores is not None:
+            raise ConfigError("give either class indices or shifts and scores, not both")
         cls = np.asarray(classes)
         if cls.shape != (ev.shape[0],) or not np.issubdtype(cls.dtype, np.integer):
             raise ConfigError(f"classes must be {ev.shape[0]} integers, got {cls.dtype} {cls.shape}")
@@ -187,6 +203,30 @@ class EventDataset(TensorDataset):
         lab = np.concatenate([np.full(np.shape(p)[0], c, dtype=np.int64) for p, c in zip(pools, classes)])
         return cls(ev, lab)
 
+    @classmethod
+    def from_joint(cls, events, shifts, scores) -> EventDataset:
+        """Score-regression data: events ``(n, 4)``, their delta C9 ``(n,)`` and joint scores ``(n,)``."""
+        return cls(events, shifts=shifts, scores=scores)
+
+    @property
+    def is_joint(self) -> bool:
+        """True for score-regression data (items (event, d, score))."""
+        return len(self.tensors) == 3
+
     @property
     def classes(self) -> torch.Tensor:
+        if self.is_joint:
+            raise ConfigError("score-regression data has no class indices (see shifts, scores)")
         return self.tensors[1]
+
+    @property
+    def shifts(self) -> torch.Tensor:
+        if not self.is_joint:
+            raise ConfigError("classification data has no per-event shifts")
+        return self.tensors[1]
+
+    @property
+    def scores(self) -> torch.Tensor:
+        if not self.is_joint:
+            raise ConfigError("classification data has no joint scores")
+        return self.tensors[2]

@@ -10,8 +10,9 @@ estimator that gives none.
   (the images a ResNet trains on), then runs the network; ``predict_images``
   takes ready-made images;
 - :class:`DeepSetsEstimator`: the Deep Sets network on the raw sets;
-- :class:`EventPosteriorEstimator`: the event-by-event classifier's set
-  posterior: its mean and width (:func:`models.event_classifier.posterior_moments`);
+- :class:`EventPosteriorEstimator`: the event-by-event set posterior (the classifier's,
+  or the score-trained :class:`models.event_posterior.EventLikelihoodNet`'s): its mean and
+  width, the posterior standard deviation of the smooth ``ln L(d)``;
 - :class:`MLFitEstimator`: the unbinned ML fit, :func:`kernels.likelihood.fit_sets`,
   with HESSE errors.
 
@@ -39,6 +40,7 @@ from torch import nn
 from kernels.errors import ConfigError
 from kernels.voxels import voxelize
 from models.event_classifier import EventClassifier, posterior_moments
+from models.event_posterior import EventLikelihoodNet
 from models.features import N_EVENT_VARIABLES
 
 __all__ = [
@@ -155,49 +157,59 @@ class DeepSetsEstimator(_Network):
 
 
 class EventPosteriorEstimator(_Network):
-    """The event classifier's set posterior: (posterior mean, posterior width) per set.
+    """The event-by-event set posterior: (posterior mean, posterior width) per set.
 
-    ``method`` and ``fine`` as in :func:`models.event_classifier.posterior_moments`.
+    ``model``: an :class:`~models.event_classifier.EventClassifier` or an
+    :class:`~models.event_posterior.EventLikelihoodNet`. A model whose ``ln L(d)`` is smooth
+    in d (the quadratic head, or the score-trained net) is integrated directly: the mean
+    and standard deviation of ``exp(ln L)`` under a flat prior on ``prior_range`` (None: the
+    model's own, i.e. the grid's range for the classifier, the wide ``prior_range`` of the
+    net). The grid head uses :func:`models.event_classifier.posterior_moments` with
+    ``method`` and ``fine``.
     """
 
-    def __init__(self, model: EventClassifier, method: str = "spline", fine: int = 2001, batch_size: int = 4,
-                 event_chunk: int = 1 << 16, name: str = "event_posterior") -> None:
+    def __init__(self, model: EventClassifier | EventLikelihoodNet, method: str = "spline", fine: int = 2001,
+                 batch_size: int = 4, event_chunk: int = 1 << 16, name: str = "event_posterior",
+                 prior_range: tuple[float, float] | None = None) -> None:
         super().__init__(model, batch_size, name)
         self.method = method
         self.fine = fine
         self.event_chunk = event_chunk
+        self.prior_range = prior_range
 
-    def log_likelihood(self, sets) -> np.ndarray:
-        """The grid log-likelihood ``(M, K)`` of each set (flat prior; see :mod:`models.event_classifier`)."""
+    def _per_batch(self, sets, fn, width: int) -> np.ndarray:
+        """``fn(x (B, N, 4) on the model's device) -> (B, width)`` over batches of sets, in eval mode."""
         s = check_sets(sets)
         dev = _device(self.model)
-        K = self.model.n_classes
-        out = np.empty((s.shape[0], K))
+        out = np.empty((s.shape[0], width))
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
                 for a in range(0, s.shape[0], self.batch_size):
                     x = torch.from_numpy(s[a : a + self.batch_size]).to(dev)
-                    out[a : a + x.shape[0]] = self.model.set_log_likelihood(x, event_chunk=self.event_chunk).cpu().numpy()
+                    out[a : a + x.shape[0]] = np.asarray(fn(x)).reshape(x.shape[0], width)
         finally:
             self.model.train(was_training)
         return out
 
+    def log_likelihood(self, sets, d=None) -> np.ndarray:
+        """The set log-likelihood ``(M, K)`` on the classifier's grid (flat prior; see
+        :mod:`models.event_classifier`), or ``(M, D)`` at values ``d`` (D,) for a smooth model."""
+        if d is not None:
+            d = np.asarray(d, dtype=np.float64).ravel()
+            return self._per_batch(sets, lambda x: self.model.log_likelihood_at(x, d, event_chunk=self.event_chunk)
+                                   .cpu().numpy(), d.size)
+        if not hasattr(self.model, "set_log_likelihood"):
+            raise ConfigError(f"{type(self.model).__name__} has no grid: give the values d")
+        return self._per_batch(sets, lambda x: self.model.set_log_likelihood(x, event_chunk=self.event_chunk)
+                               .cpu().numpy(), self.model.n_classes)
+
     def predict(self, sets) -> tuple[np.ndarray, np.ndarray]:
-        if getattr(self.model, "head", "grid") == "quadratic":  # smooth in d: integrate it directly
-            s = check_sets(sets)
-            dev = _device(self.model)
-            mean, std = np.empty(s.shape[0]), np.empty(s.shape[0])
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                for a in range(0, s.shape[0], self.batch_size):
-                    x = torch.from_numpy(s[a : a + self.batch_size]).to(dev)
-                    mean[a : a + x.shape[0]], std[a : a + x.shape[0]] = self.model.continuous_moments(x)
-            finally:
-                self.model.train(was_training)
-            return mean, std
+        if getattr(self.model, "head", "grid") in ("quadratic", EventLikelihoodNet.head):  # smooth in d
+            kw = {} if self.prior_range is None else {"prior_range": tuple(self.prior_range)}
+            both = self._per_batch(sets, lambda x: np.stack(self.model.continuous_moments(x, **kw), axis=1), 2)
+            return both[:, 0], both[:, 1]
         grid = self.model.grid.detach().cpu().numpy()
         return posterior_moments(grid, self.log_likelihood(sets), method=self.method, fine=self.fine)
 

@@ -58,6 +58,15 @@ starts flat, q = 1, when u and v start near 0), and learns
 values, so :meth:`EventClassifier.continuous_moments` integrates it directly.
 ``head="grid"`` keeps free logits (one per grid value) and the interpolation below.
 
+**Exact normalisation.** The learned Z carries a slope error that N events multiply
+(an error epsilon(d) in ln Z moves ln L by N epsilon(d)). Since ``q(x, 0) = 1``, the head
+is the ratio to ``p(x|0)``, and the exact normaliser of the model is the reference mean
+``Z(d) = E_{x ~ p(.|0)}[q(x, d)] = 1 + E[2u] d + E[u^2 + v^2] d^2``:
+:meth:`EventClassifier.calibrate` sets it from events drawn at delta C9 = 0 (see
+:mod:`models.event_posterior`, which also learns the head from the simulator's joint score),
+and every likelihood after that uses it. ``continuous_moments(prior_range=...)`` widens the
+flat prior beyond the grid: the quadratic defines ``ln L`` at every d.
+
 >>> import numpy as np
 >>> grid = np.linspace(-2.0, 1.0, 13)                      # spacing 0.25
 >>> ell = -0.5 * ((grid - 0.33) / 0.04) ** 2                # a Gaussian likelihood, narrow
@@ -75,6 +84,7 @@ import torch
 from torch import nn
 
 from kernels.errors import ConfigError
+from models.event_posterior import Calibration, calibrate_quadratic, smooth_moments
 from models.features import N_EVENT_VARIABLES, N_FEATURES, EventFeatures, mlp
 
 __all__ = [
@@ -162,6 +172,40 @@ class EventClassifier(nn.Module):
         self.net = mlp(N_FEATURES, hidden, layers, g.size if head == "grid" else 2, dropout=dropout)
         if head == "quadratic":
             self.norm = nn.Parameter(torch.tensor([0.0, 0.1]))  # Z(d) = (1 + z1 d)^2 + (z2 d)^2; z2 = 0 is a saddle
+        # The calibrated Z(d) = 1 + c1 d + c2 d^2 (calibrate); NaN until then, and the learned Z serves.
+        self.register_buffer("z_cal", torch.tensor([1.0, float("nan"), float("nan")], dtype=torch.float64))
+        self.register_buffer("z_cov", torch.zeros(2, 2, dtype=torch.float64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before calibration existed lack its buffers: they load uncalibrated.
+        state_dict.setdefault(prefix + "z_cal", torch.tensor([1.0, float("nan"), float("nan")], dtype=torch.float64))
+        state_dict.setdefault(prefix + "z_cov", torch.zeros(2, 2, dtype=torch.float64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def calibrated(self) -> bool:
+        """True once :meth:`calibrate` has fixed Z(d)."""
+        return bool(torch.isfinite(self.z_cal).all())
+
+    @torch.no_grad()
+    def calibrate(self, reference, chunk: int = 1 << 16, control=None, control_mean=None) -> Calibration:
+        """Fix Z(d) exactly by the reference mean of q over events (M, 4) drawn at delta C9 = 0; quadratic head.
+
+        ``control``/``control_mean``: the reference events' joint quadratics
+        (:func:`kernels.joint.reference_sample`), a variance-reducing control variate.
+        """
+        if self.head != "quadratic":
+            raise ConfigError("calibrate needs the quadratic head")
+        was = self.training
+        self.eval()
+        try:
+            cal = calibrate_quadratic(lambda x: self.net(self.features(x)), reference, chunk,
+                                      device=self.z_cal.device, control=control, control_mean=control_mean)
+        finally:
+            self.train(was)
+        self.z_cal.copy_(torch.as_tensor(cal.coef))
+        self.z_cov.copy_(torch.as_tensor(cal.cov))
+        return cal
 
     def fit_features(self, events, max_events: int = 1_000_000) -> EventClassifier:
         """Fit the event standardisation on training events ``(n, 4)``."""
@@ -198,6 +242,9 @@ class EventClassifier(nn.Module):
         return torch.log((1 + u * d) ** 2 + (v * d) ** 2 + _Q_EPS)
 
     def _log_z(self, d: torch.Tensor) -> torch.Tensor:
+        if self.calibrated:
+            c = self.z_cal.to(d.dtype)
+            return torch.log(c[0] + c[1] * d + c[2] * d * d)
         z = self.norm.to(d.dtype)
         return torch.log((1 + z[0] * d) ** 2 + (z[1] * d) ** 2 + _Q_EPS)
 
@@ -218,21 +265,16 @@ class EventClassifier(nn.Module):
         return total - sets.shape[1] * self._log_z(d)
 
     @torch.no_grad()
-    def continuous_moments(self, sets: torch.Tensor, fine: int = 401, event_chunk: int = 1 << 14):
-        """Posterior mean and width ``(M,)`` for a flat prior on the grid's range, quadratic head.
+    def continuous_moments(self, sets: torch.Tensor, fine: int = 401, event_chunk: int = 1 << 14,
+                           prior_range: tuple[float, float] | None = None):
+        """Posterior mean and width ``(M,)`` for a flat prior on ``prior_range`` (default: the grid's), quadratic head.
 
-        Two passes of ``fine`` points: over the grid's range, then over +-12
-        widths around the first mean, so a narrow posterior is resolved at any N.
+        Two passes of ``fine`` points: over the range, then over +-12 widths around
+        the first mean, so a narrow posterior is resolved at any N.
         """
-        lo, hi = float(self.grid[0]), float(self.grid[-1])
-        x = np.linspace(lo, hi, fine)
-        ell = self.log_likelihood_at(sets, x, event_chunk).cpu().numpy()
-        mean, std = _moments(np.broadcast_to(x, ell.shape), ell)
-        half = 12.0 * np.maximum(std, (hi - lo) / (fine - 1))
-        a, b = np.maximum(mean - half, lo), np.minimum(mean + half, hi)
-        x2 = a[:, None] + (b - a)[:, None] * np.linspace(0.0, 1.0, fine)[None, :]
-        ell2 = self.log_likelihood_at(sets, x2, event_chunk).cpu().numpy()
-        return _moments(x2, ell2)
+        lo, hi = (float(self.grid[0]), float(self.grid[-1])) if prior_range is None else map(float, prior_range)
+        return smooth_moments(lambda d: self.log_likelihood_at(sets, d, event_chunk).cpu().numpy(),
+                              lo, hi, sets.shape[0], fine, fine)
 
     @torch.no_grad()
     def set_log_likelihood(

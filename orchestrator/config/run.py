@@ -102,15 +102,38 @@ class ImagesConfig(_Strict):
     val_fraction: float = Field(0.2, gt=0, lt=1)
 
 
-class ResNetConfig(_Strict):
+class _DataSource(_Strict):
+    """Where a network's training data come from: ``pool`` (stored events and images, the default) or
+    ``stream`` (fresh Monte Carlo every epoch from Ray workers, :mod:`orchestrator.build.stream`).
+
+    ``stream_workers``: Ray actors that draw it (default: the Ray cluster's CPUs less one, at least 1;
+    0 draws in the trainer's process); ``stream_in_flight``: the bound of the queue, object refs in
+    flight (default twice the workers). The ``stream_*`` settings need ``data: stream``.
+    """
+
+    data: Literal["pool", "stream"] = "pool"
+    stream_workers: int | None = Field(None, ge=0)
+    stream_in_flight: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _stream_settings(self):
+        if self.data == "pool":
+            given = [k for k, v in self if k.startswith("stream_") and v is not None]
+            if given:
+                raise ValueError(f"{given[0]} needs data: stream")
+        return self
+
+
+class ResNetConfig(_DataSource):
     enabled: bool = True
     depth: Literal[10, 18, 34] = 10
     width: int = Field(16, gt=0)
     dropout: float = Field(0.5, ge=0, lt=1)
+    stream_images_per_point: int | None = Field(None, gt=0)  # per epoch; default: the images' train count
     train: TrainConfig = TrainConfig()
 
 
-class DeepSetsConfig(_Strict):
+class DeepSetsConfig(_DataSource):
     enabled: bool = True
     hidden: int = Field(64, gt=0)
     phi_layers: int = Field(3, gt=0)
@@ -118,15 +141,21 @@ class DeepSetsConfig(_Strict):
     pooling: Literal["mean", "sum"] = "mean"
     set_size: int = Field(gt=0)
     sets_per_point: int = Field(gt=0)
+    stream_sets_per_point: int | None = Field(None, gt=0)  # per epoch; default: sets_per_point
     train: TrainConfig = TrainConfig()
 
 
-class ClassifierConfig(_Strict):
+class ClassifierConfig(_DataSource):
     enabled: bool = True
     hidden: int = Field(128, gt=0)
     layers: int = Field(3, gt=0)
-    head: Literal["quadratic", "grid"] = "quadratic"
+    head: Literal["quadratic", "grid", "score"] = "quadratic"
     events_per_point: int = Field(gt=0)
+    # head "score": the joint-score regression network, trained on fresh MC (not the stored pools)
+    train_events: int = Field(1_000_000, gt=0)
+    reference_events: int = Field(1_000_000, gt=0)
+    train_range: tuple[float, float] | None = None
+    stream_events_per_point: int | None = Field(None, gt=0)  # per epoch; default: the pool's training part
     train: TrainConfig = TrainConfig()
 
 

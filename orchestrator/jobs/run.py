@@ -26,6 +26,7 @@ from orchestrator.config.checks import device as check_device
 from orchestrator.config.checks import non_negative_int, output_dir
 from orchestrator.config.run import RunConfig, load_config
 from orchestrator.evaluate.estimators import Evaluation, evaluate, evaluation_sets, image_bins, image_bounds
+from orchestrator.jobs.event_posterior import train_event_posterior
 from orchestrator.runtime.progress import ProgressFactory, no_progress
 
 log = logging.getLogger(__name__)
@@ -68,15 +69,20 @@ def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress):
     from models.data import image_dataset
     from models.resnet3d import ResNet3d
     from models.training import seed_everything, train
+    from orchestrator.build.stream import releasing, streamed_data
 
     rc = cfg.models.resnet3d
     seed_everything(cfg.seed)  # the initial weights are part of the run: same config, same network
-    tr = [open_images(images_dir, "train", p) for p in range(len(grid))]
-    va = [open_images(images_dir, "val", p) for p in range(len(grid))]
-    net = ResNet3d(depth=rc.depth, width=rc.width, dropout=rc.dropout).fit_preprocess(tr)
     tc = _train_config(rc.train, cfg)
-    with progress("train resnet3d", tc.epochs, "epochs") as adv:
-        hist = train(net, image_dataset(tr, grid), image_dataset(va, grid), tc, on_epoch=_EpochLogger(tracker, adv))
+    if rc.data == "stream":
+        train_set, val_set, fit = streamed_data(cfg, "resnet3d", tc)
+    else:
+        fit = [open_images(images_dir, "train", p) for p in range(len(grid))]
+        va = [open_images(images_dir, "val", p) for p in range(len(grid))]
+        train_set, val_set = image_dataset(fit, grid), image_dataset(va, grid)
+    net = ResNet3d(depth=rc.depth, width=rc.width, dropout=rc.dropout).fit_preprocess(fit)
+    with progress("train resnet3d", tc.epochs, "epochs") as adv, releasing(train_set):
+        hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
     return net, hist
 
 
@@ -84,14 +90,18 @@ def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress):
     from models.deepsets import DeepSets
     from models.splits import deepsets_data
     from models.training import seed_everything, train
+    from orchestrator.build.stream import releasing, streamed_data
 
     dc = cfg.models.deepsets
     seed_everything(cfg.seed)
-    train_set, val_set, sample = deepsets_data(pools, grid, dc.set_size, dc.sets_per_point, cfg.seed)
+    tc = _train_config(dc.train, cfg)
+    if dc.data == "stream":
+        train_set, val_set, sample = streamed_data(cfg, "deepsets", tc)
+    else:
+        train_set, val_set, sample = deepsets_data(pools, grid, dc.set_size, dc.sets_per_point, cfg.seed)
     net = DeepSets(hidden=dc.hidden, phi_layers=dc.phi_layers, latent=dc.hidden, rho_layers=dc.rho_layers, pool=dc.pooling)
     net.fit_features(sample)
-    tc = _train_config(dc.train, cfg)
-    with progress("train deepsets", tc.epochs, "epochs") as adv:
+    with progress("train deepsets", tc.epochs, "epochs") as adv, releasing(train_set):
         hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
     return net, hist
 
@@ -101,17 +111,22 @@ def _train_classifier(cfg: RunConfig, pools, grid, tracker, progress):
     from models.event_classifier import EventClassifier
     from models.splits import split_pool
     from models.training import seed_everything, train
+    from orchestrator.build.stream import releasing, streamed_data
 
     cc = cfg.models.event_classifier
     seed_everything(cfg.seed)
-    parts = [split_pool(p, cc.events_per_point) for p in pools]
-    classes = list(range(len(grid)))
-    train_set = EventDataset.from_pools([t for t, _ in parts], classes)
-    val_set = EventDataset.from_pools([v for _, v in parts], classes)
-    net = EventClassifier(grid, hidden=cc.hidden, layers=cc.layers, head=cc.head)
-    net.fit_features(train_set.tensors[0].numpy()).set_prior(train_set.classes)
     tc = _train_config(cc.train, cfg, loss="cross_entropy")
-    with progress("train event classifier", tc.epochs, "epochs") as adv:
+    if cc.data == "stream":
+        train_set, val_set, fit_set = streamed_data(cfg, "event_classifier", tc)
+    else:
+        parts = [split_pool(p, cc.events_per_point) for p in pools]
+        classes = list(range(len(grid)))
+        train_set = EventDataset.from_pools([t for t, _ in parts], classes)
+        val_set = EventDataset.from_pools([v for _, v in parts], classes)
+        fit_set = train_set
+    net = EventClassifier(grid, hidden=cc.hidden, layers=cc.layers, head=cc.head)
+    net.fit_features(fit_set.tensors[0].numpy()).set_prior(fit_set.classes)
+    with progress("train event classifier", tc.epochs, "epochs") as adv, releasing(train_set):
         hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
     return net, hist
 
@@ -172,7 +187,8 @@ def run_job(
             sets, crb = evaluation_sets(table, pdf, ec.dc9, ec.events_per_set, ec.sets, cfg.seed, level, det, adv or None)
 
         mc = cfg.models
-        need_pools = (mc.deepsets and mc.deepsets.enabled) or (mc.event_classifier and mc.event_classifier.enabled)
+        need_pools = (mc.deepsets and mc.deepsets.enabled) or (
+            mc.event_classifier and mc.event_classifier.enabled and mc.event_classifier.head != "score")
         pools = read_pools(events_dir, manifest, level) if need_pools else None
         images_dir = out / "images"
         if mc.resnet3d and mc.resnet3d.enabled:
@@ -201,7 +217,11 @@ def run_job(
             jobs.append(("deepsets", mc.deepsets, lambda: _train_deepsets(cfg, pools, grid, tracker, progress),
                          lambda net: estimators.DeepSetsEstimator(net, name="deepsets")))
         if mc.event_classifier and mc.event_classifier.enabled:
-            jobs.append(("event_posterior", mc.event_classifier, lambda: _train_classifier(cfg, pools, grid, tracker, progress),
+            train_posterior = (
+                (lambda: train_event_posterior(cfg, table, det, level, _train_config(mc.event_classifier.train, cfg,
+                                               loss="mse"), lambda adv: _EpochLogger(tracker, adv), progress))
+                if mc.event_classifier.head == "score" else lambda: _train_classifier(cfg, pools, grid, tracker, progress))
+            jobs.append(("event_posterior", mc.event_classifier, train_posterior,
                          lambda net: estimators.EventPosteriorEstimator(net, name="event_posterior")))
         on_grid = [d for d in ec.dc9 if any(abs(d - g) < 1e-9 for g in grid)]
         for name, section, trainer, make in jobs:

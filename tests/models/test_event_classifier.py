@@ -1,4 +1,4 @@
-"""The event-by-event classifier: set posterior = product of event posteriors, moments off the grid, it learns."""
+"""The event-by-event classifier and the score-trained likelihood net: set posteriors, exact normalisation, no truncation."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import sampler
+from kernels import joint, likelihood, sampler
 from kernels.errors import ConfigError
 from models.data import EventDataset
 from models.estimators import EventPosteriorEstimator
 from models.event_classifier import EventClassifier, grid_index, posterior_moments, set_log_posterior
+from models.event_posterior import EventLikelihoodNet, calibrate_quadratic, smooth_moments
 from models.training import TrainConfig, seed_everything, train
 
 
@@ -171,3 +172,168 @@ def test_quadratic_head_likelihood_is_smooth_and_equals_the_grid_likelihood_at_g
 def test_unknown_head_is_refused():
     with pytest.raises(ConfigError, match="head must be one of"):
         EventClassifier([0.0, 1.0], head="spline")
+
+
+# --- exact normalisation, score regression on the joint score, the smooth set posterior ---------------
+
+
+def _random_net(seed: int = 0, **kw) -> EventLikelihoodNet:
+    torch.manual_seed(seed)
+    net = EventLikelihoodNet(hidden=16, layers=2, **kw)
+    with torch.no_grad():  # a far-from-flat ratio, so the calibration has something to do
+        net.net[-1].weight.normal_(0, 0.3)
+        net.net[-1].bias.copy_(torch.tensor([0.2, 0.3]))
+    return net.eval()
+
+
+def test_after_calibration_the_ratio_averages_to_one_over_an_independent_reference_sample(c9_table):
+    net = _random_net()
+    ref = sampler.sample_array(c9_table, [0.0], 200_000, (21,)).T
+    cal = net.calibrate(ref)
+    assert net.z_state.item() == 2 and cal.n_events == 200_000
+    other = torch.from_numpy(sampler.sample_array(c9_table, [0.0], 200_000, (22,)).T)
+    for d in (-2.5, -1.0, 0.7, 2.0):
+        with torch.no_grad():
+            r = net.log_ratio(other, d).exp().numpy()
+        # E_ref[r(x, d)] = 1 at every d, within the two samples' statistics
+        assert abs(r.mean() - 1.0) < 4 * r.std() * np.sqrt(2 / r.size)
+    # the uncalibrated net (Z from a wrong table) does not average to 1
+    net.set_normalisation([1.0, 0.0, 0.0])
+    with torch.no_grad():
+        assert abs(net.log_ratio(other, 2.0).exp().mean().item() - 1.0) > 0.05
+
+
+def test_calibration_is_the_pooled_mean_and_a_control_variate_keeps_its_expectation():
+    torch.manual_seed(1)
+    x = torch.randn(5000, 2, dtype=torch.float64)
+    ref = np.zeros((5000, 4), dtype=np.float32)
+    cal = calibrate_quadratic(lambda e: x, ref, chunk=5000)
+    np.testing.assert_allclose(cal.coef[1:], [2 * x[:, 0].mean(), (x**2).sum(1).mean()], rtol=1e-12)
+    control = np.stack([2 * x[:, 0].numpy() + 0.01, (x**2).sum(1).numpy()], axis=1)
+    cv = calibrate_quadratic(lambda e: x, ref, chunk=5000, control=control, control_mean=np.array([0.3, 2.0]))
+    np.testing.assert_allclose(cv.coef[1:], [0.3 - 0.01, 2.0], atol=1e-12)  # exact mean + mean(y - control)
+    assert np.all(np.diag(cv.cov) < 1e-20)  # the control is the network's own output: no variance left
+    with pytest.raises(ConfigError, match="control"):
+        calibrate_quadratic(lambda e: x, ref, control=control)
+
+
+@pytest.fixture(scope="module")
+def score_net(c9_table):
+    """A small net trained by score regression on 60k generator-level events with d in [-1.5, 1] (seconds)."""
+    js = joint.sample_joint(c9_table, (-1.5, 1.0), 60_000, (31,))
+    vs = joint.sample_joint(c9_table, (-1.5, 1.0), 10_000, (32,))
+    seed_everything(0)
+    net = EventLikelihoodNet(hidden=32, layers=2, train_range=(-1.5, 1.0))
+    net.fit_features(js.events).set_normalisation(joint.normalisation(c9_table))
+    hist = train(net, EventDataset.from_joint(js.events, js.shifts, js.score), EventDataset.from_joint(vs.events, vs.shifts, vs.score),
+                 TrainConfig(lr=5e-3, batch_size=512, epochs=8, loss="mse", weight_decay=0.0, patience=0, device="cpu"))
+    assert hist["val_loss"][-1] < 0.03 * vs.score.var()  # R^2 > 0.97 on held-out events
+    ref = joint.reference_sample(c9_table, 100_000, (33,))
+    net.calibrate(ref.events, control=ref.control, control_mean=ref.control_mean)
+    return net.eval(), hist, ref
+
+
+def test_score_regression_learns_the_exact_generator_level_score(c9_table, score_net):
+    net, hist, _ = score_net
+    assert hist["val_loss"][-1] < 0.5 * hist["val_loss"][0]
+    for d in (-1.0, 0.0, 0.8):
+        z = sampler.sample_array(c9_table, [d], 20_000, (34, int(10 * d) + 20)).T
+        t = joint.joint_score(c9_table, z, d)
+        with torch.no_grad():
+            s = net(torch.from_numpy(z), torch.full((z.shape[0],), d)).double().numpy()
+        assert np.corrcoef(s, t)[0, 1] > 0.98
+        assert abs(np.mean(s - t)) < 0.02 * t.std()
+
+
+def test_the_control_variate_shrinks_the_calibration_error(score_net):
+    net, _, ref = score_net
+    plain = calibrate_quadratic(net.uv, ref.events)
+    cv = calibrate_quadratic(net.uv, ref.events, control=ref.control, control_mean=ref.control_mean)
+    shrink = np.sqrt(np.diag(cv.cov) / np.diag(plain.cov))
+    assert shrink[0] < 0.3 and shrink[1] < 0.7  # E[2u] is learned best; a small net is rougher on E[u^2 + v^2]
+    assert np.all(np.abs(cv.coef - plain.coef)[1:] < 5 * np.sqrt(np.diag(plain.cov)))  # one expectation
+    assert np.all(net.slope_error([-2.0, 0.0, 1.0]) > 0)
+
+
+def test_the_set_posterior_is_smooth_and_not_truncated_at_the_training_range(c9_table, score_net):
+    net, _, _ = score_net
+    N = 20_000
+    truths = np.array([-2.6, 0.2, 1.8])  # trained on [-1.5, 1]: two of them outside
+    sets = np.stack([sampler.sample_array(c9_table, [d], N, (35, i)).T for i, d in enumerate(truths)])
+    mean, width = EventPosteriorEstimator(net, batch_size=2).predict(sets)
+    crb = np.array([likelihood.sigma_crb(c9_table, [d], N) for d in truths])
+    assert np.all(np.abs(mean - truths) < 5 * crb + 0.05)
+    assert np.all((width > 0.7 * crb) & (width < 1.4 * crb))
+    # the width is the posterior standard deviation of the smooth ln L(d): brute force on a dense grid
+    dense = np.linspace(mean[0] - 10 * width[0], mean[0] + 10 * width[0], 4001)
+    ell = EventPosteriorEstimator(net).log_likelihood(sets[:1], dense)[0]
+    p = np.exp(ell - ell.max())
+    m = np.sum(p * dense) / p.sum()
+    assert m == pytest.approx(mean[0], abs=1e-3 * width[0])
+    assert np.sqrt(np.sum(p * (dense - m) ** 2) / p.sum()) == pytest.approx(width[0], rel=1e-3)
+
+
+def test_smooth_moments_of_a_gaussian_anywhere_in_a_wide_prior():
+    truth = np.array([-4.5, -0.3, 3.5])  # >= 5 widths inside the prior [-6, 5]
+    for w in (0.01, 0.3):
+        mean, std = smooth_moments(lambda d, w=w: -0.5 * ((d - truth[:, None]) / w) ** 2, -6.0, 5.0, 3)
+        np.testing.assert_allclose(mean, truth, atol=1e-6)
+        np.testing.assert_allclose(std, w, rtol=1e-4)
+
+
+def test_the_net_refuses_to_train_without_a_normaliser_and_round_trips_its_state():
+    net = EventLikelihoodNet(hidden=8, layers=1)
+    with pytest.raises(ConfigError, match="not set"):
+        net(torch.zeros(3, 4), torch.zeros(3))
+    net.set_normalisation([2.0, 0.4, 0.1])
+    other = EventLikelihoodNet(**net.hparams)
+    other.load_state_dict(net.state_dict())
+    assert torch.equal(other.z_coef, net.z_coef) and other.z_state.item() == 1
+    with pytest.raises(ConfigError, match="features"):
+        EventLikelihoodNet(features="voxels")
+
+
+def test_joint_event_dataset_items_feed_the_score_loss():
+    ds = EventDataset.from_joint(np.zeros((5, 4)), np.linspace(-1, 1, 5), np.arange(5.0))
+    x, d, t = ds[2]
+    assert ds.is_joint and x.shape == (4,) and float(d) == 0.0 and float(t) == 2.0
+    assert ds.shifts.dtype == ds.scores.dtype == torch.float32
+    with pytest.raises(ConfigError, match="class indices"):
+        _ = ds.classes
+    with pytest.raises(ConfigError, match="shifts and scores"):
+        EventDataset(np.zeros((5, 4)), shifts=np.zeros(5))
+    with pytest.raises(ConfigError, match="finite"):
+        EventDataset.from_joint(np.zeros((2, 4)), [0.0, np.nan], [0.0, 0.0])
+
+
+def test_classifier_quadratic_head_calibrates_its_normaliser_and_widens_its_prior(c9_table):
+    torch.manual_seed(0)
+    net = EventClassifier([-1.0, 0.0, 1.0], hidden=8, layers=1).eval()
+    with torch.no_grad():
+        net.net[-1].bias.copy_(torch.tensor([0.2, 0.3]))
+    assert not net.calibrated
+    ref = sampler.sample_array(c9_table, [0.0], 50_000, (41,)).T
+    net.calibrate(ref)
+    assert net.calibrated
+    with torch.no_grad():
+        q = torch.exp(EventClassifier._log_q(net.net(net.features(torch.from_numpy(ref))).double(),
+                                             torch.tensor([-2.0, 1.5], dtype=torch.float64)))
+    np.testing.assert_allclose(q.mean(0).numpy(), np.exp(net._log_z(torch.tensor([-2.0, 1.5], dtype=torch.float64)).numpy()),
+                               rtol=1e-10, atol=2e-6)  # _log_q adds 1e-6 to q
+    sets = torch.from_numpy(sampler.sample_array(c9_table, [0.0], 2000, (42,)).T.reshape(2, 1000, 4))
+    narrow, _ = net.continuous_moments(sets)
+    wide, _ = net.continuous_moments(sets, prior_range=(-6.0, 5.0))
+    assert np.all((narrow >= -1.0) & (narrow <= 1.0)) and np.all(np.isfinite(wide))
+    # a checkpoint from before calibration existed loads, uncalibrated
+    old = {k: v for k, v in net.state_dict().items() if k not in ("z_cal", "z_cov")}
+    fresh = EventClassifier([-1.0, 0.0, 1.0], hidden=8, layers=1)
+    fresh.load_state_dict(old)
+    assert not fresh.calibrated
+
+
+def test_event_posterior_doctests():
+    import doctest
+
+    import models.event_posterior
+
+    assert doctest.testmod(models.event_posterior).failed == 0

@@ -1,0 +1,59 @@
+"""Training of the event posterior with the simulator's joint score (``head: score``).
+
+The network :class:`models.event_posterior.EventLikelihoodNet` models
+``p(x|d) / p(x|d_ref)`` as a quadratic in d, regressed on the exact joint score
+of fresh simulated events (:func:`kernels.joint.sample_joint`: delta C9 drawn
+continuously over ``train_range``, wider than the evaluation range, so nothing
+is truncated at its ends). Its normalisation Z(d) is then fixed exactly on an
+independent reference sample (:meth:`~models.event_posterior.EventLikelihoodNet.calibrate`,
+with the joint quadratics as control variate), never learned. The events are
+fresh MC from their own seed streams (:func:`kernels.joint.joint_seed`), apart
+from the stored pools and from the test MC.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def train_range(section, grid, evaluation) -> tuple[float, float]:
+    """The config's ``train_range``, else the scan and evaluation range widened by 1 on each side.
+
+    >>> train_range(type("S", (), {"train_range": None})(), [-2.0, 1.1], [-2.0, 1.0])
+    (-3.0, 2.1)
+    """
+    if section.train_range is not None:
+        return tuple(map(float, section.train_range))
+    values = [*grid, *evaluation]
+    return float(min(values)) - 1.0, float(max(values)) + 1.0
+
+
+def train_event_posterior(cfg, table, det, level: str, train_config, on_epoch, progress):
+    """Train and calibrate the score-regression event posterior of ``cfg.models.event_classifier``.
+
+    Returns ``(net, history)``; the calibration's slope error is logged in the history.
+    """
+    from kernels import joint
+    from models.data import EventDataset
+    from models.event_posterior import EventLikelihoodNet
+    from models.training import seed_everything, train
+
+    cc = cfg.models.event_classifier
+    span = train_range(cc, cfg.scan.dc9, cfg.evaluation.dc9)
+    gamma = joint.normalisation(table, joint.true_efficiency(level, table.windows, det))
+    n_train = cc.train_events
+    tr = joint.sample_joint(table, span, n_train, joint.joint_seed(cfg.seed, 0), level, det, gamma)
+    va = joint.sample_joint(table, span, max(10_000, n_train // 10), joint.joint_seed(cfg.seed, 1), level, det, gamma)
+    seed_everything(cfg.seed)
+    net = EventLikelihoodNet(hidden=cc.hidden, layers=cc.layers, train_range=span)
+    net.fit_features(tr.events).set_normalisation(gamma)
+    with progress("train event posterior", train_config.epochs, "epochs") as adv:
+        hist = train(net, EventDataset.from_joint(tr.events, tr.shifts, tr.score),
+                     EventDataset.from_joint(va.events, va.shifts, va.score), train_config, on_epoch=on_epoch(adv))
+    ref = joint.reference_sample(table, cc.reference_events, joint.joint_seed(cfg.seed, 2), level, det, norm=gamma)
+    net.calibrate(ref.events, control=ref.control, control_mean=ref.control_mean)
+    log.info("event posterior: trained on %d events with d in %s, Z(d) calibrated on %d reference events",
+             n_train, span, cc.reference_events)
+    return net, hist
