@@ -11,7 +11,9 @@ r"""Deep Sets (Zaheer et al., arXiv:1703.06114): a permutation-invariant regress
   bounded whatever N; ``ln N`` is appended to the pooled vector (``log_n=True``)
   so that one network can know how many events it averaged, i.e. how much to
   trust the mean, across set sizes;
-- ``rho``: an MLP to one output.
+- ``rho``: an MLP to one output (``head="point"``), or to a mean and a width
+  :math:`(\mu, \sigma)` of a Gaussian predictive density (``head="gaussian"``,
+  output ``(batch, 2)``; see :mod:`models.heads`).
 
 Sets come as a tensor ``(batch, N, 4)``: equal-size sets need no mask. Sets of
 different sizes are padded to the longest and passed with a boolean ``mask``
@@ -34,6 +36,7 @@ from torch import nn
 
 from kernels.errors import ConfigError
 from models.features import N_EVENT_VARIABLES, N_FEATURES, EventFeatures, mlp
+from models.heads import GaussianHead, check_head, finish_output, head_units
 
 __all__ = ["POOLS", "DeepSets"]
 
@@ -46,7 +49,9 @@ class DeepSets(nn.Module):
     Parameters: ``hidden`` width and ``phi_layers`` hidden layers of phi,
     ``latent`` size of the pooled vector, ``rho_hidden`` / ``rho_layers`` of rho
     (``rho_hidden`` defaults to ``hidden``), ``pool`` ("mean" or "sum"),
-    ``log_n`` (append ln N to the pooled vector), ``dropout`` in rho, ``outputs`` (1).
+    ``log_n`` (append ln N to the pooled vector), ``dropout`` in rho, ``outputs`` (1),
+    ``head`` ("point", or "gaussian": a mean and a sigma per output, :mod:`models.heads`;
+    recorded in ``hparams`` only when it is not "point").
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class DeepSets(nn.Module):
         log_n: bool = True,
         dropout: float = 0.0,
         outputs: int = 1,
+        head: str = "point",
     ) -> None:
         super().__init__()
         if pool not in POOLS:
@@ -71,6 +77,10 @@ class DeepSets(nn.Module):
             hidden=hidden, phi_layers=phi_layers, latent=latent, rho_hidden=rho_hidden,
             rho_layers=rho_layers, pool=pool, log_n=log_n, dropout=dropout, outputs=outputs,
         )
+        if check_head(head) != "point":
+            self.hparams["head"] = head
+        self.head_kind = head
+        self.gaussian = GaussianHead() if head == "gaussian" else None
         self.pool = pool
         self.log_n = bool(log_n)
         self.outputs = outputs
@@ -78,7 +88,7 @@ class DeepSets(nn.Module):
         # phi ends in a nonlinearity so that the pooled vector is a sum of features, not of a linear map
         # (a linear last layer would commute with the pooling and waste capacity).
         self.phi = nn.Sequential(mlp(N_FEATURES, hidden, phi_layers, latent), nn.ReLU())
-        self.rho = mlp(latent + int(self.log_n), rho_hidden, rho_layers, outputs, dropout=dropout)
+        self.rho = mlp(latent + int(self.log_n), rho_hidden, rho_layers, head_units(head, outputs), dropout=dropout)
 
     def fit_features(self, events, max_events: int = 1_000_000) -> DeepSets:
         """Fit the event standardisation on training events ``(n, 4)``."""
@@ -115,5 +125,4 @@ class DeepSets(nn.Module):
         return pooled
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, event_chunk: int | None = None) -> torch.Tensor:
-        out = self.rho(self.pooled(x, mask, event_chunk))
-        return out.squeeze(-1) if self.outputs == 1 else out
+        return finish_output(self.rho(self.pooled(x, mask, event_chunk)), self.head_kind, self.outputs, self.gaussian)

@@ -10,6 +10,8 @@ estimator that gives none.
   (the images a ResNet trains on), then runs the network; ``predict_images``
   takes ready-made images;
 - :class:`DeepSetsEstimator`: the Deep Sets network on the raw sets;
+- both return ``(mean, sigma)`` of the network's Gaussian predictive density when it
+  has the Gaussian head (:mod:`models.heads`), and ``(estimates, None)`` for a point head;
 - :class:`EventPosteriorEstimator`: the event-by-event set posterior (the classifier's,
   or the score-trained :class:`models.event_posterior.EventLikelihoodNet`'s): its mean and
   width, the posterior standard deviation of the smooth ``ln L(d)``;
@@ -42,6 +44,7 @@ from kernels.voxels import voxelize
 from models.event_classifier import EventClassifier, posterior_moments
 from models.event_posterior import EventLikelihoodNet
 from models.features import N_EVENT_VARIABLES
+from models.heads import is_gaussian
 
 __all__ = [
     "Estimator",
@@ -79,7 +82,10 @@ def _device(model: nn.Module) -> torch.device:
 
 
 class _Network:
-    """Shared by the network estimators: a model, a batch size, eval-mode inference."""
+    """Shared by the network estimators: a model, a batch size, eval-mode inference.
+
+    ``gaussian``: whether the model has the Gaussian head (its output per item is (mean, sigma)).
+    """
 
     def __init__(self, model: nn.Module, batch_size: int, name: str) -> None:
         if batch_size < 1:
@@ -87,20 +93,24 @@ class _Network:
         self.model = model
         self.batch_size = int(batch_size)
         self.name = name
+        self.gaussian = is_gaussian(model)
 
-    def _run(self, fn, n: int) -> np.ndarray:
-        """``fn(start, stop) -> tensor (stop - start,)`` over batches; concatenated as float64."""
+    def _run(self, fn, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``fn(start, stop) -> tensor (stop - start,)``, or ``(stop - start, 2)`` for the Gaussian head,
+        over batches; ``(estimates, sigmas or None)`` as float64."""
+        width = 2 if self.gaussian else 1
         was_training = self.model.training
         self.model.eval()
-        out = np.empty(n, dtype=np.float64)
+        out = np.empty((n, width), dtype=np.float64)
         try:
             with torch.inference_mode():
                 for s in range(0, n, self.batch_size):
                     e = min(n, s + self.batch_size)
-                    out[s:e] = fn(s, e).double().cpu().numpy().reshape(e - s)
+                    out[s:e] = fn(s, e).double().cpu().numpy().reshape(e - s, width)
         finally:
             self.model.train(was_training)
-        return out
+        est = np.ascontiguousarray(out[:, 0])
+        return (est, np.ascontiguousarray(out[:, 1])) if self.gaussian else (est, None)
 
 
 class ResNetEstimator(_Network):
@@ -126,19 +136,19 @@ class ResNetEstimator(_Network):
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(_device(self.model))
         return self.model(x)
 
-    def predict(self, sets) -> tuple[np.ndarray, None]:
+    def predict(self, sets) -> tuple[np.ndarray, np.ndarray | None]:
         s = check_sets(sets)
         if self.events_per_image is not None and s.shape[1] != self.events_per_image:
             raise ConfigError(
                 f"{self.name} was trained on images of {self.events_per_image} events, got sets of {s.shape[1]}"
             )
-        return self._run(lambda a, b: self._forward(self.images(s[a:b])), s.shape[0]), None
+        return self._run(lambda a, b: self._forward(self.images(s[a:b])), s.shape[0])
 
-    def predict_images(self, images) -> tuple[np.ndarray, None]:
+    def predict_images(self, images) -> tuple[np.ndarray, np.ndarray | None]:
         """Estimates for ready-made images ``(M, C, B, B, B)`` (an array or a memory map)."""
         if getattr(images, "ndim", None) != 5:
             raise ConfigError(f"images must have shape (M, C, B, B, B), got {getattr(images, 'shape', None)}")
-        return self._run(lambda a, b: self._forward(images[a:b]), images.shape[0]), None
+        return self._run(lambda a, b: self._forward(images[a:b]), images.shape[0])
 
 
 class DeepSetsEstimator(_Network):
@@ -149,11 +159,11 @@ class DeepSetsEstimator(_Network):
         super().__init__(model, batch_size, name)
         self.event_chunk = event_chunk
 
-    def predict(self, sets) -> tuple[np.ndarray, None]:
+    def predict(self, sets) -> tuple[np.ndarray, np.ndarray | None]:
         s = check_sets(sets)
         dev = _device(self.model)
         return self._run(lambda a, b: self.model(torch.from_numpy(s[a:b]).to(dev), event_chunk=self.event_chunk),
-                         s.shape[0]), None
+                         s.shape[0])
 
 
 class EventPosteriorEstimator(_Network):

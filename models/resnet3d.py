@@ -3,7 +3,8 @@ r"""A 3D ResNet that regresses delta C9 from voxel images (the seed study's netw
 Input: images of :mod:`kernels.voxels`, float32 ``(batch, C, B, B, B)`` with
 channel 0 the mean q2 per voxel (NaN, or the fill value, where the voxel is
 empty) and channel 1 the event count. Output: one value per image, shape
-``(batch,)`` (or ``(batch, outputs)`` for ``outputs > 1``).
+``(batch,)`` (or ``(batch, outputs)`` for ``outputs > 1``); with ``head="gaussian"``
+a mean and a width :math:`(\mu, \sigma)` per image, ``(batch, 2)`` (see :mod:`models.heads`).
 
 Architecture (He et al., arXiv:1512.03385, in 3D; ``depth=34`` is the seed study):
 
@@ -19,7 +20,8 @@ Architecture (He et al., arXiv:1512.03385, in 3D; ``depth=34`` is the seed study
   10 / 18 / 34, with ``w, 2w, 4w, 8w`` filters; the first block of stages 2-4
   has stride 2 and a 1x1x1 projection shortcut (Conv3d + BatchNorm);
 - global average pooling (so any bin count works), then
-  ``Linear(8w, 1000)``, ReLU, ``Dropout(0.5)``, ``Linear(1000, 1)``.
+  ``Linear(8w, 1000)``, ReLU, ``Dropout(0.5)``, ``Linear(1000, 1)`` (``Linear(1000, 2)``
+  then :class:`models.heads.GaussianHead` for the Gaussian head).
 
 The seed's training choices (MAE loss, SGD, lower the LR on a plateau, early
 stopping) are :class:`models.training.TrainConfig` options, not part of the module.
@@ -40,6 +42,7 @@ import torch
 from torch import nn
 
 from kernels.errors import ConfigError
+from models.heads import GaussianHead, check_head, finish_output, head_units
 
 __all__ = ["STAGE_BLOCKS", "ImagePreprocess", "StemConv3d", "BasicBlock3d", "ResNet3d"]
 
@@ -187,7 +190,9 @@ class ResNet3d(nn.Module):
     first stage, default 64), ``in_channels`` (2: mean q2 and count),
     ``head_width`` (1000) and ``dropout`` (0.5) of the dense head, ``outputs``
     (1), ``log_counts`` (preprocess counts with log1p), ``zero_init_residual``
-    (start every block as the identity: last BatchNorm weight 0).
+    (start every block as the identity: last BatchNorm weight 0), ``head`` ("point", or
+    "gaussian": a mean and a sigma per output, :mod:`models.heads`; recorded in ``hparams``
+    only when it is not "point").
     """
 
     def __init__(
@@ -200,6 +205,7 @@ class ResNet3d(nn.Module):
         outputs: int = 1,
         log_counts: bool = True,
         zero_init_residual: bool = False,
+        head: str = "point",
     ) -> None:
         super().__init__()
         if depth not in STAGE_BLOCKS:
@@ -212,6 +218,10 @@ class ResNet3d(nn.Module):
             depth=depth, width=width, in_channels=in_channels, head_width=head_width,
             dropout=dropout, outputs=outputs, log_counts=log_counts, zero_init_residual=zero_init_residual,
         )
+        if check_head(head) != "point":
+            self.hparams["head"] = head
+        self.head_kind = head
+        self.gaussian = GaussianHead() if head == "gaussian" else None
         self.outputs = outputs
         self.preprocess = ImagePreprocess(in_channels, log_counts=log_counts)
         self.stem = nn.Sequential(
@@ -235,7 +245,7 @@ class ResNet3d(nn.Module):
             nn.Linear(c_in, head_width),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(head_width, outputs),
+            nn.Linear(head_width, head_units(head, outputs)),
         )
         self._init_weights(zero_init_residual)
 
@@ -256,8 +266,7 @@ class ResNet3d(nn.Module):
         return self.pool(self.stages(self.stem(self.preprocess(x)))).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.features(x))
-        return out.squeeze(-1) if self.outputs == 1 else out
+        return finish_output(self.head(self.features(x)), self.head_kind, self.outputs, self.gaussian)
 
     def fit_preprocess(self, images: np.ndarray | Sequence[np.ndarray], max_images: int = 1024) -> ResNet3d:
         """Fit the input standardisation on training images (see :meth:`ImagePreprocess.fit`)."""

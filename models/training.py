@@ -6,7 +6,11 @@ r"""One training loop for every network: optimiser, LR schedule, early stopping,
 live in :class:`TrainConfig`, a validated dataclass:
 
 - optimiser: AdamW (default) or SGD with momentum (the seed study's);
-- loss: MAE (L1, the seed's), MSE, or cross-entropy (the event classifier);
+- loss: MAE (L1, the seed's), MSE, cross-entropy (the event classifier), or,
+  for a network with the Gaussian head (outputs ``(B, 2)``: mean and sigma,
+  against targets ``(B,)``), the Gaussian NLL ``"gaussian_nll"`` or the
+  beta-NLL ``"beta_nll"`` (beta = 0.5), see :class:`models.heads.GaussianNLLLoss`.
+  The validation loss of both is the plain NLL (a proper scoring rule);
 - LR schedule: cosine annealing or one-cycle, stepped per batch; "plateau"
   (lower the LR when the validation loss stalls, the seed's), stepped per epoch;
   or none;
@@ -21,6 +25,13 @@ live in :class:`TrainConfig`, a validated dataclass:
 - device: ``device=None`` picks CUDA when available, else the CPU. Mixed
   precision (``torch.autocast`` and, for float16, a ``GradScaler``) is used only
   on CUDA; on the CPU ``amp`` is ignored.
+
+Training data drawn anew every epoch (streamed Monte Carlo) come as an *epoch
+source* instead of a ``Dataset``: an object with ``epoch(e)``, an iterable of
+ready batches ``(inputs..., target)`` for epoch ``e``, ``steps_per_epoch``
+(batches per epoch, for the LR schedule) and ``len()`` (samples per epoch).
+The source batches and shuffles itself; ``batch_size``, ``drop_last`` and
+``num_workers`` are its own then (see ``orchestrator.build.stream``).
 
 Progress: ``on_epoch(epoch, train_loss, val_loss, lr)`` after every epoch
 (e.g. a Ray Tune report or a progress bar) and one ``logging`` INFO line.
@@ -54,6 +65,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from kernels.errors import ConfigError, WcscanError
 from kernels.files import atomic_path
+from models.heads import DEFAULT_BETA, NLL_LOSSES, GaussianNLLLoss, is_gaussian
 
 __all__ = [
     "OPTIMIZERS",
@@ -65,13 +77,14 @@ __all__ = [
     "seed_everything",
     "make_loss",
     "evaluate_loss",
+    "is_epoch_source",
     "train",
 ]
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "sgd")
-LOSSES = ("mae", "mse", "cross_entropy")
+LOSSES = ("mae", "mse", "cross_entropy", *NLL_LOSSES)
 SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
 AMP_DTYPES = ("float16", "bfloat16")
 
@@ -171,8 +184,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_loss(name: str) -> nn.Module:
-    """The loss module for ``name`` ("mae", "mse" or "cross_entropy"), mean over the batch."""
+def make_loss(name: str, validation: bool = False) -> nn.Module:
+    """The loss module for ``name`` (one of :data:`LOSSES`), mean over the batch.
+
+    ``validation=True``: the loss that :func:`evaluate_loss` reports, the same but for
+    ``"beta_nll"``, whose validation loss is the plain Gaussian NLL (beta = 0).
+    """
+    if name in NLL_LOSSES:
+        loss = GaussianNLLLoss(DEFAULT_BETA if name == "beta_nll" else 0.0)
+        return loss.proper() if validation else loss
     if name == "mae":
         return nn.L1Loss()
     if name == "mse":
@@ -241,6 +261,11 @@ class _Batches:
             yield tuple(t[idx] for t in self.tensors)
 
 
+def is_epoch_source(data) -> bool:
+    """Whether ``data`` is an epoch source (new batches every epoch; see the module docstring), not a Dataset."""
+    return callable(getattr(data, "epoch", None)) and hasattr(data, "steps_per_epoch")
+
+
 def _to_device(batch, device: torch.device):
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise ConfigError("dataset items must be (inputs..., target) tuples")
@@ -262,10 +287,10 @@ def _collate_for(data: Dataset, collate_fn):
 
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, data: Dataset, config: TrainConfig | None = None, collate_fn=None) -> float:
-    """Mean loss of ``model`` (in eval mode) over ``data``, on the model's device."""
+    """Mean loss of ``model`` (in eval mode) over ``data``, on the model's device (``make_loss(..., validation=True)``)."""
     cfg = config or TrainConfig()
     device = next(model.parameters()).device
-    loss_fn = make_loss(cfg.loss)
+    loss_fn = make_loss(cfg.loss, validation=True)
     batches = _Batches(data, cfg.eval_batch_size or 2 * cfg.batch_size, False, None, False, cfg.num_workers,
                        _collate_for(data, collate_fn), device)
     was_training = model.training
@@ -345,13 +370,17 @@ def train(
         raise ConfigError("the training dataset is empty")
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    if is_gaussian(model) and cfg.loss not in NLL_LOSSES:
+        raise ConfigError(f"a network with the Gaussian head trains with {' or '.join(NLL_LOSSES)}, not {cfg.loss!r}")
     model.to(device)
     loss_fn = make_loss(cfg.loss)
     opt = _make_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
-    batches = _Batches(train_data, cfg.batch_size, True, generator, cfg.drop_last, cfg.num_workers,
-                       _collate_for(train_data, collate_fn), device, persistent=True)
-    sched = _make_scheduler(opt, cfg, len(batches))
+    fresh = is_epoch_source(train_data)
+    batches = None if fresh else _Batches(train_data, cfg.batch_size, True, generator, cfg.drop_last,
+                                          cfg.num_workers, _collate_for(train_data, collate_fn), device, persistent=True)
+    steps = int(train_data.steps_per_epoch) if fresh else len(batches)
+    sched = _make_scheduler(opt, cfg, steps)
     per_batch = cfg.scheduler in ("cosine", "onecycle")
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and cfg.amp_dtype == "float16")
@@ -362,13 +391,14 @@ def train(
     since_best = 0
     t0 = time.perf_counter()
     log.info("training %s on %s: %d samples, %d batches per epoch", type(model).__name__, device,
-             len(train_data), len(batches))
+             len(train_data), steps)
     saved_benchmark = torch.backends.cudnn.benchmark
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     try:
         for epoch in range(cfg.epochs):
-            train_loss = _train_epoch(model, batches, opt, sched if per_batch else None, scaler, loss_fn, device, cfg)
+            epoch_batches = train_data.epoch(epoch) if fresh else batches
+            train_loss = _train_epoch(model, epoch_batches, opt, sched if per_batch else None, scaler, loss_fn, device, cfg)
             if not math.isfinite(train_loss):
                 raise TrainingError(f"the training loss is {train_loss} at epoch {epoch}; lower lr or set grad_clip")
             val_loss = evaluate_loss(model, val_data, cfg, collate_fn) if val_data is not None else train_loss

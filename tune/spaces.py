@@ -8,6 +8,10 @@ config. ``tiny=True`` gives a space of tiny networks for tests and smoke runs.
 Every sampler here (``choice``, ``loguniform``, ``uniform``) is understood by
 both the random search and the Optuna searcher.
 
+``space_for(model, head="gaussian")``: every trial gets the Gaussian head (a value and its
+width, :mod:`models.heads`) and the beta-NLL loss. The head is fixed per sweep, never
+sampled: the sweep ranks trials by ``val_loss``, and an NLL cannot be ranked against an MAE.
+
 >>> sorted(deepsets_space(tiny=True))
 ['batch_size', 'hidden', 'lr', 'phi_layers', 'pool', 'rho_hidden', 'rho_layers']
 >>> resnet_space()["depth"].categories
@@ -73,12 +77,18 @@ def deepsets_space(tiny: bool = False) -> dict:
     }
 
 
-def space_for(model: str, tiny: bool = False) -> dict:
-    """The space of ``model`` ("resnet3d" or "deepsets")."""
+def space_for(model: str, tiny: bool = False, head: str = "point") -> dict:
+    """The space of ``model`` ("resnet3d" or "deepsets"), for networks with ``head`` ("point" or "gaussian")."""
     from kernels.errors import ConfigError
 
+    if head not in ("point", "gaussian"):
+        raise ConfigError(f"head must be point or gaussian, got {head!r}")
     if model == "resnet3d":
-        return resnet_space(tiny)
-    if model == "deepsets":
-        return deepsets_space(tiny)
-    raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+        space = resnet_space(tiny)
+    elif model == "deepsets":
+        space = deepsets_space(tiny)
+    else:
+        raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+    if head == "gaussian":
+        space.update(head="gaussian", loss="beta_nll")
+    return space

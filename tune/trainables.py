@@ -152,18 +152,22 @@ def _datasets(spec: DataSpec, config: dict, pools=None):
 
 
 def build_model(model: str, config: dict):
-    """The untrained network of a trial's config (preprocessing not yet fitted)."""
+    """The untrained network of a trial's config (preprocessing not yet fitted).
+
+    ``config["head"]``: "point" (the default) or "gaussian" (a value and its width, :mod:`models.heads`).
+    """
+    head = config.get("head", "point")
     if model == "resnet3d":
         from models.resnet3d import ResNet3d
 
         return ResNet3d(depth=int(config.get("depth", 10)), width=int(config.get("width", 16)),
-                        dropout=float(config.get("dropout", 0.5)))
+                        dropout=float(config.get("dropout", 0.5)), head=head)
     from models.deepsets import DeepSets
 
     hidden = int(config.get("hidden", 64))
     return DeepSets(hidden=hidden, phi_layers=int(config.get("phi_layers", 3)), latent=hidden,
                     rho_hidden=int(config.get("rho_hidden", hidden)), rho_layers=int(config.get("rho_layers", 2)),
-                    pool=config.get("pool", "mean"))
+                    pool=config.get("pool", "mean"), head=head)
 
 
 def load_checkpoint(checkpoint) -> tuple:
@@ -190,10 +194,18 @@ def load_checkpoint(checkpoint) -> tuple:
 
 
 def train_config(spec: DataSpec, config: dict, epochs: int | None = None):
-    """The :class:`models.training.TrainConfig` of a trial (optimiser settings from its config)."""
+    """The :class:`models.training.TrainConfig` of a trial (optimiser settings from its config).
+
+    With ``head: gaussian`` the loss is an NLL (:func:`models.heads.loss_for_head`: the trial's
+    ``loss`` if it is one, else ``beta_nll``), so a space may cross ``head`` with point losses.
+    """
+    from models.heads import loss_for_head
     from models.training import TrainConfig
 
     chosen = {k: config[k] for k in ("lr", "batch_size", "weight_decay", "optimizer", "loss") if k in config}
+    head = config.get("head", "point")
+    if head != "point" or "loss" in chosen:
+        chosen["loss"] = loss_for_head(head, chosen.get("loss"))
     return TrainConfig(**chosen, epochs=epochs if epochs is not None else spec.epochs, patience=spec.patience,
                        seed=spec.seed, device=spec.device)
 

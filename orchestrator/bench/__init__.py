@@ -3,14 +3,15 @@
 - ``generate``, ``fit``: :mod:`orchestrator.bench.kernels` (events/s and fits/s per core, beside baselines);
 - ``images``: :mod:`orchestrator.bench.images` (voxelising against scipy's ``binned_statistic_dd``);
 - ``scan``: :mod:`orchestrator.bench.scan` (Ray generation with 1 and 2 workers);
-- ``resnet``: :mod:`orchestrator.bench.kernels` (ResNet training images/s, a GPU node's figure).
+- ``resnet``: :mod:`orchestrator.bench.kernels` (ResNet training images/s, a GPU node's figure);
+- ``stream``: :mod:`orchestrator.bench.stream` (training samples/s, streamed from Ray against from memory).
 """
 
 from __future__ import annotations
 
 from orchestrator.config.checks import positive_int
 
-BENCHMARKS = ("generate", "fit", "images", "scan", "resnet")
+BENCHMARKS = ("generate", "fit", "images", "scan", "resnet", "globalfit", "stream")
 
 
 def run_bench(what: str, **resnet) -> dict:
@@ -23,6 +24,14 @@ def run_bench(what: str, **resnet) -> dict:
         from orchestrator.bench.scan import bench_scan
 
         return bench_scan()
+    if what == "stream":
+        from orchestrator.bench.stream import bench_stream
+
+        return bench_stream()
+    if what == "globalfit":
+        from orchestrator.bench.globalfit import bench_globalfit
+
+        return bench_globalfit()
     from orchestrator.bench import kernels
 
     if what == "resnet":

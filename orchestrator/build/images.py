@@ -39,11 +39,10 @@ incomplete. If the build fails midway, the files written so far are removed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,13 +50,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from kernels.event_store import COLUMNS, MANIFEST, read_manifest, validate_events
-from kernels.theory import SCAN_COEFFICIENTS
 from kernels.errors import ConfigError, DatasetError
-from orchestrator.config.checks import non_negative_int, positive_int
-from orchestrator.runtime.versions import generator_version
+from kernels.event_store import MANIFEST, read_manifest, validate_events
 from kernels.files import sha256_file
 from kernels.image_store import FORMAT, SPLITS, image_file, image_path, write_manifest
+from kernels.theory import SCAN_COEFFICIENTS
 from kernels.voxels import AXES, CHANNELS, MAX_BINS, RANGES, make_images
 from orchestrator.build.sources import (
     STREAM_SPLIT_IDS,
@@ -67,10 +64,12 @@ from orchestrator.build.sources import (
     StoredEvents,
     TableEvents,
     image_blocks,
-    split_tasks,
     split_counts,
     split_events,
+    split_tasks,
 )
+from orchestrator.config.checks import non_negative_int, positive_int
+from orchestrator.runtime.versions import generator_version
 
 __all__ = [
     "TEST_SEED_OFFSET",

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from kernels.errors import DatasetError
-from kernels.errors import ConfigError
+from kernels.errors import ConfigError, DatasetError
 from kernels.event_store import COLUMNS
 from kernels.image_store import SPLITS
 

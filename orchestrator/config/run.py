@@ -108,7 +108,7 @@ class _DataSource(_Strict):
 
     ``stream_workers``: Ray actors that draw it (default: the Ray cluster's CPUs less one, at least 1;
     0 draws in the trainer's process); ``stream_in_flight``: the bound of the queue, object refs in
-    flight (default twice the workers). The ``stream_*`` settings need ``data: stream``.
+    flight (default the scan points plus the workers). The ``stream_*`` settings need ``data: stream``.
     """
 
     data: Literal["pool", "stream"] = "pool"
@@ -124,7 +124,27 @@ class _DataSource(_Strict):
         return self
 
 
-class ResNetConfig(_DataSource):
+class _Head(_Strict):
+    """A network's output (:mod:`models.heads`): ``head: point``, a value trained with ``train.loss``, or
+    ``gaussian``, a value and its width trained with ``head_loss`` (``beta_nll``, the default, or
+    ``gaussian_nll``; ``train.loss`` is then unused). ``head_loss`` needs ``head: gaussian``."""
+
+    head: Literal["point", "gaussian"] = "point"
+    head_loss: Literal["beta_nll", "gaussian_nll"] | None = None
+
+    @model_validator(mode="after")
+    def _head_loss(self):
+        if self.head_loss is not None and self.head != "gaussian":
+            raise ValueError("head_loss needs head: gaussian")
+        return self
+
+    @property
+    def training_loss(self) -> str:
+        """The loss the network trains with."""
+        return self.train.loss if self.head == "point" else self.head_loss or "beta_nll"
+
+
+class ResNetConfig(_DataSource, _Head):
     enabled: bool = True
     depth: Literal[10, 18, 34] = 10
     width: int = Field(16, gt=0)
@@ -133,7 +153,7 @@ class ResNetConfig(_DataSource):
     train: TrainConfig = TrainConfig()
 
 
-class DeepSetsConfig(_DataSource):
+class DeepSetsConfig(_DataSource, _Head):
     enabled: bool = True
     hidden: int = Field(64, gt=0)
     phi_layers: int = Field(3, gt=0)

@@ -73,14 +73,14 @@ def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress):
 
     rc = cfg.models.resnet3d
     seed_everything(cfg.seed)  # the initial weights are part of the run: same config, same network
-    tc = _train_config(rc.train, cfg)
+    tc = _train_config(rc.train, cfg, loss=rc.training_loss)
     if rc.data == "stream":
         train_set, val_set, fit = streamed_data(cfg, "resnet3d", tc)
     else:
         fit = [open_images(images_dir, "train", p) for p in range(len(grid))]
         va = [open_images(images_dir, "val", p) for p in range(len(grid))]
         train_set, val_set = image_dataset(fit, grid), image_dataset(va, grid)
-    net = ResNet3d(depth=rc.depth, width=rc.width, dropout=rc.dropout).fit_preprocess(fit)
+    net = ResNet3d(depth=rc.depth, width=rc.width, dropout=rc.dropout, head=rc.head).fit_preprocess(fit)
     with progress("train resnet3d", tc.epochs, "epochs") as adv, releasing(train_set):
         hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
     return net, hist
@@ -94,12 +94,13 @@ def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress):
 
     dc = cfg.models.deepsets
     seed_everything(cfg.seed)
-    tc = _train_config(dc.train, cfg)
+    tc = _train_config(dc.train, cfg, loss=dc.training_loss)
     if dc.data == "stream":
         train_set, val_set, sample = streamed_data(cfg, "deepsets", tc)
     else:
         train_set, val_set, sample = deepsets_data(pools, grid, dc.set_size, dc.sets_per_point, cfg.seed)
-    net = DeepSets(hidden=dc.hidden, phi_layers=dc.phi_layers, latent=dc.hidden, rho_layers=dc.rho_layers, pool=dc.pooling)
+    net = DeepSets(hidden=dc.hidden, phi_layers=dc.phi_layers, latent=dc.hidden, rho_layers=dc.rho_layers, pool=dc.pooling,
+                   head=dc.head)
     net.fit_features(sample)
     with progress("train deepsets", tc.epochs, "epochs") as adv, releasing(train_set):
         hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
