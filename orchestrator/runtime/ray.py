@@ -155,12 +155,20 @@ def limit_threads(cpus: float | int) -> int:
 def _autoscaler_running() -> bool:
     """Whether the cluster has an autoscaler that can add nodes.
 
-    Ray's monitor publishes a status in the GCS key-value store on every
-    cluster; only a cluster with an autoscaler adds an ``autoscaler_report`` to
-    it (a local Ray's status has none).
+    A Ray instance this process started itself (``ray.init()`` without an
+    address) is one machine and can never gain a node. On a cluster it joined,
+    Ray's monitor publishes a status in the GCS key-value store; only a cluster
+    with an autoscaler adds an ``autoscaler_report`` to it.
     """
     import json
 
+    import ray
+
+    try:
+        if ray._private.worker.global_worker.node.is_head():  # we started it: a local Ray
+            return False
+    except AttributeError:  # a Ray Client connection has no local node: ask the cluster
+        pass
     try:
         from ray._private import ray_constants
         from ray.experimental.internal_kv import _internal_kv_get
