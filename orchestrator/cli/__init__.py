@@ -18,6 +18,7 @@ from orchestrator.cli.bench import bench
 from orchestrator.cli.common import setup
 from orchestrator.cli.fit import fit
 from orchestrator.cli.generate import generate
+from orchestrator.cli.globalfit import globalfit
 from orchestrator.cli.images import images
 from orchestrator.cli.run import run
 from orchestrator.cli.tune import tune
@@ -48,7 +49,7 @@ def wcscan():
     against the unbinned ML fit and the Cramer-Rao bound."""
 
 
-for _command in (generate, fit, images, validate, run, tune, bench):
+for _command in (generate, fit, images, validate, run, tune, globalfit, bench):
     wcscan.add_command(_command)
 
 

@@ -17,7 +17,9 @@ bound the 68.3% and 95.4% regions of two coefficients.
   P5'), profiled with their priors: :math:`\Sigma \to \Sigma + H S H^T`.
 - ``flavio``: flavio's ``FastLikelihood`` on the same observables and
   measurements with the same :math:`\Sigma_\mathrm{th}` (its own
-  :math:`\Sigma_\mathrm{exp}` and centres, from ``n_exp`` random draws), in a
+  :math:`\Sigma_\mathrm{exp}` and centres, from ``n_exp`` random draws; at
+  :math:`c^*` also with ours loaded, which leaves its prediction machinery as
+  the only difference), in a
   Ray task with ``PYTHONHASHSEED=0`` (flavio draws the measurements in set
   order). It is evaluated on a 3 x 3 stencil :math:`c^* \pm h\,\sigma`; the
   difference :math:`d(c) = \chi^2_\mathrm{flavio} - \chi^2` is smooth and small,
@@ -47,12 +49,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kernels import chi2 as chi2k
-from orchestrator.generate.predictions import TheoryInputs
 
-__all__ = ["SUMMARY_COLUMNS", "MethodResult", "Yardstick", "yardstick", "nuisance_fit", "start_flavio_check",
+__all__ = ["DELTA_68", "DELTA_95", "MethodResult", "Yardstick", "yardstick", "nuisance_fit", "start_flavio_check",
            "fit_nn", "fit_cgan"]
 
-SUMMARY_COLUMNS = ("method", "c9", "c10", "chi2", "delta_chi2", "sigma_c9", "sigma_c10", "seconds")
 DELTA_68, DELTA_95 = 2.30, 6.18
 
 
@@ -78,15 +78,15 @@ class MethodResult:
     history: dict | None = None
     model: object = None
 
-    def row(self) -> dict:
-        return {k: getattr(self, k) for k in SUMMARY_COLUMNS}
-
 
 @dataclass
 class Yardstick:
-    """chi^2 on the grid and at any point, its minimum, the SM pull, and the seed-to-seed spread of Sigma_th."""
+    """chi^2 on the grid and at any point, its minimum, the SM pull, and the seed-to-seed spread of Sigma_th.
 
-    inputs: TheoryInputs
+    ``inputs`` is the :class:`orchestrator.generate.predictions.TheoryInputs` of the fit.
+    """
+
+    inputs: object
     central: np.ndarray
     cov_exp: np.ndarray
     cov: np.ndarray
@@ -112,11 +112,11 @@ class Yardstick:
                             {"correlation": fit.correlation, "valid": float(fit.valid), "nfcn": fit.nfcn, **metrics})
 
 
-def _minimise(inputs: TheoryInputs, central, cov, start) -> chi2k.FitResult:
+def _minimise(inputs, central, cov, start) -> chi2k.FitResult:
     return chi2k.minimise(inputs.predict, central, cov, start=start, labels=list(inputs.obs_set.labels))
 
 
-def yardstick(inputs: TheoryInputs, central, cov_exp) -> tuple[Yardstick, list[MethodResult]]:
+def yardstick(inputs, central, cov_exp) -> tuple[Yardstick, list[MethodResult]]:
     """The chi^2 yardstick and its rows ``chi2_min`` and ``grid_min``."""
     t0 = time.perf_counter()
     labels = list(inputs.obs_set.labels)
@@ -144,6 +144,7 @@ def yardstick(inputs: TheoryInputs, central, cov_exp) -> tuple[Yardstick, list[M
                      float(np.ptp(inputs.c10) / (len(inputs.c10) - 1)), t_grid)
     row = y.result("chi2_min", fit, seconds, chi2_sm=chi2_sm, sm_pull=y.sm_pull,
                    **{f"seed_spread_{k}": v for k, v in spread.items()})
+    row.params = {"start": "grid_min", "theory_draws": inputs.draws, "levels": [DELTA_68, DELTA_95]}
     return y, [row, g]
 
 
@@ -158,11 +159,13 @@ def nuisance_fit(y: Yardstick) -> MethodResult:
                     families=float(len({f for f in families.values() if f})))
 
 
-def _flavio_chi2(obs_set, points, theory_cov, n_exp: int, seed: int) -> tuple[np.ndarray, float, str | None]:
-    """flavio's -2 log L at ``points``, its wall seconds and this process's PYTHONHASHSEED (a Ray task's body)."""
+def _flavio_chi2(obs_set, points, theory_cov, experimental, n_exp: int, seed: int):
+    """A Ray task's body: flavio's -2 log L at ``points`` (its own Sigma_exp and centres from ``n_exp`` draws), at
+    ``points[4]`` with ours loaded instead, its wall seconds and this process's PYTHONHASHSEED."""
     t0 = time.perf_counter()
     values = chi2k.flavio_likelihood_chi2(obs_set, points, theory_cov, n_exp=n_exp, seed=seed)
-    return values, time.perf_counter() - t0, os.environ.get("PYTHONHASHSEED")
+    ours = chi2k.flavio_likelihood_chi2(obs_set, points[4:5], theory_cov, experimental=experimental, seed=seed)[0]
+    return values, ours, time.perf_counter() - t0, os.environ.get("PYTHONHASHSEED")
 
 
 def _quadratic(points, centre, scale) -> np.ndarray:
@@ -174,9 +177,8 @@ def start_flavio_check(y: Yardstick, n_exp: int, stencil: float, seed: int, use_
                        address: str | None = None) -> Callable[[], MethodResult]:
     """Submit flavio's likelihood on the stencil (a Ray task, or nothing yet without Ray); return ``finish()``."""
     centre, scale = np.array([y.fit.c9, y.fit.c10]), stencil * np.array(y.fit.errors)
-    offsets = np.stack(np.meshgrid([-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0], indexing="ij"), -1).reshape(-1, 2)
-    points = centre + offsets * scale
-    args = (y.inputs.obs_set, points, y.inputs.theory_cov, int(n_exp), int(seed))
+    points = centre + chi2k.grid_points([-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]) * scale  # points[4] is c*
+    args = (y.inputs.obs_set, points, y.inputs.theory_cov, (y.central, y.cov_exp), int(n_exp), int(seed))
     if use_ray:
         import ray
         from ray.exceptions import RayTaskError
@@ -200,7 +202,7 @@ def start_flavio_check(y: Yardstick, n_exp: int, stencil: float, seed: int, use_
             return _flavio_chi2(*args)
 
     def finish() -> MethodResult:
-        flavio, seconds, hashseed = get()
+        flavio, flavio_our_exp, seconds, hashseed = get()
         ours = y.chi2(points)
         d = flavio - ours
         design = _quadratic(points, centre, scale)
@@ -210,10 +212,13 @@ def start_flavio_check(y: Yardstick, n_exp: int, stencil: float, seed: int, use_
             return np.sqrt(np.maximum(y.chi2(p) + _quadratic(p, centre, scale) @ coef, 0.0))[:, None]
 
         fit = chi2k.minimise(root_chi2, [0.0], [[1.0]], start=tuple(centre))
-        return y.result("flavio", fit, seconds, residual_c9=fit.c9 - y.fit.c9, residual_c10=fit.c10 - y.fit.c10,
+        r = y.result("flavio", fit, seconds, residual_c9=fit.c9 - y.fit.c9, residual_c10=fit.c10 - y.fit.c10,
                         residual_chi2_min=fit.chi2_min - y.fit.chi2_min, d_at_min=float(d[4]),
+                        d_at_min_our_exp=float(flavio_our_exp - ours[4]),
                         d_spread=float(np.ptp(d)), d_quadratic_residual=float(np.max(np.abs(design @ coef - d))),
                         n_exp=n_exp, pythonhashseed=float(hashseed) if hashseed not in (None, "random") else math.nan)
+        r.params = {"n_exp": n_exp, "stencil_sigmas": stencil, "stencil": points.round(6).tolist(), "seed": seed}
+        return r
 
     return finish
 
@@ -266,7 +271,7 @@ def fit_cgan(y: Yardstick, config, n_samples: int, coverage_cfg, seed: int) -> t
     t1 = time.perf_counter()
     truths, x = pseudo_experiments(y, c.pseudo_experiments, seed + 1)
     cov68 = coverage(model, truths, x, c.level, n=c.samples, seed=seed + 2)
-    metrics = {f"coverage_{round(100 * c.level)}": cov68,
+    metrics = {"coverage": cov68, "coverage_level": c.level,
                "coverage_binomial_error": math.sqrt(c.level * (1 - c.level) / c.pseudo_experiments),
                "pseudo_experiments": c.pseudo_experiments, "coverage_seconds": time.perf_counter() - t1,
                "mean_inside_2p30": float(delta <= DELTA_68), "samples": n_samples,
