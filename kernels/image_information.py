@@ -105,15 +105,9 @@ def _edges(axis: str, bins: int) -> np.ndarray:
     return np.linspace(lo, hi, bins + 1)
 
 
-def _check_bins(bins) -> int:
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= voxels.MAX_BINS:
-        raise ConfigError(f"bins must be an integer in [1, {voxels.MAX_BINS}], got {bins!r}")
-    return int(bins)
-
-
 def factor_integrals(bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Closed-form bin integrals of the factors: ``L, K, X`` of shape (12, B), ``F_i(v) = L_i K_i X_i``."""
-    bins = _check_bins(bins)
+    bins = voxels.check_bins(bins)
     out = []
     for axis, col, prims in (
         (voxels.AXES[0], 0, _COS_PRIMITIVES),
@@ -315,7 +309,7 @@ def voxel_model(
     per bin and axis, by default ``max(3, ceil(64 / B))``: relative errors below 1e-7 for the
     toy detector; ``n_q2`` Chebyshev nodes per q2 window); the background likewise.
     """
-    bins = _check_bins(bins)
+    bins = voxels.check_bins(bins)
     n_sub = min(32, max(3, -(-64 // bins))) if n_sub is None else n_sub
     if not (1 <= n_sub <= 32 and 2 <= n_q2 <= 64):
         raise ConfigError(f"quadrature orders must be n_sub in [1, 32] and n_q2 in [2, 64], got {n_sub}, {n_q2}")
@@ -396,7 +390,7 @@ def voxel_q2_information(table: JTable, shifts, bins: int, n_gauss: int = 3) -> 
     The most any per-voxel q2 summary can keep (the image reaches it when no voxel holds two
     events). q2 by Gauss–Legendre, ``n_gauss`` nodes per table cell.
     """
-    bins = _check_bins(bins)
+    bins = voxels.check_bins(bins)
     d = table.shifts_array(shifts)
     m, dm = monomials(d), monomial_gradient(d)
     norm = table.rate_integral()
@@ -466,7 +460,7 @@ def image_information_mc(table: JTable, shifts, bins: int, n_events: int, n_imag
     """
     from kernels import sampler
 
-    bins = _check_bins(bins)
+    bins = voxels.check_bins(bins)
     d = table.shifts_array(shifts)
     if n_batches < 2 or n_images % n_batches or n_events <= 0 or h <= 0:
         raise ConfigError(

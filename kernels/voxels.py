@@ -106,9 +106,10 @@ _MAX_INDEXED = 1 << 22
 # --- checks ----------------------------------------------------------------------
 
 
-def _check_bins(bins) -> int:
+def check_bins(bins, name: str = "bins") -> int:
+    """The one rule for a bin count: an integer in [1, MAX_BINS]."""
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= MAX_BINS:
-        raise ConfigError(f"bins must be an integer in [1, {MAX_BINS}], got {bins!r}")
+        raise ConfigError(f"{name} must be an integer in [1, {MAX_BINS}], got {bins!r}")
     return int(bins)
 
 
@@ -242,7 +243,7 @@ def bin_index(cos_l, cos_k, chi, bins: int) -> np.ndarray:
     >>> bin_index([-1.0, 0.0, 1.0], [0.5, 0.5, 0.5], [0.0, 3.5, 2 * math.pi], 4).tolist()
     [[0, 2, 3], [3, 3, 3], [0, 2, 3]]
     """
-    bins = _check_bins(bins)
+    bins = check_bins(bins)
     cl, ck, ch, _ = _columns(cos_l, cos_k, chi, np.zeros(np.shape(cos_l)))
     flat = _index(cl, ck, ch, bins)
     return np.stack(np.unravel_index(flat, (bins, bins, bins)))
@@ -357,7 +358,7 @@ def voxelize(
     >>> voxelize([0.1, 0.2], [0.1, 0.2], [1.0, 1.0], [2.0, 4.0], bins=1)[0, :, 0, 0, 0]
     array([3., 2.], dtype=float32)
     """
-    bins = _check_bins(bins)
+    bins = check_bins(bins)
     n_images = _check_count(n_images, "n_images")
     cl, ck, ch, q = _columns(cos_l, cos_k, chi, q2)
     n = cl.shape[0]
@@ -463,7 +464,7 @@ def make_images(
     >>> make_images(ev, bins=1, events_per_image=1, images=3)[:, 0].ravel().tolist()
     [2.0, 4.0, 6.0]
     """
-    bins = _check_bins(bins)
+    bins = check_bins(bins)
     events_per_image = _check_count(events_per_image, "events_per_image", 1)
     images = _check_count(images, "images")
     need = images * events_per_image

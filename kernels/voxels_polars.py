@@ -14,12 +14,12 @@ import numpy as np
 from kernels.voxels import (
     OCCUPANCY,
     Q2_MEAN,
-    _check_bins,
     _check_count,
     _check_image_id,
     _columns,
     _cos_constants,
     _split_blocks,
+    check_bins,
 )
 
 __all__ = ["voxelize_polars"]
@@ -38,7 +38,7 @@ def voxelize_polars(
     """
     import polars as pl
 
-    bins = _check_bins(bins)
+    bins = check_bins(bins)
     n_images = _check_count(n_images, "n_images")
     cl, ck, ch, q = _columns(cos_l, cos_k, chi, q2)
     n = cl.shape[0]

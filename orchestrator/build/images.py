@@ -55,7 +55,7 @@ from kernels.event_store import MANIFEST, read_manifest, validate_events
 from kernels.files import sha256_file
 from kernels.image_store import FORMAT, SPLITS, image_file, image_path, write_manifest
 from kernels.theory import SCAN_COEFFICIENTS
-from kernels.voxels import AXES, CHANNELS, MAX_BINS, RANGES, make_images
+from kernels.voxels import AXES, CHANNELS, RANGES, check_bins, make_images
 from orchestrator.build.sources import (
     STREAM_SPLIT_IDS,
     TEST_SEED_OFFSET,
@@ -169,8 +169,7 @@ class _Config:
 
 
 def _check_config(bins, events_per_image, images_per_point, val_fraction, test_images, seed, fill) -> _Config:
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or not 1 <= bins <= MAX_BINS:
-        raise ConfigError(f"--bins must be an integer in [1, {MAX_BINS}], got {bins!r}")
+    bins = check_bins(bins, "--bins")
     epi = positive_int(events_per_image, "--events-per-image")
     k = positive_int(images_per_point, "--images-per-point")
     try:

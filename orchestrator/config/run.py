@@ -96,10 +96,17 @@ class TrainConfig(_Strict):
 
 
 class ImagesConfig(_Strict):
-    bins: int = Field(16, ge=2)
+    bins: int = 16  # the one rule: kernels.voxels.check_bins
     events_per_image: int = Field(gt=0)
     images_per_point: int = Field(gt=0)
     val_fraction: float = Field(0.2, gt=0, lt=1)
+
+    @field_validator("bins")
+    @classmethod
+    def _bins(cls, v):
+        from kernels.voxels import check_bins
+
+        return check_bins(v, "bins")
 
 
 class _DataSource(_Strict):
