@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +59,29 @@ def toy_events():
 @pytest.fixture
 def physical_sets():
     return _physical_sets
+
+
+# --- the linear-Gaussian toy of the global fit's inverse map and cGAN (known posterior) -----------------
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """x = A theta + b + eps with eps ~ N(0, Sigma): K = 8 observables, P = 2 parameters."""
+    from models.inverse_map import LinearGaussianToy
+
+    return LinearGaussianToy.random(n_obs=8, seed=0, noise=0.2)
+
+
+@pytest.fixture(scope="module")
+def grid(toy):
+    """A 40 x 40 grid of parameters over the toy's box."""
+    return toy.grid(40)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (the 2-core machine is shared), restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -17,7 +17,6 @@ import torch
 import models.cgan as cg
 from kernels.errors import ConfigError
 from models.cgan import CGANConfig, CGANEstimator, ConditionalGAN, coverage, in_region, sample, train_cgan
-from models.inverse_map import LinearGaussianToy
 
 CENTRE = np.array([-1.0, 0.0])
 LEVEL = 0.68
@@ -25,23 +24,7 @@ LEVEL = 0.68
 #: noise, with a little room for the GAN's own error; a sampler 2x too narrow covers ~0.25, 2x too wide ~0.99.
 TOLERANCE = 0.08
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return LinearGaussianToy.random(n_obs=8, seed=0, noise=0.2)
-
-
-@pytest.fixture(scope="module")
-def grid(toy):
-    return toy.grid(40)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,28 +31,12 @@ from models.inverse_map import (
 TRUTHS = np.array([[-1.0, 0.0], [-1.4, -0.4], [-0.6, 0.4], [-1.3, 0.45], [-0.7, -0.35]])
 INNER_LO, INNER_HI = np.array([-1.5, -0.5]), np.array([-0.5, 0.5])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return LinearGaussianToy.random(n_obs=8, seed=0, noise=0.2)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def sigma(toy):
     return np.sqrt(np.diag(toy.posterior_cov()))
-
-
-@pytest.fixture(scope="module")
-def grid(toy):
-    return toy.grid(40)
 
 
 @pytest.fixture(scope="module")
