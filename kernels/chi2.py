@@ -195,22 +195,26 @@ def sm_pull(chi2_sm: float, chi2_min: float, dof: int = 2) -> float:
     return float(stats.norm.isf(stats.chi2.sf(delta, dof) / 2))
 
 
-def nuisance_covariance(obs_set, sigma=(0.01 / np.sqrt(3), 1e-4 / np.sqrt(3), 1e-5 / np.sqrt(3)), families=None) -> np.ndarray:
-    """H S H^T: the covariance that profiling the seed study's F(q2) = a0 + a1 q2 + a2 q2^2 adds.
+#: The prior widths of (a0, a1, a2): the standard deviations of the seed study's uniform ranges
+#: [-0.01, 0.01], [-1e-4, 1e-4], [-1e-5, 1e-5] (width / sqrt(12) = half-width / sqrt(3)).
+NUISANCE_SIGMA = (0.01 / np.sqrt(3), 1e-4 / np.sqrt(3), 1e-5 / np.sqrt(3))
 
-    Each family (default: the observable name, e.g. all bins of <P5p>) has its
-    own (a0, a1, a2) with independent Gaussian priors of widths ``sigma``
-    (default: the standard deviations of the seed study's uniform ranges
-    [-0.01, 0.01], [-1e-4, 1e-4], [-1e-5, 1e-5]), evaluated at each bin centre.
+
+def nuisance_design(obs_set, families=None) -> tuple[np.ndarray, list[str]]:
+    """H (K, 3 F) of the seed study's F(q2) = a0 + a1 q2 + a2 q2^2, and the F family names (sorted).
+
+    Column ``3 j + i`` is a_i of family ``names[j]``; row k holds (1, q, q^2) at
+    observable k's bin centre q in its family's columns, zeros elsewhere.
     ``families`` maps an observable name to a family name, or to None to leave
-    it without nuisance (e.g. branching ratios, whose size is ~1e-8).
+    it without nuisance (default: every observable name is its own family).
 
     >>> from kernels.observables import ObservableSet
     >>> s = ObservableSet((("P", 1.0, 3.0), ("P", 3.0, 5.0), ("R", 1.0, 6.0)), ("m",))
-    >>> nuisance_covariance(s, sigma=(1.0, 0.0, 0.0), families={"P": "P", "R": None})
-    array([[1., 1., 0.],
-           [1., 1., 0.],
-           [0., 0., 0.]])
+    >>> H, names = nuisance_design(s, families={"P": "P", "R": None})
+    >>> H, names
+    (array([[ 1.,  2.,  4.],
+           [ 1.,  4., 16.],
+           [ 0.,  0.,  0.]]), ['P'])
     """
     fam = [n if families is None else families.get(n, n) for n, _, _ in obs_set.observables]
     q = np.array([(a + b) / 2 for _, a, b in obs_set.observables])
@@ -220,6 +224,27 @@ def nuisance_covariance(obs_set, sigma=(0.01 / np.sqrt(3), 1e-4 / np.sqrt(3), 1e
         if f is not None:
             j = 3 * names.index(f)
             H[k, j : j + 3] = [1.0, q[k], q[k] ** 2]
+    return H, names
+
+
+def nuisance_covariance(obs_set, sigma=NUISANCE_SIGMA, families=None) -> np.ndarray:
+    """H S H^T: the covariance that profiling the seed study's F(q2) = a0 + a1 q2 + a2 q2^2 adds.
+
+    Each family (default: the observable name, e.g. all bins of <P5p>) has its
+    own (a0, a1, a2) with independent Gaussian priors of widths ``sigma``
+    (default :data:`NUISANCE_SIGMA`: the standard deviations of the seed study's uniform ranges
+    [-0.01, 0.01], [-1e-4, 1e-4], [-1e-5, 1e-5]), evaluated at each bin centre
+    (:func:`nuisance_design`). ``families`` maps an observable name to a family name, or to None to leave
+    it without nuisance (e.g. branching ratios, whose size is ~1e-8).
+
+    >>> from kernels.observables import ObservableSet
+    >>> s = ObservableSet((("P", 1.0, 3.0), ("P", 3.0, 5.0), ("R", 1.0, 6.0)), ("m",))
+    >>> nuisance_covariance(s, sigma=(1.0, 0.0, 0.0), families={"P": "P", "R": None})
+    array([[1., 1., 0.],
+           [1., 1., 0.],
+           [0., 0., 0.]])
+    """
+    H, names = nuisance_design(obs_set, families)
     S = np.diag(np.tile(np.asarray(sigma, float) ** 2, len(names)))
     return H @ S @ H.T
 

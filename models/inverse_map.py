@@ -29,6 +29,21 @@ target is a deterministic function of x, the NLL drives the width to zero, and
 the map is over-confident on noisy data (``tests/models/test_inverse_map.py``
 shows both).
 
+**Nuisance parameters.** With ``nuisances=LinearNuisances(H, sigma)``, every
+pair also draws ``m`` nuisance parameters from their Gaussian prior,
+``a ~ N(0, diag(sigma^2))``, that shift the prediction linearly,
+
+.. math::
+
+    x = f(\theta) + H a + L\,\varepsilon,
+
+and the network's target is ``(theta, a)`` (``P + m`` parameters): its
+``theta`` outputs are then the posterior of ``theta`` with ``a`` marginalised
+(for linear ``f``, the Gaussian posterior with ``Sigma -> Sigma + H S H^T``,
+``S = diag(sigma^2)``) and its ``a`` outputs their posterior (the prior where
+the data do not constrain them). The global fit's hadronic polynomials
+(:func:`kernels.chi2.nuisance_design`) are such nuisances.
+
 ``predictions`` may also be a callable ``f(theta) -> (n, K)`` (``theta`` a float32
 tensor (n, P) on the training device; an array or a tensor back): each epoch
 then draws ``theta`` uniformly in the bounding box of the given ``theta``
@@ -67,6 +82,7 @@ from models.training import resolve_device, seed_everything
 
 __all__ = [
     "LinearGaussianToy",
+    "LinearNuisances",
     "SimulatedPairs",
     "fit_scales",
     "Standardised",
@@ -95,17 +111,43 @@ def cholesky(cov, device: torch.device) -> torch.Tensor:
     return L.to(device=device, dtype=torch.float32)
 
 
+@dataclass(frozen=True)
+class LinearNuisances:
+    """Nuisance parameters ``a`` (m) with prior ``N(0, diag(sigma^2))`` that add ``design @ a`` to the predictions.
+
+    ``design`` is (K, m), ``sigma`` (m,), every width positive.
+    """
+
+    design: np.ndarray
+    sigma: np.ndarray
+
+    def __post_init__(self) -> None:
+        H, s = np.asarray(self.design, float), np.asarray(self.sigma, float)
+        if H.ndim != 2 or s.shape != (H.shape[1],) or H.shape[1] < 1:
+            raise ConfigError(f"nuisances: design must be (K, m) and sigma (m,) with m >= 1, got {H.shape} and {s.shape}")
+        if not (np.all(np.isfinite(H)) and np.all(np.isfinite(s)) and np.all(s > 0)):
+            raise ConfigError("nuisances: the design must be finite and every prior width positive")
+        object.__setattr__(self, "design", H)
+        object.__setattr__(self, "sigma", s)
+
+    @property
+    def size(self) -> int:
+        return self.design.shape[1]
+
+
 class SimulatedPairs:
     """Fresh training pairs ``(theta, x = f(theta) + noise_scale * L eps)`` on a device, from one torch generator.
 
     ``theta`` (M, P) is the grid; ``predictions`` is the table ``f(grid)`` (M, K)
     or a callable ``f``. With a table, :meth:`draw` repeats the grid ``copies``
     times with fresh noise; with a callable, it draws ``copies * M`` parameters
-    uniformly in the grid's bounding box.
+    uniformly in the grid's bounding box. With ``nuisances``, each pair also
+    draws ``a`` from its prior: ``x`` gains ``H a`` and the parameters are
+    ``(theta, a)``, P + m of them.
     """
 
     def __init__(self, theta, predictions, cov, device: torch.device, generator: torch.Generator,
-                 noise_scale: float = 1.0) -> None:
+                 noise_scale: float = 1.0, nuisances: LinearNuisances | None = None) -> None:
         self.device = device
         self.theta = _tensor(theta, device)
         if self.theta.ndim != 2 or self.theta.shape[0] < 2:
@@ -123,10 +165,20 @@ class SimulatedPairs:
         self.noise_scale = float(noise_scale)
         self.generator = generator
         self.lo, self.hi = self.theta.min(0).values, self.theta.max(0).values
+        self.design = self.nuisance_sigma = None
+        if nuisances is not None:
+            if nuisances.design.shape[0] != self.n_obs:
+                raise ConfigError(f"nuisances: the design has {nuisances.design.shape[0]} rows but there are "
+                                  f"{self.n_obs} observables")
+            self.design, self.nuisance_sigma = _tensor(nuisances.design, device), _tensor(nuisances.sigma, device)
+
+    @property
+    def n_nuisances(self) -> int:
+        return 0 if self.design is None else self.design.shape[1]
 
     @property
     def n_params(self) -> int:
-        return self.theta.shape[1]
+        return self.theta.shape[1] + self.n_nuisances
 
     @property
     def n_obs(self) -> int:
@@ -145,20 +197,33 @@ class SimulatedPairs:
         if self.predictor is None:
             theta, mean = self.theta.repeat(copies, 1), self.table.repeat(copies, 1)
         else:
-            u = torch.rand(copies * self.theta.shape[0], self.n_params, device=self.device, generator=self.generator)
+            u = torch.rand(copies * self.theta.shape[0], self.theta.shape[1], device=self.device,
+                           generator=self.generator)
             theta = self.lo + u * (self.hi - self.lo)
             mean = self._predict(theta)
+        if self.design is not None:
+            a = self.nuisance_sigma * torch.randn(theta.shape[0], self.n_nuisances, device=self.device,
+                                                  generator=self.generator)
+            theta, mean = torch.cat([theta, a], 1), mean + a @ self.design.T
         return theta, mean + self.noise(theta.shape[0])
 
 
 def fit_scales(pairs: SimulatedPairs) -> dict[str, torch.Tensor]:
-    """Standardisation of x and theta: the grid's mean and std, with ``noise_scale^2 diag(Sigma)`` added to var x."""
-    noise_var = pairs.noise_scale**2 * (pairs.chol**2).sum(1)
+    """Standardisation of x and theta: the grid's mean and std, with ``noise_scale^2 diag(Sigma)`` added to var x.
+
+    Nuisances are scaled by their prior (mean 0, std ``sigma``) and add ``diag(H S H^T)`` to var x.
+    """
+    x_var = pairs.table.var(0) + pairs.noise_scale**2 * (pairs.chol**2).sum(1)
+    theta_mean, theta_std = pairs.theta.mean(0), pairs.theta.std(0)
+    if pairs.design is not None:
+        x_var = x_var + (pairs.design**2 * pairs.nuisance_sigma**2).sum(1)
+        theta_mean = torch.cat([theta_mean, torch.zeros_like(pairs.nuisance_sigma)])
+        theta_std = torch.cat([theta_std, pairs.nuisance_sigma])
     return {
         "x_mean": pairs.table.mean(0),
-        "x_std": (pairs.table.var(0) + noise_var).sqrt().clamp_min(1e-12),
-        "theta_mean": pairs.theta.mean(0),
-        "theta_std": pairs.theta.std(0).clamp_min(1e-12),
+        "x_std": x_var.sqrt().clamp_min(1e-12),
+        "theta_mean": theta_mean,
+        "theta_std": theta_std.clamp_min(1e-12),
     }
 
 
@@ -258,9 +323,11 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.d
         yield order[s : s + batch_size]
 
 
-def train_inverse_map(theta, predictions, cov, config: InverseMapConfig | None = None,
-                      seed: int = 0) -> tuple[InverseMap, dict]:
+def train_inverse_map(theta, predictions, cov, config: InverseMapConfig | None = None, seed: int = 0,
+                      nuisances: LinearNuisances | None = None) -> tuple[InverseMap, dict]:
     """Train an :class:`InverseMap` on ``theta`` (M, P), ``predictions`` (M, K) or a callable, ``cov`` (K, K).
+
+    With ``nuisances`` (m of them) the map estimates ``(theta, a)``, P + m parameters, the nuisances last.
 
     Deterministic for a fixed ``seed`` on a given device (weights from
     ``seed_everything(seed)``, noise and batch order from one torch generator).
@@ -271,7 +338,7 @@ def train_inverse_map(theta, predictions, cov, config: InverseMapConfig | None =
     cfg = config or InverseMapConfig()
     device = resolve_device(cfg.device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    pairs = SimulatedPairs(theta, predictions, cov, device, gen, cfg.noise_scale)
+    pairs = SimulatedPairs(theta, predictions, cov, device, gen, cfg.noise_scale, nuisances)
     seed_everything(seed)
     model = InverseMap(pairs.n_obs, pairs.n_params, cfg.hidden, cfg.layers).to(device)
     model.set_scales(fit_scales(pairs))

@@ -12,9 +12,11 @@ bound the 68.3% and 95.4% regions of two coefficients.
   quoted in Gaussian sigma. Refitting with the two halves of the theory
   covariance's draws gives two independent estimates from :math:`n/2` draws;
   two seeds at :math:`n` draws differ by about :math:`1/\sqrt 2` of that.
-- ``chi2_nuisance``: the same with the seed study's hadronic polynomials
-  :math:`F(q^2) = a_0 + a_1 q^2 + a_2 q^4` per angular observable (P1, P2, P4',
-  P5'), profiled with their priors: :math:`\Sigma \to \Sigma + H S H^T`.
+- ``chi2_nuisance`` and ``nn_nuisance`` (with ``nuisances: true``): the seed
+  study's hadronic polynomials :math:`F(q^2) = a_0 + a_1 q^2 + a_2 q^4` per
+  angular observable (P1, P2, P4', P5'), profiled with their priors
+  (:math:`\Sigma \to \Sigma + H S H^T`) or learned by the inverse map of
+  :math:`(C_9, C_{10}, a)`: :mod:`orchestrator.evaluate.nuisances`.
 - ``flavio``: flavio's ``FastLikelihood`` on the same observables and
   measurements with the same :math:`\Sigma_\mathrm{th}` (its own
   :math:`\Sigma_\mathrm{exp}` and centres, from ``n_exp`` random draws; at
@@ -26,6 +28,8 @@ bound the 68.3% and 95.4% regions of two coefficients.
   so a quadratic :math:`\hat d` fitted to it and
   :math:`\chi^2 + \hat d` minimised gives flavio's minimum without 50 calls of
   its likelihood. :math:`d(c^*)` itself is exact (the stencil's centre).
+  The task's result is cached by the driver (:func:`flavio_check_path`), so a
+  rerun of the same job makes no flavio call.
 - ``nn``: :func:`models.inverse_map.train_inverse_map` on the grid predictions
   with fresh noise :math:`L\varepsilon`, :math:`\Sigma = L L^T`, every epoch: its
   estimate on the data is the posterior mean under a flat prior on the grid's
@@ -40,20 +44,27 @@ bound the 68.3% and 95.4% regions of two coefficients.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from kernels import chi2 as chi2k
+from kernels.files import atomic_write_json
 
-__all__ = ["DELTA_68", "DELTA_95", "MethodResult", "Yardstick", "yardstick", "nuisance_fit", "start_flavio_check",
-           "fit_nn", "fit_cgan"]
+__all__ = ["DELTA_68", "DELTA_95", "MethodResult", "Yardstick", "yardstick", "minimise_inputs",
+           "start_flavio_check", "flavio_check_path", "fit_nn", "fit_cgan"]
 
 DELTA_68, DELTA_95 = 2.30, 6.18
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,8 +72,8 @@ class MethodResult:
     """One row of the summary, and what the method's MLflow child run logs besides.
 
     ``chi2`` is the method's own chi^2 at its point (flavio's for ``flavio``,
-    with the nuisances for ``chi2_nuisance``, ours otherwise); ``delta_chi2`` is
-    ours there minus our minimum, for every method.
+    with the profiled nuisances for ``chi2_nuisance`` and ``nn_nuisance``, ours
+    otherwise); ``delta_chi2`` is ours there minus our minimum, for every method.
     """
 
     method: str
@@ -112,7 +123,8 @@ class Yardstick:
                             {"correlation": fit.correlation, "valid": float(fit.valid), "nfcn": fit.nfcn, **metrics})
 
 
-def _minimise(inputs, central, cov, start) -> chi2k.FitResult:
+def minimise_inputs(inputs, central, cov, start) -> chi2k.FitResult:
+    """MIGRAD/HESSE of chi^2 with the theory ``inputs``' predictions and the covariance ``cov``, from ``start``."""
     return chi2k.minimise(inputs.predict, central, cov, start=start, labels=list(inputs.obs_set.labels))
 
 
@@ -125,12 +137,12 @@ def yardstick(inputs, central, cov_exp) -> tuple[Yardstick, list[MethodResult]]:
     grid = chi2k.chi2(inputs.grid, central, cov_inv).reshape(len(inputs.c9), len(inputs.c10))
     i, j = np.unravel_index(np.argmin(grid), grid.shape)
     t_grid = time.perf_counter() - t0
-    fit = _minimise(inputs, central, cov, (inputs.c9[i], inputs.c10[j]))
+    fit = minimise_inputs(inputs, central, cov, (inputs.c9[i], inputs.c10[j]))
     seconds = time.perf_counter() - t0
     sm = inputs.predict([[0.0, 0.0]])[0]
     chi2_sm = float(chi2k.chi2(sm, central, cov_inv))
     halves = [np.asarray(cov_exp) + h for h in inputs.theory_cov_halves]
-    fits = [_minimise(inputs, central, c, (fit.c9, fit.c10)) for c in halves]
+    fits = [minimise_inputs(inputs, central, c, (fit.c9, fit.c10)) for c in halves]
     pulls = [chi2k.sm_pull(float(chi2k.chi2(sm, central, chi2k.inverse_covariance(c))), f.chi2_min)
              for c, f in zip(halves, fits)]
     spread = {"draws_per_half": inputs.draws // 2, "dc9": fits[0].c9 - fits[1].c9,
@@ -148,17 +160,6 @@ def yardstick(inputs, central, cov_exp) -> tuple[Yardstick, list[MethodResult]]:
     return y, [row, g]
 
 
-def nuisance_fit(y: Yardstick) -> MethodResult:
-    """``chi2_nuisance``: the hadronic polynomials of every angular observable (``<P...>``) profiled with their priors."""
-    t0 = time.perf_counter()
-    obs_set = y.inputs.obs_set
-    families = {n: (n if n.startswith("<P") else None) for n, _, _ in obs_set.observables}
-    extra = chi2k.nuisance_covariance(obs_set, families=families)
-    fit = _minimise(y.inputs, y.central, y.cov + extra, (y.fit.c9, y.fit.c10))
-    return y.result("chi2_nuisance", fit, time.perf_counter() - t0,
-                    families=float(len({f for f in families.values() if f})))
-
-
 def _flavio_chi2(obs_set, points, theory_cov, experimental, n_exp: int, seed: int):
     """A Ray task's body: flavio's -2 log L at ``points`` (its own Sigma_exp and centres from ``n_exp`` draws), at
     ``points[4]`` with ours loaded instead, its wall seconds and this process's PYTHONHASHSEED."""
@@ -173,13 +174,82 @@ def _quadratic(points, centre, scale) -> np.ndarray:
     return np.stack([np.ones(len(u)), u[:, 0], u[:, 1], u[:, 0] ** 2, u[:, 0] * u[:, 1], u[:, 1] ** 2], 1)
 
 
+def _array_digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a, np.float64))
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def flavio_check_path(obs_set, points, theory_cov, experimental, n_exp: int, seed: int,
+                      cache: Path | None = None) -> tuple[Path, dict]:
+    """Where the flavio check of these inputs is cached, and what identifies it.
+
+    ``cache`` (default ``cache_dir()/globalfit``, beside the theory inputs of
+    :mod:`orchestrator.generate.predictions`) holds ``flavio-<h>.json``, ``h``
+    the sha256 of the observable set's key (observables, measurements, flavio
+    version), the stencil ``points``, ``n_exp``, the ``seed``, Sigma_th, our
+    (central, Sigma_exp) and PYTHONHASHSEED 0: the file holds flavio's chi^2 at
+    the points, at the centre with ours loaded, the seconds they took and the
+    identity itself. Only results computed with PYTHONHASHSEED 0 (the Ray task
+    always; this process only if it was started so) are written, so that what
+    is read is what a fresh run would compute.
+    """
+    from kernels.theory import cache_dir
+
+    ident = {"set": obs_set.key, "points": np.asarray(points, float).tolist(), "n_exp": int(n_exp), "seed": int(seed),
+             "theory_cov": _array_digest(theory_cov), "experimental": _array_digest(*experimental),
+             "pythonhashseed": "0"}
+    root = Path(cache) if cache is not None else cache_dir() / "globalfit"
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return root / f"flavio-{digest}.json", ident
+
+
+def _read_flavio_check(path: Path, ident: dict):
+    """The cached (chi2 at the points, chi2 with ours at the centre, seconds, "0"), or None (missing, unreadable, other)."""
+    try:
+        entry = json.loads(path.read_text())
+        if entry["ident"] != ident:
+            return None
+        return np.asarray(entry["chi2"], float), float(entry["chi2_our_exp"]), float(entry["seconds"]), "0"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_flavio_check(path: Path, ident: dict, result) -> bool:
+    values, ours, seconds, hashseed = result
+    if hashseed != "0":
+        log.info("flavio check: PYTHONHASHSEED is %s, not 0; not cached", hashseed)
+        return False
+    try:
+        atomic_write_json(path, {"ident": ident, "chi2": np.asarray(values, float).tolist(), "chi2_our_exp": float(ours),
+                                 "seconds": float(seconds)})
+    except ValueError:  # a non-finite chi^2: not worth keeping
+        return False
+    return True
+
+
 def start_flavio_check(y: Yardstick, n_exp: int, stencil: float, seed: int, use_ray: bool,
-                       address: str | None = None) -> Callable[[], MethodResult]:
-    """Submit flavio's likelihood on the stencil (a Ray task, or nothing yet without Ray); return ``finish()``."""
+                       address: str | None = None, cache: Path | None = None) -> Callable[[], MethodResult]:
+    """Submit flavio's likelihood on the stencil (a Ray task, or nothing yet without Ray); return ``finish()``.
+
+    A result cached by an earlier run (:func:`flavio_check_path`; ``cache``: its folder) is read instead, on the
+    driver, and nothing is submitted; a fresh one is written there by ``finish()``.
+    """
     centre, scale = np.array([y.fit.c9, y.fit.c10]), stencil * np.array(y.fit.errors)
     points = centre + chi2k.grid_points([-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0]) * scale  # points[4] is c*
     args = (y.inputs.obs_set, points, y.inputs.theory_cov, (y.central, y.cov_exp), int(n_exp), int(seed))
-    if use_ray:
+    path, ident = flavio_check_path(*args, cache=cache)
+    t0 = time.perf_counter()
+    hit = _read_flavio_check(path, ident)
+    if hit is not None:
+        read_seconds = time.perf_counter() - t0
+
+        def get():
+            return hit
+    elif use_ray:
         import ray
         from ray.exceptions import RayTaskError
 
@@ -202,7 +272,13 @@ def start_flavio_check(y: Yardstick, n_exp: int, stencil: float, seed: int, use_
             return _flavio_chi2(*args)
 
     def finish() -> MethodResult:
-        flavio, flavio_our_exp, seconds, hashseed = get()
+        result = get()
+        flavio, flavio_our_exp, seconds, hashseed = result
+        cache_metrics = {"cached": float(hit is not None), "seconds_computed": seconds}
+        if hit is not None:
+            seconds = read_seconds
+        else:
+            cache_metrics["written_to_cache"] = float(_write_flavio_check(path, ident, result))
         ours = y.chi2(points)
         d = flavio - ours
         design = _quadratic(points, centre, scale)
@@ -216,8 +292,10 @@ def start_flavio_check(y: Yardstick, n_exp: int, stencil: float, seed: int, use_
                         residual_chi2_min=fit.chi2_min - y.fit.chi2_min, d_at_min=float(d[4]),
                         d_at_min_our_exp=float(flavio_our_exp - ours[4]),
                         d_spread=float(np.ptp(d)), d_quadratic_residual=float(np.max(np.abs(design @ coef - d))),
-                        n_exp=n_exp, pythonhashseed=float(hashseed) if hashseed not in (None, "random") else math.nan)
-        r.params = {"n_exp": n_exp, "stencil_sigmas": stencil, "stencil": points.round(6).tolist(), "seed": seed}
+                        n_exp=n_exp, pythonhashseed=float(hashseed) if hashseed not in (None, "random") else math.nan,
+                        **cache_metrics)
+        r.params = {"n_exp": n_exp, "stencil_sigmas": stencil, "stencil": points.round(6).tolist(), "seed": seed,
+                    "cache": str(path)}
         return r
 
     return finish

@@ -3,9 +3,12 @@
 check everything (config, ``--workers``, ``--out``, the observable set against
 flavio's database, the experimental covariance) -> theory inputs on Ray, cached
 (:mod:`orchestrator.generate.predictions`) -> the chi^2 yardstick -> flavio's
-likelihood on a stencil (a Ray task that runs while the networks train) -> NN
-inverse map -> cGAN and its calibration (:mod:`orchestrator.evaluate.globalfit`)
--> ``OUT/summary.csv``, ``chi2_grid.parquet``, ``cgan_samples.parquet``,
+likelihood on a stencil (a Ray task that runs while the networks train; its
+result cached like the theory inputs) -> NN inverse map -> cGAN and its
+calibration (:mod:`orchestrator.evaluate.globalfit`); with ``nuisances: true``
+also the hadronic nuisances, profiled (``chi2_nuisance``) and learned by a
+second inverse map of (C9, C10, a) (``nn_nuisance``,
+:mod:`orchestrator.evaluate.nuisances`) -> ``OUT/summary.csv``, ``chi2_grid.parquet``, ``cgan_samples.parquet``,
 figures and ``report.md`` (:mod:`orchestrator.report.globalfit`) -> MLflow: a
 parent run (the config, the observable set's key, the report, tables and
 figures) and one child run per method (its point, widths, timings, training
@@ -34,8 +37,8 @@ __all__ = ["GlobalFitResult", "run_globalfit", "globalfit_config", "METHOD_ORDER
 
 log = logging.getLogger(__name__)
 
-#: The summary's row order (the contract's four first).
-METHOD_ORDER = ("chi2_min", "flavio", "nn", "cgan", "grid_min", "chi2_nuisance")
+#: The summary's row order (the contract's four first; ``nn_nuisance`` and ``chi2_nuisance`` with ``nuisances: true``).
+METHOD_ORDER = ("chi2_min", "flavio", "nn", "nn_nuisance", "cgan", "grid_min", "chi2_nuisance")
 
 
 @dataclass
@@ -65,22 +68,27 @@ def _log_method(tracker, r) -> None:
         tracker.model(r.model)
 
 
-def _train(cfg: GlobalFitConfig, y, stage):
-    """The NN and the cGAN on one torch thread (restored afterwards)."""
+def _train(cfg: GlobalFitConfig, y, stage, nuisance=None):
+    """The NN (and, given the ``chi2_nuisance`` row, the NN with nuisances) and the cGAN on one torch thread
+    (restored afterwards); returns the rows and the cGAN's samples."""
     import torch
 
     from orchestrator.evaluate.globalfit import fit_cgan, fit_nn
+    from orchestrator.evaluate.nuisances import fit_nn_nuisance
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         stage("training the NN inverse map")
-        nn = fit_nn(y, cfg.inverse_map_config(), cfg.asimov, cfg.seed)
+        rows = [fit_nn(y, cfg.inverse_map_config(), cfg.asimov, cfg.seed)]
+        if nuisance is not None:
+            stage("training the NN inverse map of (C9, C10) and the hadronic nuisances")
+            rows.append(fit_nn_nuisance(y, cfg.inverse_map_config(), cfg.asimov, cfg.seed, nuisance))
         stage(f"training the cGAN; its coverage on {cfg.coverage.pseudo_experiments} pseudo-experiments")
         cgan, samples = fit_cgan(y, cfg.cgan_config(), cfg.cgan_samples, cfg.coverage, cfg.seed)
     finally:
         torch.set_num_threads(threads)
-    return nn, cgan, samples
+    return [*rows, cgan], samples
 
 
 def run_globalfit(cfg: GlobalFitConfig, obs_set, experimental: tuple, out: Path, *, tracking_uri: str | None = None,
@@ -94,6 +102,7 @@ def run_globalfit(cfg: GlobalFitConfig, obs_set, experimental: tuple, out: Path,
     from importlib.metadata import version
 
     from orchestrator.evaluate import globalfit as ev
+    from orchestrator.evaluate.nuisances import nuisance_fit
     from orchestrator.generate.predictions import theory_inputs
     from orchestrator.report import globalfit as rep
     from orchestrator.track.runs import Tracker
@@ -116,12 +125,12 @@ def run_globalfit(cfg: GlobalFitConfig, obs_set, experimental: tuple, out: Path,
         tracker.metrics({f"seconds_{k}": v for k, v in inputs.seconds.items()})
         stage("chi2: grid, MIGRAD minimum, SM pull, seed spread of Sigma_th")
         y, rows = ev.yardstick(inputs, central, cov_exp)
-        if cfg.nuisances:
-            rows.append(ev.nuisance_fit(y))
+        nuisance = nuisance_fit(y) if cfg.nuisances else None
+        rows += [nuisance] if nuisance is not None else []
         fc = cfg.flavio_check
         finish = ev.start_flavio_check(y, fc.n_exp, fc.stencil, cfg.seed, workers != 0, address) if fc.enabled else None
-        nn, cgan, samples = _train(cfg, y, stage)
-        rows += [nn, cgan]
+        learned, samples = _train(cfg, y, stage, nuisance)
+        rows += learned
         if finish is not None:
             stage("flavio's FastLikelihood on the stencil around the minimum")
             rows.append(finish())

@@ -1,5 +1,5 @@
 """`ray job submit --working-dir .` against a real Ray head on loopback, with token authentication on, runs a
-tiny `wcscan run` (deploy/README.md).
+tiny `wcscan run`, then `wcscan globalfit --config demo` on the same head (deploy/README.md).
 
 The head is started as users start one, ``ray start --head`` (with its dashboard, from ``ray[default]``, a
 dependency of wcscan, as in deploy/Dockerfile: the job server lives there), on a machine that has a token:
@@ -9,9 +9,13 @@ authentication on by itself. The token lives under ``tmp_path`` (``RAY_AUTH_TOKE
 
 The test checks that a submit without the token, and one with a wrong token, are refused; that the submit
 with ``RAY_AUTH_MODE=token`` and the token succeeds; that inside the job ``wcscan`` joined that head through
-``$RAY_ADDRESS`` (its generation actors ran there, as part of the job); and what the job wrote to MLflow.
+``$RAY_ADDRESS`` (its generation actors ran there, as part of the job); and what the job wrote to MLflow. The
+global fit's job gets ``WCSCAN_CACHE`` (a temporary cache) through its runtime_env and ``--tracking-uri`` on its
+command line; the test checks that it succeeded, its summary's method rows, the cache it filled and its MLflow
+parent run with one child per method.
 """
 
+import csv
 import json
 import os
 import shutil
@@ -122,7 +126,7 @@ def loopback_head(free_port, auth_token):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_job_submit_runs_wcscan_on_a_head_with_token_auth(loopback_head, tmp_path, tiny_run_yaml):
+def test_ray_job_submit_runs_wcscan_run_and_globalfit_on_a_head_with_token_auth(loopback_head, tmp_path, tiny_run_yaml):
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import StateApiClient
@@ -193,3 +197,29 @@ def test_ray_job_submit_runs_wcscan_on_a_head_with_token_auth(loopback_head, tmp
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == len(runs) - 1
     assert sorted(r.info.run_name for r in children) == ["deepsets", "event_posterior", "ml_fit", "resnet3d"]
+
+    # The global fit, submitted to the same head: its theory inputs and flavio check go to a fresh cache
+    # ($WCSCAN_CACHE through the job's runtime_env, so the user's ~/.cache is not touched) and its runs to an
+    # MLflow store named by --tracking-uri.
+    gf_out, gf_cache = tmp_path / "gf-out", tmp_path / "gf-cache"
+    gf_uri = f"sqlite:///{(tmp_path / 'gf-mlflow.db').resolve()}"
+    submit_gf = [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".",
+                 "--runtime-env-json", json.dumps({"env_vars": {"WCSCAN_CACHE": str(gf_cache)}}), "--",
+                 "wcscan", "globalfit", "--config", "demo", "--out", str(gf_out), "--tracking-uri", gf_uri, "--quiet"]
+    proc = subprocess.run(submit_gf, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "succeeded" in log, log[-4000:]
+    jobs = JobSubmissionClient(url, headers=auth).list_jobs()
+    assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * 2, json.dumps([j.status for j in jobs])
+
+    with open(gf_out / "summary.csv", newline="") as fh:
+        assert [r["method"] for r in csv.DictReader(fh)] == ["chi2_min", "flavio", "nn", "cgan", "grid_min"]
+    cached = {f.name.split("-")[0] for f in (gf_cache / "globalfit").iterdir()}
+    assert cached == {"smcov", "surrogate", "grid", "flavio"}, cached  # the driver saw the job's WCSCAN_CACHE
+    client = MlflowClient(tracking_uri=gf_uri)
+    runs = client.search_runs([client.get_experiment_by_name("wcscan").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["kind"] == "globalfit" and parents[0].info.run_name == "globalfit-demo"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["cgan", "chi2_min", "flavio", "grid_min", "nn"]

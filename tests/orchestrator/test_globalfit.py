@@ -1,7 +1,8 @@
 """`wcscan globalfit` end to end on the demo preset: the contract's outputs, MLflow, the cache, the targets, bad input.
 
 The demo run (6 observables, 20 x 20 grid, Ray with 2 workers) is made once per module into a private cache;
-the rerun reads that cache with flavio's prediction functions disabled.
+the rerun reads that cache (theory inputs and the flavio check) with flavio's prediction functions and its
+likelihood disabled. The demo with ``nuisances: true`` adds the ``chi2_nuisance`` and ``nn_nuisance`` rows.
 """
 
 import csv
@@ -111,20 +112,124 @@ def test_the_demo_meets_the_issue_targets(demo_run):
 
 
 def test_a_rerun_reads_the_cache_and_calls_no_flavio_prediction(demo_run, tmp_path, monkeypatch):
-    from kernels import observables
+    from kernels import chi2, observables
 
     def refuse(*args, **kwargs):
         raise AssertionError("the cached rerun called flavio's predictions")
 
     for name in ("predict", "theory_covariance", "fit_surrogate"):
         monkeypatch.setattr(observables, name, refuse)
+    monkeypatch.setattr(chi2, "flavio_likelihood_chi2", refuse)  # the flavio check, too, comes from the cache
     _, first = demo_run
     out = tmp_path / "again"
     assert main(["globalfit", "--config", "demo", "--out", str(out), "--workers", "0", "--quiet"]) == 0
-    assert "all read from the cache" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "all read from the cache" in report and "Read from the cache (computed in" in report
     a, b = _rows(first), _rows(out)
-    for method in ("chi2_min", "nn", "cgan", "grid_min"):  # the same numbers (flavio's own draws may differ)
+    for method in ("chi2_min", "flavio", "nn", "cgan", "grid_min"):  # the same numbers, flavio's own included
         assert {k: v for k, v in a[method].items() if k != "seconds"} == {k: v for k, v in b[method].items() if k != "seconds"}
+
+
+@pytest.fixture(scope="module")
+def demo_yardstick(demo_run):
+    """The demo's chi^2 yardstick, its theory inputs read from the module's cache (no Ray, no flavio call)."""
+    from kernels.observables import experimental, load_observable_set
+    from orchestrator.config.globalfit import load_globalfit_config
+    from orchestrator.evaluate.globalfit import yardstick
+    from orchestrator.generate.predictions import theory_inputs
+
+    cfg = load_globalfit_config("demo")
+    obs_set = load_observable_set(cfg.observables)
+    tc, sc = cfg.theory_covariance, cfg.surrogate
+    inputs = theory_inputs(obs_set, cfg.grid.c9, cfg.grid.c10, draws=tc.draws, seed=tc.seed, chunks=tc.chunks,
+                           surrogate=sc.model_dump(exclude={"enabled"}), chunk=cfg.grid.chunk, workers=0)
+    assert all(inputs.cached.values())
+    return yardstick(inputs, *experimental(obs_set))[0]
+
+
+def test_the_flavio_check_is_cached_by_its_inputs(demo_yardstick, tmp_path, monkeypatch):
+    """A second call with the same inputs reads the first one's result (flavio would raise); another n_exp or seed
+    does not; a result computed under a random PYTHONHASHSEED is not written."""
+    from orchestrator.evaluate import globalfit as ev
+
+    y, calls = demo_yardstick, []
+
+    def fake(obs_set, points, theory_cov, experimental, n_exp, seed, hashseed="0"):
+        calls.append((n_exp, seed))
+        u = points - points[4]
+        return y.chi2(points) + 0.3 + 0.1 * u[:, 0] - 0.2 * u[:, 1] ** 2, 0.01, 2.5, hashseed
+
+    def refuse(*args):
+        raise AssertionError("the cached flavio check ran again")
+
+    def check(n_exp=100, seed=0, use_ray=False):
+        return ev.start_flavio_check(y, n_exp, 1.0, seed, use_ray, cache=tmp_path)()
+
+    monkeypatch.setattr(ev, "_flavio_chi2", fake)
+    first = check()
+    assert calls == [(100, 0)] and first.metrics["cached"] == 0.0 and first.metrics["written_to_cache"] == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == [Path(first.params["cache"]).name]
+    assert first.c9 != y.fit.c9 and first.chi2 == pytest.approx(y.fit.chi2_min + 0.3, abs=0.05)  # the fake's offset
+
+    monkeypatch.setattr(ev, "_flavio_chi2", refuse)
+    for use_ray in (False, True):  # read on the driver: no task is submitted either
+        again = check(use_ray=use_ray)
+        assert again.metrics["cached"] == 1.0 and again.metrics["seconds_computed"] == 2.5
+        assert (again.c9, again.c10, again.chi2, again.sigma_c9) == (first.c9, first.c10, first.chi2, first.sigma_c9)
+
+    monkeypatch.setattr(ev, "_flavio_chi2", fake)
+    check(n_exp=200)
+    check(seed=1)
+    assert calls[1:] == [(200, 0), (100, 1)] and len(list(tmp_path.iterdir())) == 3
+
+    monkeypatch.setattr(ev, "_flavio_chi2", lambda *a: fake(*a, hashseed=None))
+    unfixed = check(n_exp=300)
+    assert unfixed.metrics["written_to_cache"] == 0.0 and len(list(tmp_path.iterdir())) == 3
+
+
+#: The demo with the hadronic nuisances on; its token cGAN and no flavio check keep it to seconds.
+NUISANCE_METHODS = ["chi2_min", "nn", "nn_nuisance", "cgan", "grid_min", "chi2_nuisance"]
+
+
+@pytest.fixture(scope="module")
+def nuisance_run(demo_run, tmp_path_factory):
+    """``nuisances: true`` on the demo (theory inputs from the module's cache, no Ray)."""
+    root = tmp_path_factory.mktemp("gf-nuisances")
+    cfg = root / "nuisances.yaml"
+    cfg.write_text(yaml.safe_dump({
+        **_yaml(PRESETS / "demo.yaml"), "name": "demo-nuisances", "nuisances": True, "flavio_check": {"enabled": False},
+        "cgan": {"hidden": 16, "layers": 2, "epochs": 2, "noise_draws": 1}, "cgan_samples": 200,
+        "coverage": {"pseudo_experiments": 20, "samples": 50, "level": 0.68}}))
+    out = root / "out"
+    assert main(["globalfit", "--config", str(cfg), "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    return out
+
+
+def test_nuisances_add_the_profiled_and_the_learned_rows(nuisance_run):
+    rows = _rows(nuisance_run)
+    assert list(rows) == NUISANCE_METHODS
+    assert all(np.isfinite(list(r.values())[1:]).all() for r in rows.values())
+    _, children = _runs(nuisance_run)
+    assert sorted(children) == sorted(NUISANCE_METHODS)
+    assert "## NN inverse map with the hadronic nuisances" in (nuisance_run / "report.md").read_text()
+
+
+def test_nn_nuisance_recovers_asimov_truths_and_matches_the_profiled_fit(nuisance_run):
+    rows = _rows(nuisance_run)
+    _, children = _runs(nuisance_run)
+    m = children["nn_nuisance"].data.metrics
+    assert m["n_nuisances"] == 6  # (a0, a1, a2) for <P2> and for <P5p>
+    # (C9, C10) on Asimov data at the 3 truths, the nuisances at 0: the nn's target
+    assert m["asimov_max_abs_error"] < 0.1
+    # the nuisances drawn from their priors: against the exact posterior mean of the linearised model
+    assert m["asimov_shifted_max_abs_error_vs_exact"] < 0.1
+    # on the data: near the chi2_nuisance minimum, with its widths
+    assert m["delta_chi2_nuisance"] <= 1.0
+    assert 0.8 < m["sigma_c9_over_nuisance_hesse"] < 1.25 and 0.8 < m["sigma_c10_over_nuisance_hesse"] < 1.25
+    assert rows["nn_nuisance"]["chi2"] == pytest.approx(rows["chi2_nuisance"]["chi2"] + m["delta_chi2_nuisance"])
+    # the nuisances' own estimates and widths beside the exact ones (demo: the data barely see them, both ~ prior)
+    assert abs(m["nuisance_mean_abs_error_over_prior"] - m["nuisance_exact_mean_abs_error_over_prior"]) < 0.1
+    assert abs(m["nuisance_sigma_over_prior"] - m["nuisance_exact_sigma_over_prior"]) < 0.1
 
 
 def test_direct_predictions_on_ray_match_the_surrogate_grid(demo_run, cache, tmp_path):
