@@ -15,6 +15,16 @@ r"""Deep Sets (Zaheer et al., arXiv:1703.06114): a permutation-invariant regress
   :math:`(\mu, \sigma)` of a Gaussian predictive density (``head="gaussian"``,
   output ``(batch, 2)``; see :mod:`models.heads`).
 
+The summary phi learns (``summary="learned"``, the default) is whatever end-to-end
+training on sets makes of it. With ``summary="score"`` phi instead ends in
+``len(score_points)`` outputs, meant to be regressed event by event on the
+simulator's joint scores :math:`t(z; d_k)` at fixed reference shifts :math:`d_k`
+(standardised by the buffers ``score_mean``, ``score_std``), and the pooled means
+are standardised again (``pooled_mean``, ``pooled_std``) before rho. The mean of the
+scores at :math:`d_k` over a set is its log-likelihood's slope there, divided by N,
+so the pooled vector is a near-sufficient summary of the set by construction;
+:mod:`models.deepsets_score` trains it in two stages.
+
 Sets come as a tensor ``(batch, N, 4)``: equal-size sets need no mask. Sets of
 different sizes are padded to the longest and passed with a boolean ``mask``
 ``(batch, N)`` (True = real event); padded rows never reach the result
@@ -38,9 +48,10 @@ from kernels.errors import ConfigError
 from models.features import N_EVENT_VARIABLES, N_FEATURES, EventFeatures, mlp
 from models.heads import GaussianHead, check_head, finish_output, head_units
 
-__all__ = ["POOLS", "DeepSets"]
+__all__ = ["POOLS", "SUMMARIES", "DeepSets"]
 
 POOLS = ("mean", "sum")
+SUMMARIES = ("learned", "score")
 
 
 class DeepSets(nn.Module):
@@ -51,7 +62,9 @@ class DeepSets(nn.Module):
     (``rho_hidden`` defaults to ``hidden``), ``pool`` ("mean" or "sum"),
     ``log_n`` (append ln N to the pooled vector), ``dropout`` in rho, ``outputs`` (1),
     ``head`` ("point", or "gaussian": a mean and a sigma per output, :mod:`models.heads`;
-    recorded in ``hparams`` only when it is not "point").
+    recorded in ``hparams`` only when it is not "point"); ``summary`` ("learned", or "score"
+    with the reference shifts ``score_points``: phi's outputs are joint scores there, ``latent``
+    is then ``len(score_points)``; recorded only when it is "score").
     """
 
     def __init__(
@@ -66,8 +79,17 @@ class DeepSets(nn.Module):
         dropout: float = 0.0,
         outputs: int = 1,
         head: str = "point",
+        summary: str = "learned",
+        score_points: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
+        if summary not in SUMMARIES:
+            raise ConfigError(f"summary must be one of {', '.join(SUMMARIES)}, got {summary!r}")
+        if summary == "score":
+            if not score_points:
+                raise ConfigError("summary 'score' needs score_points, the reference shifts of phi's joint scores")
+            score_points = tuple(float(d) for d in score_points)
+            latent = len(score_points)
         if pool not in POOLS:
             raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         if latent < 1 or outputs < 1:
@@ -79,6 +101,10 @@ class DeepSets(nn.Module):
         )
         if check_head(head) != "point":
             self.hparams["head"] = head
+        self.summary = summary
+        self.score_points = score_points if summary == "score" else None
+        if summary == "score":
+            self.hparams.update(summary=summary, score_points=score_points)
         self.head_kind = head
         self.gaussian = GaussianHead() if head == "gaussian" else None
         self.pool = pool
@@ -87,7 +113,14 @@ class DeepSets(nn.Module):
         self.features = EventFeatures()
         # phi ends in a nonlinearity so that the pooled vector is a sum of features, not of a linear map
         # (a linear last layer would commute with the pooling and waste capacity).
-        self.phi = nn.Sequential(mlp(N_FEATURES, hidden, phi_layers, latent), nn.ReLU())
+        # A score summary ends linearly: its outputs are regression targets, and their means are the summary.
+        self.phi = (mlp(N_FEATURES, hidden, phi_layers, latent) if summary == "score"
+                    else nn.Sequential(mlp(N_FEATURES, hidden, phi_layers, latent), nn.ReLU()))
+        if summary == "score":
+            for name in ("score_mean", "pooled_mean"):
+                self.register_buffer(name, torch.zeros(latent))
+            for name in ("score_std", "pooled_std"):
+                self.register_buffer(name, torch.ones(latent))
         self.rho = mlp(latent + int(self.log_n), rho_hidden, rho_layers, head_units(head, outputs), dropout=dropout)
 
     def fit_features(self, events, max_events: int = 1_000_000) -> DeepSets:
@@ -120,6 +153,8 @@ class DeepSets(nn.Module):
             if bool((n < 1).any()):
                 raise ConfigError("every set needs at least one event (a mask row is all False)")
         pooled = total / n if self.pool == "mean" else total
+        if self.summary == "score":
+            pooled = (pooled - self.pooled_mean) / self.pooled_std
         if self.log_n:
             pooled = torch.cat([pooled, torch.log(n)], dim=1)
         return pooled

@@ -21,9 +21,9 @@ __all__ = ["STREAM_SEED_OFFSET", "MODEL_STREAMS", "KINDS", "VAL_PHASE", "FIT_PHA
 #: Third entry of every streamed-training seed: ``4 * 10**6 + MODEL_STREAMS[model]``.
 STREAM_SEED_OFFSET = 4 * 10**6
 #: The stream id of each model.
-MODEL_STREAMS = {"resnet3d": 0, "deepsets": 1, "event_classifier": 2}
+MODEL_STREAMS = {"resnet3d": 0, "deepsets": 1, "event_classifier": 2, "deepsets_score": 3}
 #: What each model is fed: voxel images, sets of events, single labelled events.
-KINDS = {"resnet3d": "images", "deepsets": "sets", "event_classifier": "events"}
+KINDS = {"resnet3d": "images", "deepsets": "sets", "event_classifier": "events", "deepsets_score": "sets"}
 #: Phases: validation data, the standardisation sample, then epoch ``e`` is ``EPOCH_PHASE + e``.
 VAL_PHASE, FIT_PHASE, EPOCH_PHASE = 0, 1, 2
 #: Events per seeded unit of the event classifier's stream.

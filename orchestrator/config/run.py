@@ -170,6 +170,27 @@ class DeepSetsConfig(_DataSource, _Head):
     sets_per_point: int = Field(gt=0)
     stream_sets_per_point: int | None = Field(None, gt=0)  # per epoch; default: sets_per_point
     train: TrainConfig = TrainConfig()
+    # summary "score" (orchestrator.jobs.deepsets_score): phi regressed on the joint scores at
+    # score_points shifts over train_range, on score_events fresh joint draws (trained with phi_train);
+    # rho (trained with train) on sets_per_point sets at each of rho_points shifts over rho_range
+    summary: Literal["learned", "score"] = "learned"
+    score_points: int = Field(16, gt=1)
+    score_events: int = Field(500_000, gt=0)
+    train_range: tuple[float, float] | None = None
+    rho_range: tuple[float, float] | None = None
+    rho_points: int = Field(44, gt=1)
+    phi_train: TrainConfig = TrainConfig(epochs=6, batch_size=1024, lr=0.003, weight_decay=0.0, loss="mse")
+
+    @model_validator(mode="after")
+    def _summary_settings(self):
+        for name in ("train_range", "rho_range"):
+            r = getattr(self, name)
+            if r is not None and not r[0] < r[1]:
+                raise ValueError(f"{name} must be [LO, HI] with LO < HI, got {list(r)}")
+        if self.summary == "score" and self.stream_sets_per_point is not None:
+            raise ValueError("stream_sets_per_point is for summary: learned; the score summary draws "
+                             "sets_per_point sets at each of rho_points shifts once")
+        return self
 
 
 class ClassifierConfig(_DataSource):

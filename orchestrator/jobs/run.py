@@ -55,11 +55,12 @@ def _train_config(tc, cfg: RunConfig, **override):
 class _EpochLogger:
     """Per-epoch metrics into the active MLflow child run, and a progress tick."""
 
-    def __init__(self, tracker, advance):
-        self.tracker, self.advance = tracker, advance
+    def __init__(self, tracker, advance, prefix: str = ""):
+        self.tracker, self.advance, self.prefix = tracker, advance, prefix
 
     def __call__(self, epoch, train_loss, val_loss, lr, *rest):
-        self.tracker.metrics({"val_loss": val_loss, "train_loss": train_loss, "lr": lr}, step=epoch)
+        p = self.prefix
+        self.tracker.metrics({f"{p}val_loss": val_loss, f"{p}train_loss": train_loss, f"{p}lr": lr}, step=epoch)
         if self.advance is not None:
             self.advance(1)
 
@@ -93,8 +94,16 @@ def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress):
     from orchestrator.build.stream import releasing, streamed_data
 
     dc = cfg.models.deepsets
-    seed_everything(cfg.seed)
     tc = _train_config(dc.train, cfg, loss=dc.training_loss)
+    if dc.summary == "score":
+        from kernels import detector, theory
+        from orchestrator.jobs.deepsets_score import train_score_deepsets
+
+        table = theory.jtable(["C9_bsmumu"], [tuple(w) for w in cfg.theory.windows])
+        det = detector.DetectorConfig.from_dict(cfg.scan.detector)
+        return train_score_deepsets(cfg, table, det, cfg.scan.level, _train_config(dc.phi_train, cfg), tc, pools,
+                                    lambda adv, prefix="": _EpochLogger(tracker, adv, prefix), progress)
+    seed_everything(cfg.seed)
     if dc.data == "stream":
         train_set, val_set, sample = streamed_data(cfg, "deepsets", tc)
     else:
@@ -188,7 +197,8 @@ def run_job(
             sets, crb = evaluation_sets(table, pdf, ec.dc9, ec.events_per_set, ec.sets, cfg.seed, level, det, adv or None)
 
         mc = cfg.models
-        need_pools = (mc.deepsets and mc.deepsets.enabled) or (
+        need_pools = (mc.deepsets and mc.deepsets.enabled and not (mc.deepsets.summary == "score"
+                                                                  and mc.deepsets.data == "stream")) or (
             mc.event_classifier and mc.event_classifier.enabled and mc.event_classifier.head != "score")
         pools = read_pools(events_dir, manifest, level) if need_pools else None
         images_dir = out / "images"

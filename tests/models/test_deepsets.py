@@ -93,3 +93,54 @@ def test_deep_sets_learns_the_mean_of_gaussian_sets(toy_events):
     assert np.corrcoef(pred, truth)[0, 1] > 0.9
     means = pred.reshape(4, 20).mean(axis=1)
     assert np.all(np.abs(means - truths) < 0.2)  # the ideal estimator's sigma per set is 1/sqrt(50) = 0.14
+
+
+def test_a_score_summary_needs_its_reference_shifts():
+    with pytest.raises(ConfigError, match="score_points"):
+        DeepSets(summary="score")
+    with pytest.raises(ConfigError, match="summary"):
+        DeepSets(summary="sufficient")
+
+
+def test_the_score_summary_reaches_the_bound_of_gaussian_sets(toy_events, one_torch_thread):
+    """q2 ~ N(d, 1): the joint score at d_k is q2 - d_k, the bound of a set of N is 1/sqrt(N).
+
+    The learned summary of the test above is 0.2 from the truth at 9 labels; the two-stage score
+    summary, on sets at continuous d, must come within 15% of the bound with widths that cover."""
+    from models.deepsets_score import pooled_vectors, pretrain_phi, train_rho
+
+    rng = np.random.default_rng(1)
+    points = (-1.5, -0.5, 0.5, 1.5)
+    x = toy_events(0.0, 40_000, rng)
+    x[:, 0] = rng.uniform(-2.0, 2.0, 40_000) + rng.normal(0, 1, 40_000)
+    scores = np.stack([x[:, 0] - d for d in points], axis=1)
+    seed_everything(0)
+    net = DeepSets(hidden=32, phi_layers=2, rho_layers=2, head="gaussian", summary="score", score_points=points)
+    hist = pretrain_phi(net, x[:30_000], scores[:30_000], x[30_000:], scores[30_000:],
+                        TrainConfig(epochs=5, batch_size=512, lr=3e-3, loss="mse", weight_decay=0.0))
+    assert hist["best_val_loss"] < 0.02  # the standardised scores are learned nearly exactly
+
+    N = 100
+
+    def sets(n, seed):
+        r = np.random.default_rng(seed)
+        d = r.uniform(-1.5, 1.5, n)
+        for i in range(0, n, 64):
+            b = d[i:i + 64]
+            yield np.stack([toy_events(v, N, r) for v in b]), b
+
+    pooled, d = pooled_vectors(net, sets(4000, 2))
+    val_pooled, val_d = pooled_vectors(net, sets(600, 3))
+    seed_everything(0)
+    train_rho(net, pooled, d, val_pooled, val_d,
+              TrainConfig(epochs=150, batch_size=128, lr=3e-3, loss="gaussian_nll", weight_decay=0.0, patience=30))
+    truths = np.array([-1.0, 0.0, 1.0])
+    test = np.stack([toy_events(t, N, rng) for t in truths for _ in range(200)])
+    mean, width = DeepSetsEstimator(net).predict(test)
+    mean, width = mean.reshape(3, 200), width.reshape(3, 200)
+    bound = 1 / np.sqrt(N)
+    assert np.all(mean.std(axis=1, ddof=1) < 1.15 * bound)
+    assert np.all(np.abs(mean.mean(axis=1) - truths) < 0.3 * bound)
+    assert np.all(np.abs(width.mean(axis=1) / bound - 1) < 0.15)
+    covered = np.abs(mean - truths[:, None]) < width
+    assert 0.6 < covered.mean() < 0.76
