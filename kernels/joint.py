@@ -72,6 +72,8 @@ __all__ = [
     "reference_sample",
     "JOINT_SEED_OFFSET",
     "joint_seed",
+    "scores_at",
+    "voxel_score_sums",
 ]
 
 #: Offset of the stream id in the seeds of the simulator-assisted draws of a run:
@@ -184,6 +186,50 @@ def joint_score(table: JTable, true_events, d, norm: np.ndarray | None = None, i
     if sig.any():
         out[sig] = score_from_projections(likelihood.project(table, z[sig]), dd[sig], gamma)
     return out[:, 0] if table.n_shifts == 1 else out
+
+
+def scores_at(table: JTable, true_events, points, norm: np.ndarray | None = None, is_signal=None) -> np.ndarray:
+    """Joint scores ``(n, K)`` of each event at each of the fixed shifts ``points`` (one coefficient): one projection
+    of the events, then the K scores; 0 for background events.
+
+    >>> import numpy as np
+    >>> from kernels.theory import jtable
+    >>> t = jtable(["C9_bsmumu"], [[1.1, 6.0]])
+    >>> z = np.array([[2.0, 0.1, -0.3, 1.0]])
+    >>> bool(np.allclose(scores_at(t, z, [-1.0, 0.5])[0], [joint_score(t, z, -1.0)[0], joint_score(t, z, 0.5)[0]]))
+    True
+    """
+    if table.n_shifts != 1:
+        raise ConfigError("scores_at takes one coefficient; the table scans several")
+    z = _events(true_events)
+    pts = np.asarray(points, dtype=np.float64).reshape(-1)
+    gamma = table.rate_integral() if norm is None else np.asarray(norm, dtype=np.float64)
+    sig = _signal(is_signal, z.shape[0])
+    out = np.zeros((z.shape[0], pts.size))
+    if sig.any():
+        a = likelihood.project(table, z[sig])
+        m, dm = monomials(pts[:, None]), _gradients(pts[:, None])[:, 0]  # (K, P) each
+        out[sig] = (a @ dm.T) / (a @ m.T) - (dm @ gamma) / (m @ gamma)
+    return out
+
+
+def voxel_score_sums(table: JTable, true_events, observed, points, bins: int, norm: np.ndarray | None = None,
+                     is_signal=None) -> np.ndarray:
+    """The sums of the joint scores at ``points`` over the events of each voxel, ``(K, B, B, B)`` float32.
+
+    Events are binned by their ``observed`` values ``(n, 4)`` exactly as :func:`kernels.voxels.voxelize`
+    bins them (the smeared event at detector level); the scores are those of their truth. Regressed on
+    the voxel image, these give the image's own score at each point (:mod:`models.resnet_score`).
+    """
+    from kernels.voxels import bin_index
+
+    x = np.asarray(observed)
+    t = scores_at(table, true_events, points, norm, is_signal)
+    ix = bin_index(x[:, 1], x[:, 2], x[:, 3], bins)
+    flat = (ix[0] * bins + ix[1]) * bins + ix[2]
+    size = bins**3
+    out = np.stack([np.bincount(flat, weights=t[:, k], minlength=size) for k in range(t.shape[1])])
+    return out.reshape(t.shape[1], bins, bins, bins).astype(np.float32)
 
 
 def joint_log_ratio(table: JTable, true_events, d0, d1, norm: np.ndarray | None = None, is_signal=None) -> np.ndarray:

@@ -47,8 +47,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from kernels.errors import ConfigError
+from models import score_summary
 from models.deepsets import DeepSets
-from models.heads import finish_output
 from models.training import TrainConfig, train
 
 __all__ = ["pretrain_phi", "pooled_vectors", "train_rho"]
@@ -63,19 +63,6 @@ class _Phi(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.phi(self.net.features(x))
-
-
-class _Rho(nn.Module):
-    """rho and the head alone, on pooled vectors ``(n, K [+ 1])``."""
-
-    def __init__(self, net: DeepSets) -> None:
-        super().__init__()
-        self.net = net
-        self.hparams = {"head": net.head_kind}
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        n = self.net
-        return finish_output(n.rho(pooled), n.head_kind, n.outputs, n.gaussian)
 
 
 def _need_score(net: DeepSets) -> None:
@@ -133,23 +120,6 @@ def pooled_vectors(net: DeepSets, sets: Iterable[tuple[np.ndarray, np.ndarray]],
 def train_rho(net: DeepSets, pooled: torch.Tensor, d: torch.Tensor, val_pooled: torch.Tensor, val_d: torch.Tensor,
               config: TrainConfig, on_epoch=None) -> dict:
     """Stage 2: set ``pooled_mean``/``pooled_std`` from the training vectors (raw, from :func:`pooled_vectors`),
-    freeze phi, and train rho on ``(pooled, d)`` with ``config``."""
+    freeze phi, and train rho on ``(pooled, d)`` with ``config`` (:func:`models.score_summary.train_rho`)."""
     _need_score(net)
-    k = len(net.score_points)
-    with torch.no_grad():
-        net.pooled_mean.copy_(pooled[:, :k].double().mean(0))
-        net.pooled_std.copy_(pooled[:, :k].double().std(0).clamp_min(1e-12))
-
-    def scaled(p):
-        p = p.clone()
-        p[:, :k] = (p[:, :k] - net.pooled_mean) / net.pooled_std
-        return p.float()
-
-    for p in net.phi.parameters():
-        p.requires_grad_(False)
-    try:
-        return train(_Rho(net), TensorDataset(scaled(pooled), d.float()), TensorDataset(scaled(val_pooled), val_d.float()),
-                     config, on_epoch=on_epoch)
-    finally:
-        for p in net.phi.parameters():
-            p.requires_grad_(True)
+    return score_summary.train_rho(net, pooled, d, val_pooled, val_d, config, frozen=net.phi, on_epoch=on_epoch)

@@ -21,9 +21,11 @@ __all__ = ["STREAM_SEED_OFFSET", "MODEL_STREAMS", "KINDS", "VAL_PHASE", "FIT_PHA
 #: Third entry of every streamed-training seed: ``4 * 10**6 + MODEL_STREAMS[model]``.
 STREAM_SEED_OFFSET = 4 * 10**6
 #: The stream id of each model.
-MODEL_STREAMS = {"resnet3d": 0, "deepsets": 1, "event_classifier": 2, "deepsets_score": 3}
+MODEL_STREAMS = {"resnet3d": 0, "deepsets": 1, "event_classifier": 2, "deepsets_score": 3, "resnet3d_score": 4,
+                 "resnet3d_rho": 5}
 #: What each model is fed: voxel images, sets of events, single labelled events.
-KINDS = {"resnet3d": "images", "deepsets": "sets", "event_classifier": "events", "deepsets_score": "sets"}
+KINDS = {"resnet3d": "images", "deepsets": "sets", "event_classifier": "events", "deepsets_score": "sets",
+         "resnet3d_score": "voxel_scores", "resnet3d_rho": "images"}
 #: Phases: validation data, the standardisation sample, then epoch ``e`` is ``EPOCH_PHASE + e``.
 VAL_PHASE, FIT_PHASE, EPOCH_PHASE = 0, 1, 2
 #: Events per seeded unit of the event classifier's stream.
@@ -85,6 +87,7 @@ class StreamJob:
     windows: tuple[tuple[float, float], ...] = ((1.1, 6.0),)
     theory_key: str | None = None
     fill: float = 0.0  # empty voxels' q2, as the stored images (build_images' default)
+    score_points: tuple[float, ...] = ()  # kind "voxel_scores": the shifts of the per-voxel joint-score sums
 
     @property
     def kind(self) -> str:
@@ -109,7 +112,8 @@ class Chunk:
 
 def default_chunk_units(job: StreamJob) -> int:
     """Units per chunk: at most :data:`CHUNK_EVENTS` events drawn and :data:`CHUNK_BYTES` returned."""
-    out_bytes = 2 * job.bins**3 * 4 if job.kind == "images" else job.unit * 16
+    out_bytes = {"images": 2 * job.bins**3 * 4, "voxel_scores": (2 + len(job.score_points)) * job.bins**3 * 4}.get(
+        job.kind, job.unit * 16)
     return max(1, min(CHUNK_EVENTS // job.unit, CHUNK_BYTES // out_bytes))
 
 
@@ -151,12 +155,40 @@ def _events(job: StreamJob, dc9: float, n: int, seed: tuple) -> np.ndarray:
     return np.stack([t.column(c).to_numpy() for c in COLUMNS])
 
 
+@lru_cache(maxsize=4)
+def _norm(windows: tuple, key: str | None, level: str, detector: tuple):
+    from kernels import joint
+    from kernels.detector import DetectorConfig
+
+    det = DetectorConfig.from_dict(dict(detector))
+    return joint.normalisation(_theory(windows, key), joint.true_efficiency(level, windows, det))
+
+
+def _voxel_scores(job: StreamJob, dc9: float, seed: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """One image (2, B, B, B) and its per-voxel joint-score sums (K, B, B, B) (:func:`kernels.joint.voxel_score_sums`)."""
+    from kernels.detector import DetectorConfig, sample_level_truth
+    from kernels.joint import voxel_score_sums
+    from kernels.voxels import voxelize
+
+    table = _theory(job.windows, job.theory_key)
+    s = sample_level_truth(table, [dc9], job.unit, seed, job.level, DetectorConfig.from_dict(dict(job.detector)))
+    ev = s.events
+    image = voxelize(ev[1], ev[2], ev[3], ev[0], job.bins, n_images=1, fill=job.fill)[0]
+    norm = _norm(job.windows, job.theory_key, job.level, job.detector)
+    labels = voxel_score_sums(table, s.truth.T, ev.T, job.score_points, job.bins, norm, s.is_signal)
+    return image, labels
+
+
 def make_chunk(job: StreamJob, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
     """``(inputs, targets)`` of one chunk: images (n, 2, B, B, B) or sets (n, N, 4) with their dC9
-    (float32), or events (n, 4) with their point index (int64)."""
+    (float32), events (n, 4) with their point index (int64), or images with their per-voxel joint-score
+    sums (n, K, B, B, B) (kind "voxel_scores")."""
     d = job.grid[chunk.point]
     units = range(chunk.first, chunk.first + chunk.count)
     seeds = [stream_seed(job.seed, chunk.point, job.model, chunk.phase, k) for k in units]
+    if job.kind == "voxel_scores":
+        pairs = [_voxel_scores(job, d, s) for s in seeds]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
     if job.kind == "events":
         ev = np.concatenate([_events(job, d, min(job.unit, chunk.per_point - k * job.unit), s)
                              for k, s in zip(units, seeds)], axis=1)

@@ -158,6 +158,32 @@ class ResNetConfig(_DataSource, _Head):
     dropout: float = Field(0.5, ge=0, lt=1)
     stream_images_per_point: int | None = Field(None, gt=0)  # per epoch; default: the images' train count
     train: TrainConfig = TrainConfig()
+    # summary "score" (orchestrator.jobs.resnet_score; needs data: stream): a fully convolutional ResNet of
+    # `blocks` residual blocks regresses per-voxel joint-score sums at score_points shifts over train_range on
+    # score_images fresh images (trained with phi_train); rho (trained with train) on rho_images_per_point fresh
+    # images at each of rho_points shifts over rho_range. depth and dropout are the learned summary's.
+    summary: Literal["learned", "score"] = "learned"
+    score_points: int = Field(16, gt=1)
+    score_images: int = Field(2000, gt=0)
+    blocks: int = Field(2, ge=0)
+    train_range: tuple[float, float] | None = None
+    rho_range: tuple[float, float] | None = None
+    rho_points: int = Field(42, gt=1)
+    rho_images_per_point: int = Field(80, gt=0)
+    phi_train: TrainConfig = TrainConfig(epochs=12, batch_size=16, lr=0.002, weight_decay=0.0, loss="mse")
+
+    @model_validator(mode="after")
+    def _summary_settings(self):
+        for name in ("train_range", "rho_range"):
+            r = getattr(self, name)
+            if r is not None and not r[0] < r[1]:
+                raise ValueError(f"{name} must be [LO, HI] with LO < HI, got {list(r)}")
+        if self.summary == "score" and self.data != "stream":
+            raise ValueError("summary: score draws its own fresh images: it needs data: stream")
+        if self.summary == "score" and self.stream_images_per_point is not None:
+            raise ValueError("stream_images_per_point is for summary: learned; the score summary draws "
+                             "score_images and rho_images_per_point images once")
+        return self
 
 
 class DeepSetsConfig(_DataSource, _Head):

@@ -73,8 +73,13 @@ def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress):
     from orchestrator.build.stream import releasing, streamed_data
 
     rc = cfg.models.resnet3d
-    seed_everything(cfg.seed)  # the initial weights are part of the run: same config, same network
     tc = _train_config(rc.train, cfg, loss=rc.training_loss)
+    if rc.summary == "score":
+        from orchestrator.jobs.resnet_score import train_score_resnet
+
+        return train_score_resnet(cfg, _train_config(rc.phi_train, cfg), tc,
+                                  lambda adv, prefix="": _EpochLogger(tracker, adv, prefix), progress)
+    seed_everything(cfg.seed)  # the initial weights are part of the run: same config, same network
     if rc.data == "stream":
         train_set, val_set, fit = streamed_data(cfg, "resnet3d", tc)
     else:

@@ -141,3 +141,23 @@ def test_bad_inputs_are_refused(c9_table):
         joint.sample_joint(c9_table, (1.0, -1.0), 100, (1,))
     with pytest.raises(ConfigError, match="is_signal"):
         joint.joint_score(c9_table, np.full((3, 4), 0.5) + [2, 0, 0, 0], 0.0, is_signal=[True])
+
+
+def test_voxel_score_sums_bin_each_events_scores_where_voxelize_puts_it(c9_table, det_norm):
+    from kernels.voxels import bin_index, voxelize
+
+    s = detector.sample_level_truth(c9_table, [0.3], 3000, (9, 1), "det_bkg", detector.DetectorConfig())
+    ev, truth = s.events.T, s.truth.T
+    points = [-1.0, 0.0, 0.7]
+    sums = joint.voxel_score_sums(c9_table, truth, ev, points, 4, det_norm, s.is_signal)
+    scores = joint.scores_at(c9_table, truth, points, det_norm, s.is_signal)
+    assert sums.shape == (3, 4, 4, 4)
+    assert np.allclose(sums.sum(axis=(1, 2, 3)), scores.sum(axis=0), rtol=1e-4)
+    assert np.all(scores[~s.is_signal] == 0) and (~s.is_signal).any()  # background carries no score
+    ix = bin_index(ev[:, 1], ev[:, 2], ev[:, 3], 4)  # binned by the observed (smeared) event, as the image
+    v = tuple(ix[:, 0])
+    members = np.all(ix == ix[:, :1], axis=0)
+    assert np.isclose(sums[(1, *v)], scores[members, 1].sum(), rtol=1e-4)
+    image = voxelize(ev[:, 1], ev[:, 2], ev[:, 3], ev[:, 0], 4, n_images=1)[0]
+    assert image[1][v] == members.sum()
+    assert np.allclose(scores[:, 2], joint.joint_score(c9_table, truth, 0.7, det_norm, s.is_signal))

@@ -1,4 +1,5 @@
-"""`wcscan run` with the score-summary Deep Sets (``summary: score``): phi on joint scores, rho on fresh sets."""
+"""`wcscan run` with the score summaries (``summary: score``) of Deep Sets and the ResNet: stage 1 on joint scores,
+rho on fresh sets or images."""
 
 from __future__ import annotations
 
@@ -65,4 +66,41 @@ def test_bad_score_summary_settings_are_one_line_errors(tmp_path, bad, needle):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=needle):
+        load_config(path)
+
+
+RESNET = """\
+name: tinyrs
+seed: 3
+scan: {dc9: "-1:1:3", events_per_point: 4000}
+images: {bins: 4, events_per_image: 500, images_per_point: 4}
+models:
+  resnet3d: {head: gaussian, summary: score, data: stream, stream_workers: 0, width: 4, blocks: 1, score_points: 3,
+             score_images: 52, rho_points: 4, rho_images_per_point: 5,
+             phi_train: {epochs: 1, batch_size: 8, lr: 0.003, loss: mse}, train: {epochs: 3, batch_size: 8, lr: 0.003}}
+  ml_fit: {enabled: false}
+evaluation: {dc9: [-1.0, 0.5], sets: 4, events_per_set: 500}
+"""
+
+
+def test_run_trains_the_score_resnet_on_fresh_images(tmp_path, own_mlflow_store):
+    cfg = tmp_path / "tinyrs.yaml"
+    cfg.write_text(RESNET)
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--workers", "0", "-q"]) == 0
+    with open(out / "evaluation" / "resnet3d" / "points.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["dc9_true"]) for r in rows] == [-1.0, 0.5]
+    for r in rows:
+        assert math.isfinite(float(r["pull_width"])) and float(r["sigma_crb_image"]) >= float(r["sigma_crb"])
+    (model,) = out.glob("mlartifacts/*/artifacts/model/model.pt")
+    state = torch.load(model, weights_only=True)
+    assert {"coords", "score_scale", "pooled_mean", "pooled_std"} <= set(state)
+    assert bool((state["score_scale"] != 1).all()) and bool((state["pooled_std"] != 1).all())
+
+
+def test_the_score_resnet_needs_fresh_images(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(RESNET.replace("data: stream, stream_workers: 0, ", ""))
+    with pytest.raises(ConfigError, match="needs data: stream"):
         load_config(path)

@@ -1,0 +1,59 @@
+r"""The second stage shared by the score-summary networks: rho on frozen, pooled joint-score summaries.
+
+A score-summary network (:class:`models.deepsets.DeepSets` with ``summary="score"``,
+:class:`models.resnet_score.ScoreResNet3d`) reduces a set or an image to K numbers,
+its estimated log-likelihood slopes at K reference shifts, then standardises them
+(buffers ``pooled_mean``, ``pooled_std``) and maps them with ``rho`` (an MLP) and its
+head to a value, or a value and a width. :func:`train_rho` fits that map on the
+summaries of many fresh sets or images, with everything before it frozen.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from models.heads import finish_output
+from models.training import TrainConfig, train
+
+__all__ = ["train_rho"]
+
+
+class _Rho(nn.Module):
+    """rho and the head alone, on standardised summaries ``(n, K [+ extra])``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.hparams = {"head": net.head_kind}
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        return finish_output(n.rho(pooled), n.head_kind, n.outputs, n.gaussian)
+
+
+def train_rho(net: nn.Module, pooled: torch.Tensor, d: torch.Tensor, val_pooled: torch.Tensor, val_d: torch.Tensor,
+              config: TrainConfig, frozen: nn.Module, on_epoch=None) -> dict:
+    """Set ``net.pooled_mean``/``pooled_std`` from the raw training summaries (their first K columns, K the
+    buffers' size; later columns, e.g. ln N, pass as they are), freeze ``frozen``, and train ``net.rho`` on
+    ``(pooled, d)`` with ``config``; returns the training history."""
+    k = net.pooled_mean.numel()
+    with torch.no_grad():
+        net.pooled_mean.copy_(pooled[:, :k].double().mean(0))
+        net.pooled_std.copy_(pooled[:, :k].double().std(0).clamp_min(1e-12))
+
+    def scaled(p):
+        p = p.clone().double()
+        p[:, :k] = (p[:, :k] - net.pooled_mean) / net.pooled_std
+        return p.float()
+
+    params = list(frozen.parameters())
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        return train(_Rho(net), TensorDataset(scaled(pooled), d.float()), TensorDataset(scaled(val_pooled), val_d.float()),
+                     config, on_epoch=on_epoch)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
