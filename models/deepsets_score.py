@@ -71,6 +71,8 @@ def _need_score(net: DeepSets) -> None:
 
 
 def _tensor(a) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.detach().to(torch.float32).clone()
     return torch.from_numpy(np.array(a, dtype=np.float32))
 
 

@@ -123,6 +123,8 @@ class _Voxels(nn.Module):
 
 
 def _tensor(a) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.detach().to(torch.float32).clone()
     return torch.from_numpy(np.array(a, dtype=np.float32))
 
 

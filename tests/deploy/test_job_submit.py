@@ -1,5 +1,5 @@
 """`ray job submit --working-dir .` against a real Ray head on loopback, with token authentication on, runs a
-tiny `wcscan run`, then `wcscan globalfit --config demo` on the same head (deploy/README.md).
+tiny `wcscan run`, then a tiny `wcscan globalfit` (the demo's observables) on the same head (deploy/README.md).
 
 The head is started as users start one, ``ray start --head`` (with its dashboard, from ``ray[default]``, a
 dependency of wcscan, as in deploy/Dockerfile: the job server lives there), on a machine that has a token:
@@ -126,6 +126,23 @@ def loopback_head(free_port, auth_token):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+GLOBALFIT_TINY = """\
+name: tiny
+seed: 0
+observables: observables-demo
+grid: {c9: "-2:0:12", c10: "-1:1:12", chunk: 50}
+theory_covariance: {draws: 8, seed: 0, chunks: 2}
+surrogate: {enabled: true, n_design: 32, n_check: 4, tol: 1.0e-6}
+nuisances: false
+flavio_check: {enabled: true, n_exp: 1000, stencil: 1.0}
+nn: {hidden: 16, layers: 2, epochs: 4, noise_draws: 2}
+cgan: {hidden: 16, layers: 2, epochs: 4, noise_draws: 2}
+cgan_samples: 200
+coverage: {pseudo_experiments: 20, samples: 100, level: 0.68}
+asimov: [[-1.0, 0.0]]
+"""
+
+
 def test_ray_job_submit_runs_wcscan_run_and_globalfit_on_a_head_with_token_auth(loopback_head, tmp_path, tiny_run_yaml):
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -202,10 +219,12 @@ def test_ray_job_submit_runs_wcscan_run_and_globalfit_on_a_head_with_token_auth(
     # ($WCSCAN_CACHE through the job's runtime_env, so the user's ~/.cache is not touched) and its runs to an
     # MLflow store named by --tracking-uri.
     gf_out, gf_cache = tmp_path / "gf-out", tmp_path / "gf-cache"
+    gf_config = tmp_path / "gf-tiny.yaml"  # the demo's observables, with fewer draws, epochs and pseudo-experiments
+    gf_config.write_text(GLOBALFIT_TINY)
     gf_uri = f"sqlite:///{(tmp_path / 'gf-mlflow.db').resolve()}"
     submit_gf = [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".",
                  "--runtime-env-json", json.dumps({"env_vars": {"WCSCAN_CACHE": str(gf_cache)}}), "--",
-                 "wcscan", "globalfit", "--config", "demo", "--out", str(gf_out), "--tracking-uri", gf_uri, "--quiet"]
+                 "wcscan", "globalfit", "--config", str(gf_config), "--out", str(gf_out), "--tracking-uri", gf_uri, "--quiet"]
     proc = subprocess.run(submit_gf, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "succeeded" in log, log[-4000:]
@@ -220,6 +239,6 @@ def test_ray_job_submit_runs_wcscan_run_and_globalfit_on_a_head_with_token_auth(
     runs = client.search_runs([client.get_experiment_by_name("wcscan").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert parents[0].data.tags["kind"] == "globalfit" and parents[0].info.run_name == "globalfit-demo"
+    assert parents[0].data.tags["kind"] == "globalfit" and parents[0].info.run_name == "globalfit-tiny"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.info.run_name for r in children) == ["cgan", "chi2_min", "flavio", "grid_min", "nn"]

@@ -248,7 +248,10 @@ def test_the_stream_settings_need_data_stream():
         DeepSetsConfig(set_size=10, sets_per_point=2, stream_workers=2)
     for name in ("demo", "gen24k", "det_bkg24k"):
         models = load_config(name).models
-        assert all(m.data == "pool" for m in (models.resnet3d, models.deepsets, models.event_classifier) if m)
+        # the presets' score summaries draw fresh MC; a section that does not say keeps the stored pool
+        assert (models.deepsets.summary, models.deepsets.data) == ("score", "stream")
+        assert (models.resnet3d.summary, models.resnet3d.data) == ("score", "stream")
+        assert models.event_classifier.data == "pool"
 
 
 STREAM_RUN = """\
