@@ -248,9 +248,14 @@ class StreamSource:
             load[i] -= 1
             return out["entry"]
 
-    def draw(self, phase: int, per_point: int, chunk_units: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every unit of ``phase``, all points, concatenated in (point, k) order (validation, fitting)."""
-        got = {(c.point, c.part): (x, y) for c, x, y in self.results(plan_chunks(self.job, phase, per_point, chunk_units))}
+    def draw(self, phase: int, per_point: int, chunk_units: int, advance=None) -> tuple[np.ndarray, np.ndarray]:
+        """Every unit of ``phase``, all points, concatenated in (point, k) order (validation, fitting);
+        ``advance(n)``, if given, after each chunk of n units."""
+        got = {}
+        for c, x, y in self.results(plan_chunks(self.job, phase, per_point, chunk_units)):
+            got[(c.point, c.part)] = (x, y)
+            if advance is not None:
+                advance(len(x))
         keys = sorted(got)
         return np.concatenate([got[k][0] for k in keys]), np.concatenate([got[k][1] for k in keys])
 

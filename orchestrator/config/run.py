@@ -151,7 +151,26 @@ class _Head(_Strict):
         return self.train.loss if self.head == "point" else self.head_loss or "beta_nll"
 
 
-class ResNetConfig(_DataSource, _Head):
+class _ScoreSummary(_Strict):
+    """The settings a score summary shares (``summary: score``): ``score_points`` reference shifts over
+    ``train_range`` for stage 1, and stage 2's sets or images over ``rho_range`` (defaults: the scan and
+    evaluation range widened by 1 and by 0.5), stage 1 trained with ``phi_train``."""
+
+    summary: Literal["learned", "score"] = "learned"
+    score_points: int = Field(16, gt=1)
+    train_range: tuple[float, float] | None = None
+    rho_range: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name in ("train_range", "rho_range"):
+            r = getattr(self, name)
+            if r is not None and not r[0] < r[1]:
+                raise ValueError(f"{name} must be [LO, HI] with LO < HI, got {list(r)}")
+        return self
+
+
+class ResNetConfig(_DataSource, _Head, _ScoreSummary):
     enabled: bool = True
     depth: Literal[10, 18, 34] = 10
     width: int = Field(16, gt=0)
@@ -162,22 +181,14 @@ class ResNetConfig(_DataSource, _Head):
     # `blocks` residual blocks regresses per-voxel joint-score sums at score_points shifts over train_range on
     # score_images fresh images (trained with phi_train); rho (trained with train) on rho_images_per_point fresh
     # images at each of rho_points shifts over rho_range. depth and dropout are the learned summary's.
-    summary: Literal["learned", "score"] = "learned"
-    score_points: int = Field(16, gt=1)
     score_images: int = Field(2000, gt=0)
     blocks: int = Field(2, ge=0)
-    train_range: tuple[float, float] | None = None
-    rho_range: tuple[float, float] | None = None
     rho_points: int = Field(42, gt=1)
     rho_images_per_point: int = Field(80, gt=0)
     phi_train: TrainConfig = TrainConfig(epochs=12, batch_size=16, lr=0.002, weight_decay=0.0, loss="mse")
 
     @model_validator(mode="after")
     def _summary_settings(self):
-        for name in ("train_range", "rho_range"):
-            r = getattr(self, name)
-            if r is not None and not r[0] < r[1]:
-                raise ValueError(f"{name} must be [LO, HI] with LO < HI, got {list(r)}")
         if self.summary == "score" and self.data != "stream":
             raise ValueError("summary: score draws its own fresh images: it needs data: stream")
         if self.summary == "score" and self.stream_images_per_point is not None:
@@ -186,7 +197,7 @@ class ResNetConfig(_DataSource, _Head):
         return self
 
 
-class DeepSetsConfig(_DataSource, _Head):
+class DeepSetsConfig(_DataSource, _Head, _ScoreSummary):
     enabled: bool = True
     hidden: int = Field(64, gt=0)
     phi_layers: int = Field(3, gt=0)
@@ -199,20 +210,12 @@ class DeepSetsConfig(_DataSource, _Head):
     # summary "score" (orchestrator.jobs.deepsets_score): phi regressed on the joint scores at
     # score_points shifts over train_range, on score_events fresh joint draws (trained with phi_train);
     # rho (trained with train) on sets_per_point sets at each of rho_points shifts over rho_range
-    summary: Literal["learned", "score"] = "learned"
-    score_points: int = Field(16, gt=1)
     score_events: int = Field(500_000, gt=0)
-    train_range: tuple[float, float] | None = None
-    rho_range: tuple[float, float] | None = None
     rho_points: int = Field(44, gt=1)
     phi_train: TrainConfig = TrainConfig(epochs=6, batch_size=1024, lr=0.003, weight_decay=0.0, loss="mse")
 
     @model_validator(mode="after")
     def _summary_settings(self):
-        for name in ("train_range", "rho_range"):
-            r = getattr(self, name)
-            if r is not None and not r[0] < r[1]:
-                raise ValueError(f"{name} must be [LO, HI] with LO < HI, got {list(r)}")
         if self.summary == "score" and self.stream_sets_per_point is not None:
             raise ValueError("stream_sets_per_point is for summary: learned; the score summary draws "
                              "sets_per_point sets at each of rho_points shifts once")

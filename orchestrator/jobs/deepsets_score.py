@@ -28,15 +28,10 @@ PHI_STREAMS = (3, 4)
 
 
 def rho_range(section, grid, evaluation) -> tuple[float, float]:
-    """The config's ``rho_range``, else the scan and evaluation range widened by 0.5 on each side.
+    """The section's ``rho_range``, else the scan and evaluation range widened by 0.5 on each side."""
+    from orchestrator.jobs.event_posterior import widened_range
 
-    >>> rho_range(type("S", (), {"rho_range": None})(), [-2.0, 1.1], [-2.0, 1.0])
-    (-2.5, 1.6)
-    """
-    if section.rho_range is not None:
-        return tuple(map(float, section.rho_range))
-    values = [*grid, *evaluation]
-    return float(min(values)) - 0.5, float(max(values)) + 0.5
+    return widened_range(section.rho_range, grid, evaluation, 0.5)
 
 
 def _phi_data(table, det, level: str, span, points, n: int, seed: int):
@@ -51,7 +46,7 @@ def _phi_data(table, det, level: str, span, points, n: int, seed: int):
     return out
 
 
-def _stream_sets(cfg, section, grid: tuple[float, ...], address, progress):
+def _stream_sets(cfg, section, grid: tuple[float, ...], address):
     """(train batches, val batches, source): iterables of ``(sets, d)`` per chunk from a Ray stream over ``grid``."""
     from kernels import theory
     from orchestrator.build.stream import StreamSource
@@ -102,7 +97,7 @@ def train_score_deepsets(cfg, table, det, level: str, phi_config, rho_config, po
     if dc.data == "stream":
         lo, hi = rho_range(dc, grid, cfg.evaluation.dc9)
         rho_grid = tuple(float(d) for d in np.linspace(lo, hi, dc.rho_points))
-        batches, tr, va, source = _stream_sets(cfg, dc, rho_grid, address, progress)
+        batches, tr, va, source = _stream_sets(cfg, dc, rho_grid, address)
         try:
             with progress("deepsets rho: pooled sets", len(rho_grid) * (tr[1] + va[1]), "sets") as adv:
                 pooled, d = pooled_vectors(net, batches(*tr, adv))

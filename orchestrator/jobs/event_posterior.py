@@ -18,16 +18,25 @@ import logging
 log = logging.getLogger(__name__)
 
 
+def widened_range(given, grid, evaluation, margin: float) -> tuple[float, float]:
+    """``given`` (a config's range) if set, else the scan and evaluation range widened by ``margin`` on each side.
+
+    >>> widened_range(None, [-2.0, 1.1], [-2.0, 1.0], 0.5)
+    (-2.5, 1.6)
+    """
+    if given is not None:
+        return tuple(map(float, given))
+    values = [*grid, *evaluation]
+    return float(min(values)) - margin, float(max(values)) + margin
+
+
 def train_range(section, grid, evaluation) -> tuple[float, float]:
-    """The config's ``train_range``, else the scan and evaluation range widened by 1 on each side.
+    """The section's ``train_range``, else the scan and evaluation range widened by 1 on each side.
 
     >>> train_range(type("S", (), {"train_range": None})(), [-2.0, 1.1], [-2.0, 1.0])
     (-3.0, 2.1)
     """
-    if section.train_range is not None:
-        return tuple(map(float, section.train_range))
-    values = [*grid, *evaluation]
-    return float(min(values)) - 1.0, float(max(values)) + 1.0
+    return widened_range(section.train_range, grid, evaluation, 1.0)
 
 
 def train_event_posterior(cfg, table, det, level: str, train_config, on_epoch, progress):

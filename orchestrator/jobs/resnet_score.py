@@ -38,19 +38,6 @@ def _job(cfg, model: str, grid, score_points=()):
                      score_points=tuple(score_points))
 
 
-def _draw(source, phase: int, per_point: int, adv):
-    """Every unit of ``phase``, as :meth:`StreamSource.draw`, ticking ``adv`` per chunk."""
-    from orchestrator.build.stream_work import default_chunk_units, plan_chunks
-
-    got = {}
-    for c, x, y in source.results(plan_chunks(source.job, phase, per_point, default_chunk_units(source.job))):
-        got[(c.point, c.part)] = (x, y)
-        if adv is not None:
-            adv(len(x))
-    keys = sorted(got)
-    return np.concatenate([got[k][0] for k in keys]), np.concatenate([got[k][1] for k in keys])
-
-
 def train_score_resnet(cfg, phi_config, rho_config, on_epoch, progress, address: str | None = None):
     """Train ``cfg.models.resnet3d`` (``summary: score``); returns ``(net, history)``.
 
@@ -61,7 +48,7 @@ def train_score_resnet(cfg, phi_config, rho_config, on_epoch, progress, address:
     from models.resnet_score import ScoreResNet3d, image_summaries, pretrain_voxel_scores, train_rho
     from models.training import seed_everything
     from orchestrator.build.stream import StreamSource
-    from orchestrator.build.stream_work import EPOCH_PHASE, VAL_PHASE
+    from orchestrator.build.stream_work import EPOCH_PHASE, VAL_PHASE, default_chunk_units
     from orchestrator.jobs.deepsets_score import rho_range
     from orchestrator.jobs.event_posterior import train_range
 
@@ -73,10 +60,11 @@ def train_score_resnet(cfg, phi_config, rho_config, on_epoch, progress, address:
     per_point = math.ceil(rc.score_images / SCORE_GRID_POINTS)
     n_val = max(1, per_point // 5)
     source = StreamSource(_job(cfg, "resnet3d_score", score_grid, points), rc.stream_workers, rc.stream_in_flight, address)
+    units = default_chunk_units(source.job)
     try:
         with progress("resnet3d: images with voxel scores", SCORE_GRID_POINTS * (per_point + n_val), "images") as adv:
-            x_tr, t_tr = _draw(source, EPOCH_PHASE, per_point, adv)
-            x_va, t_va = _draw(source, VAL_PHASE, n_val, adv)
+            x_tr, t_tr = source.draw(EPOCH_PHASE, per_point, units, adv)
+            x_va, t_va = source.draw(VAL_PHASE, n_val, units, adv)
     finally:
         source.close()
     seed_everything(cfg.seed)
@@ -88,10 +76,11 @@ def train_score_resnet(cfg, phi_config, rho_config, on_epoch, progress, address:
     rho_grid = tuple(float(d) for d in np.linspace(lo, hi, rc.rho_points))
     n_rho, n_rho_val = rc.rho_images_per_point, max(1, rc.rho_images_per_point // 5)
     source = StreamSource(_job(cfg, "resnet3d_rho", rho_grid), rc.stream_workers, rc.stream_in_flight, address)
+    units = default_chunk_units(source.job)
     try:
         with progress("resnet3d rho: image summaries", len(rho_grid) * (n_rho + n_rho_val), "images") as adv:
-            pooled, d = image_summaries(net, [_draw(source, EPOCH_PHASE, n_rho, adv)])
-            val_pooled, val_d = image_summaries(net, [_draw(source, VAL_PHASE, n_rho_val, adv)])
+            pooled, d = image_summaries(net, [source.draw(EPOCH_PHASE, n_rho, units, adv)])
+            val_pooled, val_d = image_summaries(net, [source.draw(VAL_PHASE, n_rho_val, units, adv)])
     finally:
         source.close()
     seed_everything(cfg.seed)
