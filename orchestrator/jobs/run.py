@@ -92,7 +92,7 @@ def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress):
     return net, hist
 
 
-def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress):
+def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress, table, det):
     from models.deepsets import DeepSets
     from models.splits import deepsets_data
     from models.training import seed_everything, train
@@ -101,11 +101,8 @@ def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress):
     dc = cfg.models.deepsets
     tc = _train_config(dc.train, cfg, loss=dc.training_loss)
     if dc.summary == "score":
-        from kernels import detector, theory
         from orchestrator.jobs.deepsets_score import train_score_deepsets
 
-        table = theory.jtable(["C9_bsmumu"], [tuple(w) for w in cfg.theory.windows])
-        det = detector.DetectorConfig.from_dict(cfg.scan.detector)
         return train_score_deepsets(cfg, table, det, cfg.scan.level, _train_config(dc.phi_train, cfg), tc, pools,
                                     lambda adv, prefix="": _EpochLogger(tracker, adv, prefix), progress)
     seed_everything(cfg.seed)
@@ -230,7 +227,7 @@ def run_job(
             jobs.append(("resnet3d", mc.resnet3d, lambda: _train_resnet(cfg, images_dir, grid, tracker, progress),
                          lambda net: estimators.ResNetEstimator(net, ic.bins, ic.events_per_image, name="resnet3d")))
         if mc.deepsets and mc.deepsets.enabled:
-            jobs.append(("deepsets", mc.deepsets, lambda: _train_deepsets(cfg, pools, grid, tracker, progress),
+            jobs.append(("deepsets", mc.deepsets, lambda: _train_deepsets(cfg, pools, grid, tracker, progress, table, det),
                          lambda net: estimators.DeepSetsEstimator(net, name="deepsets")))
         if mc.event_classifier and mc.event_classifier.enabled:
             train_posterior = (
