@@ -43,9 +43,9 @@ def train_rho(net: nn.Module, pooled: torch.Tensor, d: torch.Tensor, val_pooled:
         net.pooled_mean.copy_(pooled[:, :k].double().mean(0))
         net.pooled_std.copy_(pooled[:, :k].double().std(0).clamp_min(1e-12))
 
-    def scaled(p):
+    def scaled(p):  # on the summaries' device (the CPU, usually), whatever the network's
         p = p.clone().double()
-        p[:, :k] = (p[:, :k] - net.pooled_mean) / net.pooled_std
+        p[:, :k] = (p[:, :k] - net.pooled_mean.to(p.device)) / net.pooled_std.to(p.device)
         return p.float()
 
     params = list(frozen.parameters())

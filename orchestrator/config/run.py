@@ -93,6 +93,7 @@ class TrainConfig(_Strict):
     loss: Literal["mae", "mse"] = Field(default_factory=lambda: _train_default("loss"))
     scheduler: Literal["cosine", "onecycle", "none"] = Field(default_factory=lambda: _train_default("scheduler"))
     patience: int = Field(default_factory=lambda: _train_default("patience"), gt=0)
+    num_workers: int = Field(default_factory=lambda: _train_default("num_workers"), ge=0)  # DataLoader processes
 
 
 class ImagesConfig(_Strict):

@@ -59,7 +59,8 @@ def test_the_two_stages_learn_a_local_score_and_estimate_near_the_bound(one_torc
     bound = 1 / np.sqrt(20 * (w**2).sum())
     for truth in (-0.5, 0.3):
         images, _, _ = _toy(300, rng, truth)
-        mean, width = net.eval()(torch.from_numpy(images)).detach().numpy().T
+        dev = next(net.parameters()).device  # trained where the trainer chose (the GPU, when there is one)
+        mean, width = net.eval()(torch.from_numpy(images).to(dev)).detach().cpu().numpy().T
         assert mean.std(ddof=1) < 1.2 * bound  # near the bound (the toy's information varies little with d)
         assert abs(mean.mean() - truth) < 0.3 * bound
         assert 0.8 < width.mean() / mean.std(ddof=1) < 1.25

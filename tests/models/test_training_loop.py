@@ -50,10 +50,12 @@ def test_early_stopping_keeps_the_best_checkpoint_when_validation_loss_rises(tmp
     assert 0 < best < len(val) - 1 and best == int(np.argmin(val))
     assert val[-1] > val[best]  # it did rise
     assert hist["stopped_early"] and hist["epochs_run"] == best + 1 + cfg.patience < cfg.epochs
-    assert torch.equal(model.w.detach(), states[best]["w"])  # the model holds the best epoch's weights
-    assert not torch.equal(model.w.detach(), states[-1]["w"])
-    saved = torch.load(tmp_path / "best.pt")
-    assert saved["epoch"] == best and torch.equal(saved["state_dict"]["w"], states[best]["w"])
+    w = model.w.detach().cpu()
+    assert torch.equal(w, states[best]["w"].cpu())  # the model holds the best epoch's weights
+    assert not torch.equal(w, states[-1]["w"].cpu())
+    saved = torch.load(tmp_path / "best.pt")  # saved from the CPU, so a machine without a GPU loads it
+    assert saved["state_dict"]["w"].device.type == "cpu"
+    assert saved["epoch"] == best and torch.equal(saved["state_dict"]["w"], states[best]["w"].cpu())
     assert saved["val_loss"] == pytest.approx(val[best])
     assert [c[0] for c in calls] == list(range(hist["epochs_run"]))
     assert [c[2] for c in calls] == hist["val_loss"] and [c[3] for c in calls] == hist["lr"]
