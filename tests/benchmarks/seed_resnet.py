@@ -7,7 +7,7 @@ settings, shortened in two ways that it prints: fewer images per point (``--imag
 epochs as fit ``--train-seconds`` at the throughput measured first. It needs neither Ray nor MLflow, so it
 runs on a bare GPU machine with torch; the code is the one ``wcscan run`` calls:
 
-- images: ``kernels.sampler.sample_array`` + ``kernels.voxels.make_images``, one process per block of images;
+- images: the streamed ResNet's worker (``orchestrator.build.stream_work.make_chunk``), in parallel processes;
 - network and training: ``models.resnet3d.ResNet3d``, ``models.training.train`` (the config's ``train``
   section, AMP on CUDA), throughput from ``models.bench.resnet_throughput`` (``wcscan bench resnet``);
 - evaluation: ``orchestrator.evaluate.estimators`` (``evaluation_sets``, ``evaluate``, ``image_bounds``) on
@@ -36,33 +36,24 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-#: Third seed word of this script's training images: apart from the generator's, the streams' and the test sets'.
-TRAIN_STREAM = 9_000_000
+
+def _init_worker():
+    from orchestrator.runtime.ray import limit_threads
+
+    limit_threads(1)
 
 
-def _images(job):
-    """Images ``k0 .. k0+n`` of point ``p``: fresh MC seeded by ``(seed, p, TRAIN_STREAM, k0)``."""
-    table, d, p, k0, n, bins, epi, seed = job
-    from kernels import sampler
-    from kernels.voxels import make_images
+def make_training_images(job, per_point: int, phase: int, workers: int) -> list[np.ndarray]:
+    """Per point, ``per_point`` fresh images ``(per_point, 2, B, B, B)`` of ``phase``, made by the streamed
+    ResNet's own worker code (:func:`orchestrator.build.stream_work.make_chunk`: the same seeds and bytes as
+    ``data: stream``), chunk by chunk in ``workers`` processes."""
+    from orchestrator.build.stream_work import default_chunk_units, make_chunk, plan_chunks
 
-    ev = sampler.sample_array(table, [d], n * epi, (seed, p, TRAIN_STREAM, k0 + 1))
-    return p, k0, make_images(ev, bins, epi, n)
-
-
-def _one_thread():
-    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS"):
-        os.environ[k] = "1"
-
-
-def make_training_images(table, grid, per_point, bins, epi, seed, workers, block=16):
-    """``{point: (per_point, 2, B, B, B)}``, built in parallel blocks of ``block`` images."""
-    jobs = [(table, float(d), p, k0, min(block, per_point - k0), bins, epi, seed)
-            for p, d in enumerate(grid) for k0 in range(0, per_point, block)]
-    out = {p: np.empty((per_point, 2, bins, bins, bins), np.float32) for p in range(len(grid))}
-    with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread) as pool:
-        for p, k0, im in pool.map(_images, jobs):
-            out[p][k0:k0 + len(im)] = im
+    chunks = plan_chunks(job, phase, per_point, default_chunk_units(job))
+    out = [np.empty((per_point, 2, job.bins, job.bins, job.bins), np.float32) for _ in job.grid]
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+        for c, (images, _) in zip(chunks, pool.map(make_chunk, [job] * len(chunks), chunks)):
+            out[c.point][c.first:c.first + c.count] = images
     return out
 
 
@@ -84,6 +75,8 @@ def main(argv=None) -> dict:
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     from kernels import detector, theory
+    from orchestrator.build.sources import split_counts
+    from orchestrator.build.stream_work import EPOCH_PHASE, VAL_PHASE, StreamJob
     from orchestrator.config.run import load_config
     from orchestrator.evaluate.estimators import evaluate, evaluation_sets, image_bounds
 
@@ -95,10 +88,15 @@ def main(argv=None) -> dict:
     table = theory.jtable(["C9_bsmumu"], [tuple(w) for w in cfg.theory.windows])
     pdf = detector.DetectorConfig.from_dict(cfg.scan.detector).pdf_model(cfg.scan.level, table.windows)
 
+    n_val = max(1, split_counts(args.images_per_point, ic.val_fraction)[1])
+    n_train_pp = args.images_per_point - n_val
+    job = StreamJob("resnet3d", cfg.seed, tuple(grid), unit=epi, bins=bins, level=cfg.scan.level,
+                    detector=tuple(sorted((cfg.scan.detector or {}).items())), windows=table.windows,
+                    theory_key=table.key)
     t0 = time.perf_counter()
-    imgs = make_training_images(table, grid, args.images_per_point, bins, epi, cfg.seed, args.workers)
+    fit = make_training_images(job, n_train_pp, EPOCH_PHASE, args.workers)
+    val = make_training_images(job, n_val, VAL_PHASE, args.workers)
     t_images = time.perf_counter() - t0
-    n_val = max(1, round(args.images_per_point * ic.val_fraction))
     say(f"{len(grid)} x {args.images_per_point} images of {bins}^3 in {t_images:.1f} s")
     t0 = time.perf_counter()
     sets, crb = evaluation_sets(table, pdf, ec.dc9, ec.events_per_set, args.sets, cfg.seed, cfg.scan.level)
@@ -117,14 +115,12 @@ def main(argv=None) -> dict:
     bench = resnet_throughput(depth=depth, bins=bins, batch=tc_cfg["batch_size"], steps=10, device=dev, width=width,
                               amp=True, warmup=3)
     rate = bench["images_per_s"]
-    n_train = len(grid) * (args.images_per_point - n_val)
+    n_train = len(grid) * n_train_pp
     max_epochs = args.max_epochs or tc_cfg["epochs"]
     epochs = int(max(1, min(max_epochs, math.floor(args.train_seconds * rate / n_train))))
     say(f"{bench['device_name']}: {rate:.0f} training images/s (synthetic); {epochs} epochs of {n_train} images")
 
     seed_everything(cfg.seed)
-    fit = [imgs[p][:-n_val] for p in range(len(grid))]
-    val = [imgs[p][-n_val:] for p in range(len(grid))]
     tc_cfg.update(epochs=epochs, seed=cfg.seed, device=str(dev), loss=rc.training_loss)
     if args.num_workers is not None:
         tc_cfg["num_workers"] = args.num_workers
@@ -138,7 +134,7 @@ def main(argv=None) -> dict:
     ev = evaluate(est, sets, crb, on_grid=[d for d in ec.dc9 if d in grid],
                   sigma_crb_image=image_bounds(table, pdf, ec.dc9, bins, ec.events_per_set))
     t_eval = time.perf_counter() - t0
-    full = cfg.models.resnet3d.train.epochs * len(grid) * round(ic.images_per_point * (1 - ic.val_fraction))
+    full = rc.train.epochs * len(grid) * split_counts(ic.images_per_point, ic.val_fraction)[0]
     out = {
         "benchmark": "seed_resnet",
         "config": cfg.name,
