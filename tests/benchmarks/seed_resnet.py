@@ -57,21 +57,39 @@ def make_training_images(job, per_point: int, phase: int, workers: int) -> list[
     return out
 
 
+def _positive(kind):
+    def parse(text):
+        v = kind(text)
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+    return parse
+
+
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="seed_resnet.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="seed-resnet34", help="the run config whose network and data are used")
-    ap.add_argument("--images-per-point", type=int, default=800, help="training + validation images per scan point")
-    ap.add_argument("--train-seconds", type=float, default=150.0, help="training budget: epochs = budget x rate / images")
-    ap.add_argument("--max-epochs", type=int, default=None, help="at most this many epochs (default: the config's)")
-    ap.add_argument("--sets", type=int, default=100, help="independent test sets per evaluation point")
-    ap.add_argument("--bins", type=int, default=None, help="override the config's bins (smoke runs)")
+    ap.add_argument("--images-per-point", type=_positive(int), default=800, help="training + validation images per scan point")
+    ap.add_argument("--train-seconds", type=_positive(float), default=150.0, help="training budget: epochs = budget x rate / images")
+    ap.add_argument("--max-epochs", type=_positive(int), default=None, help="at most this many epochs (default: the config's)")
+    ap.add_argument("--sets", type=_positive(int), default=100, help="independent test sets per evaluation point")
+    ap.add_argument("--bins", type=_positive(int), default=None, help="override the config's bins (smoke runs)")
     ap.add_argument("--depth", type=int, default=None, choices=[10, 18, 34], help="override the config's depth")
-    ap.add_argument("--width", type=int, default=None, help="override the config's width")
+    ap.add_argument("--width", type=_positive(int), default=None, help="override the config's width")
     ap.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="processes that make images")
+    ap.add_argument("--workers", type=_positive(int), default=os.cpu_count(), help="processes that make images")
     ap.add_argument("--num-workers", type=int, default=None, help="DataLoader processes (default: the config's)")
     ap.add_argument("--json", action="store_true", help="print only the JSON")
     args = ap.parse_args(argv)
+    if args.images_per_point < 2:
+        ap.error("--images-per-point: at least 2 (training and validation images)")
+    from kernels.errors import WcscanError
+    from orchestrator.config.checks import device as check_device
+
+    try:  # before minutes of image building
+        check_device(args.device)
+    except WcscanError as e:
+        ap.error(str(e))
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     from kernels import detector, theory

@@ -28,3 +28,14 @@ def test_the_seed_network_script_trains_evaluates_and_projects_the_full_config(c
     assert [r["dc9_true"] for r in rows] == [-2.0, -1.0, -0.82, 0.0, 1.0]
     assert all(math.isfinite(r["sigma_over_crb"]) and r["sigma_crb_image"] >= r["sigma_crb"] for r in rows)
     assert '"benchmark": "seed_resnet"' in capsys.readouterr().out
+
+
+def test_bad_options_are_one_line_errors_before_any_work(capsys):
+    import pytest
+
+    for argv, what in ((["--images-per-point", "0"], "--images-per-point"), (["--device", "bogus"], "--device"),
+                       (["--train-seconds", "-1"], "--train-seconds")):
+        with pytest.raises(SystemExit) as e:
+            _script().main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and what in err[-1] and err[-1].startswith("seed_resnet.py: error:")
