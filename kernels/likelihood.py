@@ -33,7 +33,7 @@ import numpy as np
 
 from kernels import angular
 from kernels.errors import ConfigError
-from kernels.theory import JTable, monomial_gradient, monomials
+from kernels.theory import JTable, monomial_gradient, monomial_hessian, monomials
 
 PROJECT_BATCH_EVENTS = 1 << 19
 """Events projected together in :func:`fit_sets` (bounds memory to ~50 MB)."""
@@ -161,7 +161,7 @@ def _newton(a: np.ndarray, norm: np.ndarray, d0: np.ndarray, mix=None, iters: in
     hess = None
     n = d.size
     N = a.shape[0]
-    d2m = _monomial_hessian(n)  # second derivatives of the monomials: constant
+    d2m = monomial_hessian(n)  # second derivatives of the monomials: constant
     for _ in range(iters):
         m = monomials(d)
         dm = monomial_gradient(d)
@@ -193,19 +193,6 @@ def _newton(a: np.ndarray, norm: np.ndarray, d0: np.ndarray, mix=None, iters: in
         if np.max(np.abs(step)) < 1e-6:  # MIGRAD polishes from here
             break
     return d, hess
-
-
-def _monomial_hessian(n: int) -> np.ndarray:
-    h = np.zeros((n, n, 1 + n + n * (n + 1) // 2))
-    col = 1 + n
-    for i in range(n):
-        for j in range(i, n):
-            if i == j:
-                h[i, i, col] = 2.0
-            else:
-                h[i, j, col] = h[j, i, col] = 1.0
-            col += 1
-    return h
 
 
 @dataclass

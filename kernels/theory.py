@@ -147,6 +147,59 @@ def monomial_gradient(d) -> np.ndarray:
     return g
 
 
+def monomial_hessian(n: int) -> np.ndarray:
+    """``d2 m_p / dd_a dd_b``, shape ``(n, n, P)``: constant, the monomials are at most quadratic."""
+    h = np.zeros((n, n, 1 + n + n * (n + 1) // 2))
+    col = 1 + n
+    for i in range(n):
+        for j in range(i, n):
+            if i == j:
+                h[i, i, col] = 2.0
+            else:
+                h[i, j, col] = h[j, i, col] = 1.0
+            col += 1
+    return h
+
+
+def stencil(n: int) -> list[np.ndarray]:
+    """The points at which a quadratic form in n variables is evaluated to find its monomial coefficients:
+    ``0``, ``+e_a``, ``-e_a`` for each a, then ``e_a + e_b`` for each a < b (:func:`quadratic_coefficients`).
+
+    >>> [p.tolist() for p in stencil(2)]
+    [[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [-0.0, -1.0], [1.0, 1.0]]
+    """
+    eye = np.eye(n)
+    pts = [np.zeros(n)]
+    for a in range(n):
+        pts += [eye[a], -eye[a]]
+    pts += [eye[a] + eye[b] for a, b in _pairs(n) if a != b]
+    return pts
+
+
+def quadratic_coefficients(values, n: int) -> np.ndarray:
+    """The monomial coefficients ``(P, ...)`` of a quadratic form from its ``values`` on :func:`stencil`'s points.
+
+    Exact for a quadratic form (any trailing shape: the tables are arrays of such forms).
+
+    >>> f = lambda d: 1 + 2 * d[0] - d[1] + 3 * d[0] * d[1] + 0.5 * d[1] ** 2
+    >>> quadratic_coefficients([f(p) for p in stencil(2)], 2).tolist()
+    [1.0, 2.0, -1.0, 0.0, 3.0, 0.5]
+    """
+    vals = [np.asarray(v, dtype=np.float64) for v in values]
+    J0 = vals[0]
+    lin, quad = [], {}
+    for a in range(n):
+        Jp, Jm = vals[1 + 2 * a], vals[2 + 2 * a]
+        lin.append((Jp - Jm) / 2)
+        quad[(a, a)] = (Jp + Jm) / 2 - J0
+    k = 1 + 2 * n
+    for a, b in _pairs(n):
+        if a != b:
+            quad[(a, b)] = vals[k] - J0 - lin[a] - lin[b] - quad[(a, a)] - quad[(b, b)]
+            k += 1
+    return np.stack([J0, *lin, *(quad[p] for p in _pairs(n))])
+
+
 @dataclass(frozen=True, eq=False)
 class JTable:
     """Quadratic-form tables of the LHCb-convention, flavour-averaged J_i.
@@ -326,19 +379,7 @@ def jtable(
 
     par = flavio.default_parameters.get_central_all()
     n = len(coeffs)
-    eye = np.eye(n)
-    J0 = _flavio_j(flavio, coeffs, np.zeros(n), q2, par)
-    lin, quad = [], {}
-    for a in range(n):
-        Jp = _flavio_j(flavio, coeffs, eye[a], q2, par)
-        Jm = _flavio_j(flavio, coeffs, -eye[a], q2, par)
-        lin.append((Jp - Jm) / 2)
-        quad[(a, a)] = (Jp + Jm) / 2 - J0
-    for a, b in _pairs(n):
-        if a != b:
-            Jab = _flavio_j(flavio, coeffs, eye[a] + eye[b], q2, par)
-            quad[(a, b)] = Jab - J0 - lin[a] - lin[b] - quad[(a, a)] - quad[(b, b)]
-    coef = np.stack([J0, *lin, *(quad[p] for p in _pairs(n))])
+    coef = quadratic_coefficients([_flavio_j(flavio, coeffs, d, q2, par) for d in stencil(n)], n)
 
     # The quadratic structure is exact; check it at one more point so a flavio change cannot slip by.
     d_check = np.full(n, -1.7)
