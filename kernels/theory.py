@@ -166,7 +166,7 @@ def stencil(n: int) -> list[np.ndarray]:
     ``0``, ``+e_a``, ``-e_a`` for each a, then ``e_a + e_b`` for each a < b (:func:`quadratic_coefficients`).
 
     >>> [p.tolist() for p in stencil(2)]
-    [[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [-0.0, -1.0], [1.0, 1.0]]
+    [[0.0, 0.0], [1.0, 0.0], [-1.0, -0.0], [0.0, 1.0], [-0.0, -1.0], [1.0, 1.0]]
     """
     eye = np.eye(n)
     pts = [np.zeros(n)]
