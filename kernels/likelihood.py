@@ -107,6 +107,7 @@ class EventBasis:
             e = s + _BASIS_BLOCK
             angular.basis(cl[s:e], ck[s:e], chi[s:e], axis=0, out=F[:, s:e])
         self.F = F
+        self.FT = np.ascontiguousarray(F.T)
 
     def project(self, rows: np.ndarray, diff: np.ndarray) -> np.ndarray:
         """``(E, P)``: ``G_e`` of each of P tables given as :attr:`JTable.node_rows` ``(K, 12, P)``."""
@@ -124,12 +125,24 @@ class EventBasis:
     def adjoint(self, weights: np.ndarray) -> np.ndarray:
         """``H (K, 12)`` with ``sum_e w_e G_e = sum_ki H_ki J_ki`` for any table J: the weighted events on the nodes."""
         w = np.asarray(weights, dtype=np.float64)[self.order] * angular.PREFACTOR
-        lo, hi = w * (1 - self.ts), w * self.ts
-        K = self.n_nodes
-        H = np.empty((K, 12))
-        for i in range(12):  # twelve terms, not events
-            H[:, i] = np.bincount(self.ks, lo * self.F[i], K) + np.bincount(self.ks + 1, hi * self.F[i], K + 1)[:K]
+        hi = w * self.ts
+        cells = np.flatnonzero(self.counts)
+        starts = self.ends[cells] - self.counts[cells]
+        H = np.zeros((self.n_nodes, 12))
+        # events are sorted by cell: one segmented sum per node side, not a loop over events
+        wt = np.add.reduceat(self.F * w, starts, axis=1)  # sum of w f over each cell
+        ht = np.add.reduceat(self.F * hi, starts, axis=1)  # sum of w t f
+        H[cells] += (wt - ht).T
+        H[cells + 1] += ht.T
         return H
+
+    def values(self, J: np.ndarray) -> np.ndarray:
+        """``G_e`` of one table ``J (K, 12)``, in the events' original order (a gather, no cell loop)."""
+        lo, up = J[self.ks], J[self.ks + 1]
+        g = ((lo + (up - lo) * self.ts[:, None]) * self.FT).sum(axis=1) * angular.PREFACTOR
+        out = np.empty_like(g)
+        out[self.order] = g
+        return out
 
 
 def normalisation(table: JTable, model: PdfModel = GEN, **quad) -> np.ndarray:

@@ -223,8 +223,9 @@ def joint_monomials(c, u) -> np.ndarray:
     return np.outer(monomials(c), monomials(u)).ravel()
 
 
-def joint_monomial_derivatives(c, u) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The joint monomials, their gradient ``(n, P)`` and Hessian ``(n, n, P)`` in the vector ``(c, u)``."""
+def joint_monomial_derivatives(c, u, hessian: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The joint monomials, their gradient ``(n, P)`` and Hessian ``(n, n, P)`` (None unless ``hessian``)
+    in the vector ``(c, u)``."""
     c, u = np.atleast_1d(np.asarray(c, dtype=np.float64)), np.atleast_1d(np.asarray(u, dtype=np.float64))
     nc, nu = c.size, u.size
     mc, mu = monomials(c), monomials(u)
@@ -235,6 +236,8 @@ def joint_monomial_derivatives(c, u) -> tuple[np.ndarray, np.ndarray, np.ndarray
     grad = np.empty((n, P))
     grad[:nc] = np.einsum("ap,q->apq", gc, mu).reshape(nc, P)
     grad[nc:] = np.einsum("p,jq->jpq", mc, gu).reshape(nu, P)
+    if not hessian:
+        return np.outer(mc, mu).ravel(), grad, None
     hess = np.empty((n, n, P))
     hess[:nc, :nc] = np.einsum("abp,q->abpq", hc, mu).reshape(nc, nc, P)
     cross = np.einsum("ap,jq->ajpq", gc, gu).reshape(nc, nu, P)

@@ -58,6 +58,7 @@ class _SetLikelihood:
         self.mix = mix
         self.nc, self.nu = table.n_shifts, table.n_nuisances
         self.lam = 1.0 / prior_scale**2
+        self.calls = [0, 0]  # exact Hessians, gradients
 
     def _rows(self, tables: np.ndarray):
         """node_rows layout ``(K, 12, R)`` and forward differences of R tables ``(R, K, 12)``."""
@@ -69,15 +70,16 @@ class _SetLikelihood:
     def __call__(self, phi: np.ndarray, hessian: bool = True):
         """``(nll, gradient, Hessian or None)`` at ``phi``; nll is inf where the pdf is not positive."""
         c, u = phi[: self.nc], phi[self.nc :]
-        m, g, h = joint_monomial_derivatives(c, u)
+        self.calls[0 if hessian else 1] += 1
+        m, g, h = joint_monomial_derivatives(c, u, hessian)
         J = (m @ self.T).reshape(self.shape)
-        Gam, dGam, d2Gam = m @ self.norm, g @ self.norm, h @ self.norm
+        Gam, dGam = m @ self.norm, g @ self.norm
         if hessian:
             dJ = (g @ self.T).reshape(-1, *self.shape)
             a = self.basis.project(*self._rows(np.concatenate([J[None], dJ])))
             G, dG = a[:, 0], a[:, 1:]
         else:
-            G, dG = self.basis.project(*self._rows(J[None]))[:, 0], None
+            G, dG = self.basis.values(J), None
         if self.mix is None:
             if Gam <= 0 or np.any(G <= 0):
                 return np.inf, None, None
@@ -97,45 +99,62 @@ class _SetLikelihood:
         grad[self.nc :] += self.lam * u
         if not hessian:
             return nll, grad, None
+        d2Gam = h @ self.norm
         v = r[:, None] * (dG - G[:, None] * (dGam / Gam)[None, :])  # d ln p_e
         sum_d2p = (h @ Hc) - (np.outer(A, dGam) + np.outer(dGam, A)) / Gam - S * d2Gam / Gam + 2 * S * np.outer(dGam, dGam) / Gam**2
-        hess = -(sum_d2p - v.T @ v)
-        hess[self.nc :, self.nc :] += self.lam * np.eye(self.nu)
-        return nll, grad, hess
+        opg = v.T @ v
+        hess = -(sum_d2p - opg)
+        prior = np.zeros_like(hess)
+        prior[self.nc :, self.nc :] = self.lam * np.eye(self.nu)
+        self.opg = opg + prior  # outer product of the scores (BHHH): positive definite, for steps far out
+        return nll, grad, hess + prior
 
 
-def fit_set_profiled(lik: _SetLikelihood, start=None, max_iter: int = 30, tol: float = 1e-6):
-    """Damped Newton on one set. Returns ``(phi, covariance, converged, iterations)``."""
+def fit_set_profiled(lik: _SetLikelihood, start=None, max_iter: int = 40, tol: float = 1e-4):
+    """Damped Newton on one set. Returns ``(phi, covariance, converged, iterations)``.
+
+    The exact Hessian is computed at the start and after the first step; later steps reuse it
+    (a chord method: each costs one cheap gradient, and converges fast once the Hessian is that of
+    the neighbourhood of the minimum), and it is recomputed whenever a step fails to halve the last.
+    The covariance is the inverse of the last exact Hessian.
+    """
     n = lik.nc + lik.nu
     phi = np.zeros(n) if start is None else np.asarray(start, dtype=np.float64).copy()
     nll, grad, hess = lik(phi)
+    fail = (phi, np.full((n, n), np.nan), False)
     if not np.isfinite(nll):
-        return phi, np.full((n, n), np.nan), False, 0
+        return (*fail, 0)
+    full, last = 1, np.inf
     for it in range(1, max_iter + 1):
         try:
             step = np.linalg.solve(hess, grad)
+            if not grad @ step > 0:  # not a descent direction: the exact Hessian is indefinite out here
+                step = np.linalg.solve(lik.opg, grad)
         except np.linalg.LinAlgError:
-            return phi, np.full((n, n), np.nan), False, it
+            return (*fail, it)
         if not np.all(np.isfinite(step)):
-            return phi, np.full((n, n), np.nan), False, it
+            return (*fail, it)
         big = np.max(np.abs(step))
         if big > 1.0:  # a trust region of one unit (delta C9 or one prior sigma)
             step = step / big
         t = 1.0
-        for _ in range(20):  # backtracking: never accept a worse point
+        for _ in range(30):  # backtracking: never accept a worse point
             trial = phi - t * step
-            new = lik(trial, hessian=False)[0]
-            if np.isfinite(new) and new <= nll + 1e-12:
+            new, g_new, _ = lik(trial, hessian=False)
+            if np.isfinite(new) and new <= nll + 1e-9 * max(1.0, abs(nll)):
                 break
             t /= 2
         else:
-            return phi, np.full((n, n), np.nan), False, it
-        phi = trial
-        if t * np.max(np.abs(step)) < tol:
-            nll, grad, hess = lik(phi)
-            cov = np.linalg.inv(hess)
-            return phi, cov, bool(np.all(np.linalg.eigvalsh(hess) > 0)), it
-        nll, grad, hess = lik(phi)
+            return (*fail, it)
+        phi, nll, grad = trial, new, g_new
+        size = t * np.max(np.abs(step))
+        if size < tol:
+            ok = bool(np.all(np.linalg.eigvalsh(hess) > 0))
+            return phi, np.linalg.inv(hess), ok, it
+        if full < 2 or size > 0.5 * last or t < 1.0:
+            _, _, hess = lik(phi)
+            full += 1
+        last = size
     return phi, np.linalg.inv(hess), False, max_iter
 
 
