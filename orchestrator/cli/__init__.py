@@ -21,6 +21,7 @@ from orchestrator.cli.generate import generate
 from orchestrator.cli.globalfit import globalfit
 from orchestrator.cli.images import images
 from orchestrator.cli.run import run
+from orchestrator.cli.track import track
 from orchestrator.cli.tune import tune
 from orchestrator.cli.validate import validate
 from orchestrator.runtime.ray import quiet_token_notice
@@ -49,7 +50,7 @@ def wcscan():
     against the unbinned ML fit and the Cramer-Rao bound."""
 
 
-for _command in (generate, fit, images, validate, run, tune, globalfit, bench):
+for _command in (generate, fit, images, validate, run, tune, globalfit, track, bench):
     wcscan.add_command(_command)
 
 

@@ -160,12 +160,17 @@ def globalfit_config(config: str | Path = "lhcb-seed", out: Path | None = None, 
                      **options) -> tuple[GlobalFitConfig, GlobalFitResult]:
     """``wcscan globalfit``: every check first (cheap, nothing written), then :func:`run_globalfit` with ``options``."""
     from kernels.observables import experimental, load_observable_set
+    from orchestrator.config.services import check_services
+    from orchestrator.track.runs import tracking_source
 
     cfg = load_globalfit_config(config)
     if workers is not None:
         non_negative_int(workers, "--workers")
     check_device(cfg.device, f"config {cfg.name}: device")
     out = output_dir(Path(out) if out is not None else Path("out") / f"globalfit-{cfg.name}")
+    uri, source = tracking_source(out, options.get("tracking_uri"), cfg.mlflow.tracking_uri)
+    check_services(out, tracking_uri=uri, tracking_name=source, address=options.get("address"),
+                   uses_ray=(cfg.workers if workers is None else workers) != 0)
     obs_set = load_observable_set(cfg.observables)
     data = experimental(obs_set)  # a singular experimental covariance: one line naming the entry
     return cfg, run_globalfit(cfg, obs_set, data, out, workers=workers, **options)

@@ -184,7 +184,12 @@ def tune_job(model: str, dataset: Path, out: Path | None = None, *, images: Path
             raise ConfigError(f"--set-size {set_size}: {dataset} holds {fewest} events per point, of which "
                               f"{train_events(fewest)} train; use a set size of at most that")
     out = output_dir(out if out is not None else Path("out") / f"tune-{model}")
+    from orchestrator.config.services import check_services
     from orchestrator.runtime.ray import init_ray, require_gpus
+    from orchestrator.track.runs import tracking_source
+
+    uri, source = tracking_source(out, options.get("tracking_uri"))
+    check_services(out, tracking_uri=uri, tracking_name=source, address=options.get("address"))
 
     init_ray(options.get("address"))
     require_gpus(options.get("gpus_per_trial", 0), wait_s=options.get("gpu_wait", 600.0))
