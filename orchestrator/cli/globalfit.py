@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli.common import PATH, common_options, progress_factory, stage_printer, stdout
+from orchestrator.cli.common import PATH, common_options, progress_factory, stage_printer, stdout, warn
 
 EPILOG = """\b
 Examples:
@@ -52,4 +52,7 @@ def globalfit(config, out, workers, address, tracking_uri, quiet, verbose):
     console = stdout()
     console.print(table)
     console.print(f"report: {result.report} ({result.seconds:.0f} s)", soft_wrap=True)
-    console.print(f"MLflow: {result.tracking_uri} (parent run {result.run_id})", soft_wrap=True)
+    if result.unlogged:
+        warn(result.unlogged)
+    else:
+        console.print(f"MLflow: {result.tracking_uri} (parent run {result.run_id})", soft_wrap=True)

@@ -51,6 +51,8 @@ class GlobalFitResult:
     run_id: str
     tracking_uri: str
     seconds: float
+    #: One line, when the tracking store stopped answering: what it did not get and how to log it later.
+    unlogged: str | None = None
 
 
 def _log_method(tracker, r) -> None:
@@ -146,14 +148,14 @@ def run_globalfit(cfg: GlobalFitConfig, obs_set, experimental: tuple, out: Path,
         tracker.metrics({"chi2_min": y.fit.chi2_min, "sm_pull": y.sm_pull, "chi2_sm": y.chi2_sm})
         seconds = time.perf_counter() - t0
         report = rep.write_report(out, cfg, rows, y, figures, {"flavio": version("flavio"), "seconds": seconds},
-                                  tracker.uri, tracker.run_id)
+                                  tracker.uri, tracker.run_id or "(not logged)")
         for path in (report, *files.values()):
             tracker.artifact(path)
         for path in figures.values():
             tracker.artifact(path, "figures")
         tracker.metrics({"seconds_total": time.perf_counter() - t0})
-        return GlobalFitResult(out, rows, y, {**files, **figures}, report, tracker.run_id, tracker.uri,
-                               time.perf_counter() - t0)
+    return GlobalFitResult(out, rows, y, {**files, **figures}, report, tracker.run_id, tracker.uri,
+                           time.perf_counter() - t0, tracker.unlogged())
 
 
 def globalfit_config(config: str | Path = "lhcb-seed", out: Path | None = None, *, workers: int | None = None,

@@ -42,6 +42,8 @@ class JobResult:
     report: Path | None = None
     run_id: str | None = None
     tracking_uri: str | None = None
+    #: One line, when the tracking store stopped answering: what it did not get and how to log it later.
+    unlogged: str | None = None
 
 
 def _train_config(tc, cfg: RunConfig, **override):
@@ -284,7 +286,8 @@ def run_job(
 
             ex = [open_images(out / "images", "train", p)[0] for p in (0, len(grid) // 2, len(grid) - 1)]
             figures["image_slices"] = plots.plot_image_slices(np.stack(ex), [grid[0], grid[len(grid) // 2], grid[-1]], fig_dir / "image_slices.png")
-        report_path = report.write_report(out, cfg, evaluations, figures, checksum, tracker.uri, tracker.run_id)
+        report_path = report.write_report(out, cfg, evaluations, figures, checksum, tracker.uri,
+                                          tracker.run_id or "(not logged)")
         for f in figures.values():
             tracker.artifact(f, "figures")
         tracker.artifact(report_path)
@@ -292,7 +295,7 @@ def run_job(
             tracker.artifact(out / "evaluation" / ev.name / "points.csv", f"evaluation/{ev.name}")
         run_id = tracker.run_id
         uri = tracker.uri
-    return JobResult(out, evaluations, histories, report_path, run_id, uri)
+    return JobResult(out, evaluations, histories, report_path, run_id, uri, tracker.unlogged())
 
 
 def check_job_services(cfg: RunConfig, out: Path, tracking_uri: str | None, address: str | None) -> None:

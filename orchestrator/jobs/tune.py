@@ -98,6 +98,7 @@ def _track(res: SweepResult, tracking_uri, experiment: str, eval_sets: int, resu
             res.evaluation = evaluate_network(net, state, spec, eval_sets)
             _log_evaluation(tracker, res.evaluation, res.out)
         res.run_id, res.tracking_uri = tracker.run_id, tracker.uri
+    res.unlogged = tracker.unlogged()
 
 
 def _log_trial(tracker, trial: dict, run_id: str | None) -> None:

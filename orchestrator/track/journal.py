@@ -93,6 +93,7 @@ def replay(out: Path, tracking_uri: str, experiment: str | None = None) -> tuple
     """
     import mlflow
     from mlflow.tracking import MlflowClient
+    from mlflow.tracking.context.registry import resolve_tags
 
     out = Path(out)
     records = list(read(out))
@@ -110,7 +111,13 @@ def replay(out: Path, tracking_uri: str, experiment: str | None = None) -> tuple
     client = MlflowClient(tracking_uri)
     name = experiment or start["experiment"]
     exp = client.get_experiment_by_name(name)
-    experiment_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+    if exp is None:
+        loc = None
+        if tracking_uri.startswith("sqlite:///"):  # artifacts beside the database, as a job's own store has them
+            loc = (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+        experiment_id = client.create_experiment(name, artifact_location=loc)
+    else:
+        experiment_id = exp.experiment_id
     runs: dict[tuple, str] = {}
 
     def run_of(path) -> str:
@@ -119,7 +126,8 @@ def replay(out: Path, tracking_uri: str, experiment: str | None = None) -> tuple
             parent = run_of(key[:-1]) if key else None
             tags = {"mlflow.parentRunId": parent} if parent else {}
             tags["wcscan.logged_from"] = str(out.resolve())
-            run = client.create_run(experiment_id, run_name=key[-1] if key else start["run_name"], tags=tags)
+            run = client.create_run(experiment_id, run_name=key[-1] if key else start["run_name"],
+                                    tags=resolve_tags(tags))
             runs[key] = run.info.run_id
         return runs[key]
 
