@@ -39,7 +39,7 @@ lock:
 	$(LOCKVENV)/bin/python -m pip install -e '.[dev]'
 	{ echo "# wcscan's whole dependency set, from 'make lock' (pip freeze of a clean Python 3.11 venv on Linux x86_64)."; \
 	  echo "# Install: make venv (torch's CPU wheel first, then this file). Refresh: make lock, then make test."; \
-	  $(LOCKVENV)/bin/python -m pip freeze --exclude-editable | sed -e 's/^torch==\([^+]*\)+.*/torch==\1/'; } > $(LOCK).tmp
+	  $(LOCKVENV)/bin/python -m pip freeze --all --exclude-editable --exclude pip | sed -e 's/^torch==\([^+]*\)+.*/torch==\1/'; } > $(LOCK).tmp
 	@if grep -iE '^(nvidia|cuda|triton)' $(LOCK).tmp; then echo "lock: CUDA packages resolved; is torch's CPU wheel first?" >&2; rm $(LOCK).tmp; exit 1; fi
 	mv $(LOCK).tmp $(LOCK)
 	rm -rf $(LOCKVENV)
