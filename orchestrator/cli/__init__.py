@@ -37,6 +37,7 @@ Examples:
   wcscan fit --dataset out/events --events-per-set 2000 --sets 10 --out out/fit.csv
   wcscan images --dataset out/events --bins 16 --events-per-image 2000 --images-per-point 10 --out out/images
   wcscan tune --model deepsets --dataset out/events --num-samples 16
+  wcscan track out/demo --tracking-uri http://127.0.0.1:5000   # log a finished job to MLflow (later)
   wcscan bench generate --json
 
 Run 'wcscan COMMAND --help' for the options of a command.
