@@ -14,15 +14,16 @@ removes its own).
   (``postgresql``, ``mysql``, ``mssql``) must accept a TCP connection; a
   ``sqlite`` or ``file`` store must be writable where it would be created.
 - **Ray address** (``--address``, else ``$RAY_ADDRESS``): the GCS port
-  (``host:port``) or the Ray Client port (``ray://host:port``) must accept a
-  TCP connection within :data:`TIMEOUT_S`, so that ``ray.init`` is not left
-  waiting for a cluster that is not there. ``auto`` needs a cluster started
+  (``host:port``) must accept a TCP connection and answer a GCS call, and the
+  Ray Client port (``ray://host:port``) a TCP connection, within
+  :data:`TIMEOUT_S`, so that ``ray.init`` is not left waiting for a cluster
+  that is not there. ``auto`` needs a cluster started
   on this machine (``ray start --head``).
 - **Storage**: ``--out`` writable, and the free space there at least the
   bytes the job will write (:func:`event_bytes`, :func:`image_bytes`); the
   error names both numbers.
 
-Nothing heavy is imported here: no mlflow, no ray.
+Nothing heavy is imported here: no mlflow, no ray (grpc, for the GCS call, only when an address is given).
 
 >>> event_bytes(points=2, events=1000)  # 4 float32 + the dc9 shift (float64) per event
 48000
@@ -211,10 +212,42 @@ def check_ray_address(address: str | None, name: str = "--address", timeout: flo
     if not parts.hostname:
         raise ServiceError(f"{name} {address}: no host (expected HOST:PORT or ray://HOST:PORT)")
     why = _tcp(parts.hostname, port, timeout)
+    if why is None and parts.scheme == "gcs":
+        why = _gcs(f"{parts.hostname}:{port}", timeout)
     if why:
         raise ServiceError(f"{name} {address}: no Ray cluster at {parts.hostname}:{port} ({why}); start one "
                            "(ray start --head), or leave the option out for a local Ray")
     return address
+
+
+def _gcs(target: str, timeout: float) -> str | None:
+    """None if a Ray GCS answers at ``target`` (one gRPC call, ``GetClusterId``), else why not.
+
+    An open port is not enough: ``ray.init`` waits a long time on a port where something else listens
+    (a proxy, another service). A GCS with token authentication answers UNAUTHENTICATED without the
+    token, which is an answer all the same; ``ray.init`` sends the token.
+    """
+    try:
+        import grpc
+    except ImportError:  # pragma: no cover - grpcio comes with ray
+        return None
+    channel = grpc.insecure_channel(target)
+    try:
+        call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId",
+                                   request_serializer=lambda _: b"", response_deserializer=lambda b: b)
+        call(None, timeout=timeout)
+        return None
+    except grpc.RpcError as err:
+        code = err.code()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"no answer within {timeout:g} s"
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return "unavailable"
+        return f"something answers there, but not as a Ray GCS: {code.name}"
+    finally:
+        channel.close()
 
 
 # --- storage --------------------------------------------------------------------

@@ -68,6 +68,39 @@ def test_a_ray_address_where_no_cluster_listens_is_refused_before_any_work(capsy
     assert not (tmp_path / "o").exists()
 
 
+@pytest.fixture(scope="module")
+def not_a_service():
+    """A plain HTTP server on loopback that answers 404 to everything: neither MLflow nor Ray."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_tracking_uri_where_something_else_answers_is_refused(capsys, tmp_path, not_a_service):
+    _refused(capsys, ["run", "--config", "demo", "--out", tmp_path / "o", "--tracking-uri", f"http://{not_a_service}"],
+             "answers HTTP 404 at /health")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_ray_address_where_something_else_listens_is_refused(capsys, tmp_path, not_a_service):
+    _refused(capsys, [*GENERATE[:-2], "--out", tmp_path / "o", "--address", not_a_service], "no Ray cluster")
+    assert not (tmp_path / "o").exists()
+
+
 def test_events_that_cannot_fit_on_the_disk_are_refused_naming_both_sizes(capsys, tmp_path):
     line = _refused(capsys, ["generate", "--dc9", "0", "--events", "1000000000000000", "--out", tmp_path / "o"],
                     "writes about 24 PB", "free")
