@@ -7,20 +7,42 @@ WCSCAN    := $(VENV)/bin/wcscan
 STAMP     := $(VENV)/.stamp
 TORCH     := torch==2.13.0
 # The CPU build of torch; pinned and installed first so that nothing pulls CUDA wheels.
+LOCK      := requirements.lock
+# Every other package at the version `make lock` resolved (pip freeze of a clean venv; see the README).
+LOCKVENV  := .lock-venv
 
-.PHONY: venv test demo bench clean
+.PHONY: venv lock test demo bench clean
 
 venv: $(STAMP)
 
-# Rebuilt only when the virtualenv is missing or pyproject.toml is newer than
+# Rebuilt only when the virtualenv is missing or pyproject.toml or the lock is newer than
 # the stamp. torch goes in first so that resolving the project's dependencies
-# finds it satisfied and never pulls CUDA wheels.
-$(STAMP): pyproject.toml
+# finds it satisfied and never pulls CUDA wheels; then the lock, exactly; then wcscan itself
+# without resolving anything, and `pip check` fails if the lock lacks what pyproject.toml asks for.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install '$(TORCH)'
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -r $(LOCK)
+	$(PIP) install --no-deps -e '.[dev]'
+	$(PIP) check
 	@touch $(STAMP)
+
+# A new lock from what a clean virtualenv resolves today for pyproject.toml (torch's CPU wheel first).
+# torch's local label (+cpu) is dropped: `torch==X` is met by the CPU wheel installed first, and a
+# label would name a wheel that PyPI does not serve. CUDA packages in the result are an error.
+lock:
+	rm -rf $(LOCKVENV)
+	python3.11 -m venv $(LOCKVENV) || python3 -m venv $(LOCKVENV)
+	$(LOCKVENV)/bin/python -m pip install --upgrade pip
+	$(LOCKVENV)/bin/python -m pip install '$(TORCH)'
+	$(LOCKVENV)/bin/python -m pip install -e '.[dev]'
+	{ echo "# wcscan's whole dependency set, from 'make lock' (pip freeze of a clean Python 3.11 venv on Linux x86_64)."; \
+	  echo "# Install: make venv (torch's CPU wheel first, then this file). Refresh: make lock, then make test."; \
+	  $(LOCKVENV)/bin/python -m pip freeze --all --exclude-editable --exclude pip | sed -e 's/^torch==\([^+]*\)+.*/torch==\1/'; } > $(LOCK).tmp
+	@if grep -iE '^(nvidia|cuda|triton)' $(LOCK).tmp; then echo "lock: CUDA packages resolved; is torch's CPU wheel first?" >&2; rm $(LOCK).tmp; exit 1; fi
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(LOCKVENV)
 
 test: venv
 	$(PY) -m pytest -q
@@ -38,5 +60,5 @@ bench: venv
 	$(WCSCAN) bench resnet --depth 10 --bins 16 --width 16 --batch 8 --steps 3 --json
 
 clean:
-	rm -rf demo-out build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf demo-out build dist *.egg-info .pytest_cache .hypothesis $(LOCKVENV)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -15,3 +15,7 @@ class TheoryError(ConfigError):
 
 class DatasetError(WcscanError):
     """A dataset is missing, incomplete, or holds invalid events."""
+
+
+class ServiceError(WcscanError):
+    """An outside service (an MLflow server, a Ray cluster, the output storage) is unusable: names it and why."""

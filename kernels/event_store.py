@@ -134,7 +134,8 @@ def read_manifest(root: str | os.PathLike) -> dict:
     root = Path(root)
     path = root / MANIFEST
     if not root.is_dir():
-        raise DatasetError(f"{root}: no such dataset directory")
+        raise DatasetError(f"{root}: " + ("is a file; a dataset is a directory (wcscan generate --out)" if root.exists()
+                                          else "no such dataset directory"))
     if not path.is_file():
         raise DatasetError(
             f"{root}: no manifest.json — dataset is incomplete or not a wcscan dataset"

@@ -62,6 +62,8 @@ class SweepResult:
     evaluation: object | None = None
     run_id: str | None = None
     tracking_uri: str | None = None
+    #: One line, when the tracking store stopped answering: what it did not get and how to log it later.
+    unlogged: str | None = None
     errors: int = 0
 
 

@@ -21,6 +21,7 @@ from orchestrator.cli.generate import generate
 from orchestrator.cli.globalfit import globalfit
 from orchestrator.cli.images import images
 from orchestrator.cli.run import run
+from orchestrator.cli.track import track
 from orchestrator.cli.tune import tune
 from orchestrator.cli.validate import validate
 from orchestrator.runtime.ray import quiet_token_notice
@@ -36,6 +37,7 @@ Examples:
   wcscan fit --dataset out/events --events-per-set 2000 --sets 10 --out out/fit.csv
   wcscan images --dataset out/events --bins 16 --events-per-image 2000 --images-per-point 10 --out out/images
   wcscan tune --model deepsets --dataset out/events --num-samples 16
+  wcscan track out/demo --tracking-uri http://127.0.0.1:5000   # log a finished job to MLflow (later)
   wcscan bench generate --json
 
 Run 'wcscan COMMAND --help' for the options of a command.
@@ -49,7 +51,7 @@ def wcscan():
     against the unbinned ML fit and the Cramer-Rao bound."""
 
 
-for _command in (generate, fit, images, validate, run, tune, globalfit, bench):
+for _command in (generate, fit, images, validate, run, tune, globalfit, track, bench):
     wcscan.add_command(_command)
 
 

@@ -90,6 +90,11 @@ def stage_printer(command: str, quiet: bool):
     return stage
 
 
+def warn(message: str) -> None:
+    """One line ``wcscan: warning: <message>`` on stderr (never wrapped)."""
+    sys.stderr.write("wcscan: warning: " + " ".join(str(message).split()) + "\n")
+
+
 def fmt(value) -> str:
     """Numbers for tables: 4 significant digits for floats.
 

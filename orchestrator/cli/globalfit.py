@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli.common import PATH, common_options, progress_factory, stage_printer, stdout
+from orchestrator.cli.common import PATH, common_options, progress_factory, stage_printer, stdout, warn
+from orchestrator.cli.types import GLOBALFIT_CONFIG
 
 EPILOG = """\b
 Examples:
@@ -22,7 +23,7 @@ are cached under $WCSCAN_CACHE (default ~/.cache/wcscan)/globalfit: a second run
 
 
 @click.command(epilog=EPILOG, short_help="The binned global fit to LHCb data: chi^2 minimum, flavio, NN, cGAN.")
-@click.option("--config", default="lhcb-seed", show_default=True, metavar="NAME|FILE",
+@click.option("--config", type=GLOBALFIT_CONFIG, default="lhcb-seed", show_default=True, metavar="NAME|FILE",
               help="Shipped globalfit config or a YAML file.")
 @click.option("--out", type=PATH, default=None, metavar="DIR", help="Output directory (default: out/globalfit-<name>).")
 @click.option("--workers", type=int, default=None, metavar="N",
@@ -52,4 +53,7 @@ def globalfit(config, out, workers, address, tracking_uri, quiet, verbose):
     console = stdout()
     console.print(table)
     console.print(f"report: {result.report} ({result.seconds:.0f} s)", soft_wrap=True)
-    console.print(f"MLflow: {result.tracking_uri} (parent run {result.run_id})", soft_wrap=True)
+    if result.unlogged:
+        warn(result.unlogged)
+    else:
+        console.print(f"MLflow: {result.tracking_uri} (parent run {result.run_id})", soft_wrap=True)

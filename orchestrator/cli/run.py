@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli.common import PATH, common_options, progress_factory, stage_printer, stdout
+from orchestrator.cli.common import PATH, common_options, progress_factory, stage_printer, stdout, warn
+from orchestrator.cli.types import RUN_CONFIG
 
 EPILOG = """\b
 Examples:
@@ -22,7 +23,7 @@ OUT/evaluation/<estimator>/points.csv and OUT/figures/; MLflow defaults to sqlit
 
 
 @click.command(epilog=EPILOG, short_help="The whole job: generate, images, train, evaluate against the CRB, MLflow.")
-@click.option("--config", default="demo", show_default=True, metavar="NAME|FILE", help="Shipped config or a YAML file.")
+@click.option("--config", type=RUN_CONFIG, default="demo", show_default=True, metavar="NAME|FILE", help="Shipped config or a YAML file.")
 @click.option("--out", type=PATH, default=None, metavar="DIR", help="Output directory (default: out/<config name>).")
 @click.option("--tracking-uri", default=None, metavar="URI",
               help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db).")
@@ -53,4 +54,7 @@ def run(config, out, tracking_uri, workers, address, device, quiet, verbose):
     console = stdout()
     console.print(table)
     console.print(f"report: {result.report}", soft_wrap=True)
-    console.print(f"MLflow: {result.tracking_uri} (parent run {result.run_id})", soft_wrap=True)
+    if result.unlogged:
+        warn(result.unlogged)
+    else:
+        console.print(f"MLflow: {result.tracking_uri} (parent run {result.run_id})", soft_wrap=True)

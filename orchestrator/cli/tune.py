@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from orchestrator.cli.common import PATH, common_options, fmt, stage_printer, stdout
+from orchestrator.cli.common import PATH, common_options, fmt, stage_printer, stdout, warn
 
 EPILOG = """\b
 Examples:
@@ -91,4 +91,7 @@ def tune(model, dataset, images, num_samples, epochs, cpus_per_trial, gpus_per_t
     if res.evaluation is not None:
         console.print("best on test MC: " + ", ".join(f"{k} {fmt(v)}" for k, v in res.evaluation.summary.items()),
                       soft_wrap=True)
-    console.print(f"MLflow: {res.tracking_uri} (parent run {res.run_id})", soft_wrap=True)
+    if res.unlogged:
+        warn(res.unlogged)
+    else:
+        console.print(f"MLflow: {res.tracking_uri} (parent run {res.run_id})", soft_wrap=True)

@@ -16,6 +16,7 @@ import click
 
 from kernels.errors import ConfigError
 from orchestrator.config import grammar
+from orchestrator.config.loading import GLOBALFIT_PRESETS, RUN_PRESETS, config_file
 
 
 class GrammarType(click.ParamType):
@@ -38,3 +39,17 @@ DC9 = GrammarType("START:STOP:NUM|A,B,...", grammar.parse_dc9)
 WINDOW = GrammarType("LO,HI", grammar.parse_window)
 COLUMN_MAP = GrammarType("NAME=COL,...", grammar.parse_column_map)
 FINITE = GrammarType("VALUE", grammar.parse_finite)
+
+
+def _config(where: tuple[str, ...], kind: str) -> Callable[[str], str]:
+    """``--config NAME|FILE`` checked while parsing, before any job module (and torch) is imported."""
+
+    def parse(text: str) -> str:
+        config_file(text, where, kind)
+        return text
+
+    return parse
+
+
+RUN_CONFIG = GrammarType("NAME|FILE", _config(RUN_PRESETS, "config"))
+GLOBALFIT_CONFIG = GrammarType("NAME|FILE", _config(GLOBALFIT_PRESETS, "globalfit config"))

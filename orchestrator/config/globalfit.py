@@ -23,6 +23,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from kernels.errors import ConfigError
+from orchestrator.config.loading import GLOBALFIT_PRESETS, config_file, shipped, validation_message
 from orchestrator.config.run import MLflowConfig, _grid, _Strict
 
 __all__ = ["GlobalFitConfig", "load_globalfit_config", "available_globalfit", "PRESETS"]
@@ -153,7 +154,7 @@ class GlobalFitConfig(_Strict):
 
 def available_globalfit() -> list[str]:
     """The shipped job configs (the observable sets beside them are not jobs)."""
-    return sorted(p.stem for p in _presets().glob("*.yaml") if not p.stem.startswith("observables-"))
+    return shipped(GLOBALFIT_PRESETS)
 
 
 def _observables_path(value: str, base: Path | None) -> Path:
@@ -170,16 +171,8 @@ def _observables_path(value: str, base: Path | None) -> Path:
 
 def load_globalfit_config(name_or_path: str | Path) -> GlobalFitConfig:
     """A shipped config by name (``lhcb-seed``) or a YAML file, with ``observables`` resolved to an absolute path."""
-    path = Path(str(name_or_path))
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        base = path.resolve().parent
-    elif str(name_or_path) in available_globalfit():
-        path, base = _presets() / f"{name_or_path}.yaml", None
-    else:
-        raise ConfigError(f"unknown globalfit config {str(name_or_path)!r}; shipped: "
-                          f"{', '.join(available_globalfit())} (or give a .yaml file)")
+    path = config_file(name_or_path, GLOBALFIT_PRESETS, "globalfit config")
+    base = None if path.parent == _presets() else path.resolve().parent
     try:
         data = yaml.safe_load(path.read_text())
         if not isinstance(data, dict):
@@ -188,9 +181,7 @@ def load_globalfit_config(name_or_path: str | Path) -> GlobalFitConfig:
     except yaml.YAMLError:
         raise ConfigError(f"config {path.name}: not valid YAML") from None
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "(top level)"
-        raise ConfigError(f"config {path.name}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise ConfigError(f"config {path.name}: {validation_message(err, GlobalFitConfig)}") from None
     try:
         return cfg.model_copy(update={"observables": str(_observables_path(cfg.observables, base))})
     except ConfigError as err:

@@ -13,7 +13,7 @@ import math
 
 from kernels.errors import ConfigError
 
-__all__ = ["parse_finite", "parse_dc9", "parse_window", "parse_column_map"]
+__all__ = ["parse_finite", "parse_dc9", "parse_window", "parse_column_map", "distinct"]
 
 
 def parse_finite(text: str, what: str = "value") -> float:
@@ -31,6 +31,24 @@ def parse_finite(text: str, what: str = "value") -> float:
     return value
 
 
+def distinct(values, what: str = "scan points") -> list:
+    """``values`` if no two are equal: two identical scan points would make the same events twice.
+
+    >>> distinct([0.0, 1.0])
+    [0.0, 1.0]
+    >>> distinct([0.0, 1.0, 0.0])
+    Traceback (most recent call last):
+    ...
+    kernels.errors.ConfigError: 0 appears twice (points 0 and 2); the scan points must differ
+    """
+    first: dict = {}
+    for i, v in enumerate(values):
+        if v in first:
+            raise ConfigError(f"{v:g} appears twice (points {first[v]} and {i}); the {what} must differ")
+        first[v] = i
+    return list(values)
+
+
 def parse_dc9(text: str) -> list[float]:
     """Scan points from ``START:STOP:NUM`` (inclusive, like numpy.linspace) or ``A,B,C``.
 
@@ -38,6 +56,8 @@ def parse_dc9(text: str) -> list[float]:
     [-1.0, -0.5, 0.0, 0.5, 1.0]
     >>> parse_dc9("-1.5,0")
     [-1.5, 0.0]
+
+    Identical points are refused (``0,0``, ``1:1:3``).
     """
     text = text.strip()
     if not text:
@@ -56,12 +76,14 @@ def parse_dc9(text: str) -> list[float]:
             raise ConfigError(f"{text!r}: NUM must be at least 1, got {num}")
         if num == 1:
             return [start]
+        if start == stop:
+            raise ConfigError(f"{text!r}: START = STOP makes {num} identical points; the scan points must differ")
         step = (stop - start) / (num - 1)
         return [start + i * step for i in range(num - 1)] + [stop]
     items = text.split(",")
     if any(not item.strip() for item in items):
         raise ConfigError(f"{text!r}: empty value in the comma list")
-    return [parse_finite(item, "value") for item in items]
+    return distinct([parse_finite(item, "value") for item in items])
 
 
 def parse_window(text: str) -> tuple[float, float]:

@@ -10,7 +10,6 @@ one line naming the field::
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kernels.errors import ConfigError
-from orchestrator.config.grammar import parse_dc9
+from orchestrator.config.grammar import distinct, parse_dc9
+from orchestrator.config.loading import RUN_PRESETS, config_file, shipped, validation_message
 
 PositiveInt = Field(gt=0)
 
@@ -28,12 +28,14 @@ class _Strict(BaseModel):
 
 
 def _grid(value):
-    """A list of numbers, or ``"START:STOP:NUM"`` / ``"a,b,c"`` as on the command line."""
-    if isinstance(value, str):
-        try:
+    """A list of distinct numbers, or ``"START:STOP:NUM"`` / ``"a,b,c"`` as on the command line."""
+    try:
+        if isinstance(value, str):
             return parse_dc9(value)
-        except ConfigError as err:  # the grammar's own one-line message
-            raise ValueError(str(err)) from None
+        if isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            return distinct(value, "points")
+    except ConfigError as err:  # the grammar's own one-line message
+        raise ValueError(str(err)) from None
     return value
 
 
@@ -293,22 +295,13 @@ class RunConfig(_Strict):
 
 
 def available() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("orchestrator.config").joinpath("presets").iterdir() if p.name.endswith(".yaml"))
+    return shipped(RUN_PRESETS)
 
 
 def load_config(name_or_path: str | Path) -> RunConfig:
     """A shipped config by name (``demo``) or a YAML file; one-line ConfigError if it does not validate."""
-    text_path = Path(str(name_or_path))
-    if text_path.suffix in (".yaml", ".yml") or text_path.exists():
-        if not text_path.is_file():
-            raise ConfigError(f"config file {text_path} does not exist")
-        source, text = text_path.name, text_path.read_text()
-    else:
-        names = available()
-        if str(name_or_path) not in names:
-            raise ConfigError(f"unknown config {name_or_path!r}; shipped: {', '.join(names)} (or give a .yaml file)")
-        source = f"{name_or_path}.yaml"
-        text = resources.files("orchestrator.config").joinpath("presets").joinpath(source).read_text()
+    path = config_file(name_or_path, RUN_PRESETS)
+    source, text = path.name, path.read_text()
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -320,9 +313,6 @@ def load_config(name_or_path: str | Path) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        e = err.errors()[0]
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].replace("Value error, ", "")
-        raise ConfigError(f"config {source}: {loc}: {msg}") from None
+        raise ConfigError(f"config {source}: {validation_message(err, RunConfig)}") from None
     except ConfigError as err:
         raise ConfigError(f"config {source}: {err}") from None

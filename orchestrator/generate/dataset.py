@@ -37,6 +37,7 @@ from kernels.event_store import LEVELS, MANIFEST, part_path, point_checksum, wri
 from kernels.files import sha256_file
 from kernels.theory import SCAN_COEFFICIENTS
 from orchestrator.config.checks import non_negative_int, positive_int
+from orchestrator.config.grammar import distinct
 from orchestrator.generate import journal
 from orchestrator.generate.parts import WORKER, Job, PartMaker, WorkItem, work_items
 from orchestrator.runtime.versions import flavio_version, generator_version
@@ -75,7 +76,10 @@ def _check_config(dc9, events, seed, chunk_size) -> list[float]:
     bad = [v for v in values if not math.isfinite(v)]
     if bad:
         raise ConfigError(f"--dc9 values must be finite, got {bad}")
-    return values
+    try:
+        return distinct(values)
+    except ConfigError as err:
+        raise ConfigError(f"--dc9: {err}") from None
 
 
 def _check_workers(workers, address) -> None:

@@ -8,13 +8,14 @@ items.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernels.errors import DatasetError
-from kernels.event_store import write_part
+from kernels.errors import DatasetError, ServiceError
+from kernels.event_store import part_path, write_part
 
 __all__ = ["WorkItem", "Job", "PartMaker", "WORKER", "work_items", "generate_part"]
 
@@ -82,7 +83,14 @@ def generate_part(out: Path, table, item: WorkItem, level: str = "gen", detector
             f"{level} sampler returned {events.num_rows} events for point {item.point} "
             f"part {item.part}, expected {item.events}"
         )
-    return write_part(out, level, item.point, item.part, events)
+    try:
+        return write_part(out, level, item.point, item.part, events)
+    except OSError as err:  # the temporary part is gone already (atomic write); say where, and how to go on
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        path = part_path(out, level, item.point, item.part)
+        raise ServiceError(f"{path}: {err.strerror or 'no space left on device'}; the finished parts are kept: "
+                           "free some space and run the same command again to resume") from None
 
 
 class PartMaker:

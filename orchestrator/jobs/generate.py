@@ -6,6 +6,7 @@ from pathlib import Path
 
 from kernels.theory import DEFAULT_WINDOWS
 from orchestrator.config.checks import output_dir
+from orchestrator.config.services import check_services, event_bytes
 from orchestrator.generate.dataset import GenerateResult, generate
 from orchestrator.runtime.progress import no_progress
 
@@ -13,8 +14,11 @@ from orchestrator.runtime.progress import no_progress
 def generate_job(out: Path, dc9: list[float], events: int, seed: int = 0, windows=None, chunk_size: int = 1_000_000,
                  level: str = "gen", workers: int | None = None, address: str | None = None,
                  progress=None) -> GenerateResult:
-    """Check ``out`` is writable, then :func:`~orchestrator.generate.dataset.generate` with a bar over all events."""
+    """Check ``out`` (writable, room for the events), the Ray address, then
+    :func:`~orchestrator.generate.dataset.generate` with a bar over all events."""
     output_dir(out)
+    sized = isinstance(events, int) and events > 0 and isinstance(level, str)
+    check_services(out, event_bytes(len(dc9), events, level) if sized else 0, address=address, uses_ray=workers != 0)
     total = max(events, 0) * len(dc9) if isinstance(events, int) else 0
     with (progress or no_progress)("generate", total, "events") as advance:
         return generate(out, dc9, events, seed, list(windows or DEFAULT_WINDOWS), chunk_size=chunk_size,

@@ -51,6 +51,8 @@ class GlobalFitResult:
     run_id: str
     tracking_uri: str
     seconds: float
+    #: One line, when the tracking store stopped answering: what it did not get and how to log it later.
+    unlogged: str | None = None
 
 
 def _log_method(tracker, r) -> None:
@@ -146,26 +148,31 @@ def run_globalfit(cfg: GlobalFitConfig, obs_set, experimental: tuple, out: Path,
         tracker.metrics({"chi2_min": y.fit.chi2_min, "sm_pull": y.sm_pull, "chi2_sm": y.chi2_sm})
         seconds = time.perf_counter() - t0
         report = rep.write_report(out, cfg, rows, y, figures, {"flavio": version("flavio"), "seconds": seconds},
-                                  tracker.uri, tracker.run_id)
+                                  tracker.uri, tracker.run_id or "(not logged)")
         for path in (report, *files.values()):
             tracker.artifact(path)
         for path in figures.values():
             tracker.artifact(path, "figures")
         tracker.metrics({"seconds_total": time.perf_counter() - t0})
-        return GlobalFitResult(out, rows, y, {**files, **figures}, report, tracker.run_id, tracker.uri,
-                               time.perf_counter() - t0)
+    return GlobalFitResult(out, rows, y, {**files, **figures}, report, tracker.run_id, tracker.uri,
+                           time.perf_counter() - t0, tracker.unlogged())
 
 
 def globalfit_config(config: str | Path = "lhcb-seed", out: Path | None = None, *, workers: int | None = None,
                      **options) -> tuple[GlobalFitConfig, GlobalFitResult]:
     """``wcscan globalfit``: every check first (cheap, nothing written), then :func:`run_globalfit` with ``options``."""
     from kernels.observables import experimental, load_observable_set
+    from orchestrator.config.services import check_services
+    from orchestrator.track.runs import tracking_source
 
     cfg = load_globalfit_config(config)
     if workers is not None:
         non_negative_int(workers, "--workers")
     check_device(cfg.device, f"config {cfg.name}: device")
     out = output_dir(Path(out) if out is not None else Path("out") / f"globalfit-{cfg.name}")
+    uri, source = tracking_source(out, options.get("tracking_uri"), cfg.mlflow.tracking_uri)
+    check_services(out, tracking_uri=uri, tracking_name=source, address=options.get("address"),
+                   uses_ray=(cfg.workers if workers is None else workers) != 0)
     obs_set = load_observable_set(cfg.observables)
     data = experimental(obs_set)  # a singular experimental covariance: one line naming the entry
     return cfg, run_globalfit(cfg, obs_set, data, out, workers=workers, **options)

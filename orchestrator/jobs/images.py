@@ -9,6 +9,7 @@ from kernels.event_store import events_file, load_events
 from kernels.files import sha256_file
 from orchestrator.build.images import DEFAULT_VAL_FRACTION, plan_build, run_plan
 from orchestrator.config.checks import non_negative_int, output_dir, positive_int
+from orchestrator.config.services import check_services, image_bytes
 from orchestrator.runtime.progress import no_progress
 
 
@@ -60,5 +61,7 @@ def images_job(out: Path, bins: int, events_per_image: int, images_per_point: in
                 "column_map": column_map or {}}
     plan = plan_build(data, out, bins, events_per_image, k, val_fraction, test_images=test_images, seed=seed,
                       level=level, fill=fill, stream=stream, dc9=dc9, windows=windows, source=info)
-    with progress("images", sum(t.images for t in plan.tasks), "images") as advance:
+    n_images = sum(t.images for t in plan.tasks)
+    check_services(out, image_bytes(n_images, bins), address=address, uses_ray=bool(workers))
+    with progress("images", n_images, "images") as advance:
         return run_plan(plan, advance, workers, address)

@@ -42,6 +42,8 @@ class JobResult:
     report: Path | None = None
     run_id: str | None = None
     tracking_uri: str | None = None
+    #: One line, when the tracking store stopped answering: what it did not get and how to log it later.
+    unlogged: str | None = None
 
 
 def _train_config(tc, cfg: RunConfig, **override):
@@ -284,7 +286,8 @@ def run_job(
 
             ex = [open_images(out / "images", "train", p)[0] for p in (0, len(grid) // 2, len(grid) - 1)]
             figures["image_slices"] = plots.plot_image_slices(np.stack(ex), [grid[0], grid[len(grid) // 2], grid[-1]], fig_dir / "image_slices.png")
-        report_path = report.write_report(out, cfg, evaluations, figures, checksum, tracker.uri, tracker.run_id)
+        report_path = report.write_report(out, cfg, evaluations, figures, checksum, tracker.uri,
+                                          tracker.run_id or "(not logged)")
         for f in figures.values():
             tracker.artifact(f, "figures")
         tracker.artifact(report_path)
@@ -292,14 +295,27 @@ def run_job(
             tracker.artifact(out / "evaluation" / ev.name / "points.csv", f"evaluation/{ev.name}")
         run_id = tracker.run_id
         uri = tracker.uri
-    return JobResult(out, evaluations, histories, report_path, run_id, uri)
+    return JobResult(out, evaluations, histories, report_path, run_id, uri, tracker.unlogged())
+
+
+def check_job_services(cfg: RunConfig, out: Path, tracking_uri: str | None, address: str | None) -> None:
+    """The MLflow store, the Ray cluster and the room on disk for the events and images, before any work."""
+    from orchestrator.config.services import check_services, event_bytes, image_bytes
+    from orchestrator.track.runs import tracking_source
+
+    need = event_bytes(len(cfg.scan.dc9), cfg.scan.events_per_point, cfg.scan.level)
+    if cfg.models.resnet3d and cfg.models.resnet3d.enabled and cfg.images is not None:
+        need += image_bytes(len(cfg.scan.dc9) * (cfg.images.images_per_point + 1), cfg.images.bins)
+    uri, source = tracking_source(out, tracking_uri, cfg.mlflow.tracking_uri)
+    check_services(out, need, tracking_uri=uri, tracking_name=source, address=address)
 
 
 def run_config(config: str | Path = "demo", out: Path | None = None, *, device: str | None = None,
                tracking_uri: str | None = None, workers: int | None = None, address: str | None = None,
                progress: ProgressFactory = no_progress, stage: Callable[[str], None] = lambda msg: log.info(msg)
                ) -> tuple[RunConfig, JobResult]:
-    """``wcscan run``: load the config, check every option and the output directory, then :func:`run_job`.
+    """``wcscan run``: load the config, check every option, the output directory and the outside services
+    (:func:`check_job_services`), then :func:`run_job`.
 
     The torch device (the flag's, else the config's) is checked here, before
     minutes of generation: a device that does not exist, or ``cuda`` without
@@ -312,5 +328,6 @@ def run_config(config: str | Path = "demo", out: Path | None = None, *, device: 
     if workers is not None:
         non_negative_int(workers, "--workers")
     out = output_dir(Path(out) if out is not None else Path("out") / cfg.name)
+    check_job_services(cfg, out, tracking_uri, address)
     return cfg, run_job(cfg, out, tracking_uri=tracking_uri, workers=workers, address=address, progress=progress,
                         stage=stage)

@@ -98,6 +98,7 @@ def _track(res: SweepResult, tracking_uri, experiment: str, eval_sets: int, resu
             res.evaluation = evaluate_network(net, state, spec, eval_sets)
             _log_evaluation(tracker, res.evaluation, res.out)
         res.run_id, res.tracking_uri = tracker.run_id, tracker.uri
+    res.unlogged = tracker.unlogged()
 
 
 def _log_trial(tracker, trial: dict, run_id: str | None) -> None:
@@ -184,7 +185,12 @@ def tune_job(model: str, dataset: Path, out: Path | None = None, *, images: Path
             raise ConfigError(f"--set-size {set_size}: {dataset} holds {fewest} events per point, of which "
                               f"{train_events(fewest)} train; use a set size of at most that")
     out = output_dir(out if out is not None else Path("out") / f"tune-{model}")
+    from orchestrator.config.services import check_services
     from orchestrator.runtime.ray import init_ray, require_gpus
+    from orchestrator.track.runs import tracking_source
+
+    uri, source = tracking_source(out, options.get("tracking_uri"))
+    check_services(out, tracking_uri=uri, tracking_name=source, address=options.get("address"))
 
     init_ray(options.get("address"))
     require_gpus(options.get("gpus_per_trial", 0), wait_s=options.get("gpu_wait", 600.0))

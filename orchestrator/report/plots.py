@@ -86,21 +86,51 @@ def plot_linearity(evaluations, path: Path) -> Path:
     return out
 
 
+def _statistical_error(rows, key: str, errors: str) -> np.ndarray:
+    """Per point: the error of the mean over the M sets (sigma / sqrt(M)), or of a standard deviation
+    over them (the value / sqrt(2 (M - 1)), for sigma and for sigma / sigma_CRB).
+
+    >>> _statistical_error([{"sigma": 0.1, "n_sets": 51}], "sigma", "sigma").round(4).tolist()
+    [0.01]
+    """
+    if errors == "mean":
+        return np.array([r["sigma"] / np.sqrt(max(r["n_sets"], 1)) for r in rows], dtype=float)
+    return np.array([r[key] / np.sqrt(max(2 * (r["n_sets"] - 1), 1)) for r in rows], dtype=float)
+
+
+def _sets_title(title: str, evaluations) -> str:
+    """``title`` with the events per set N and the sets per point M of the evaluation.
+
+    >>> class E: rows = [{"n_events": 2000, "n_sets": 40}]
+    >>> _sets_title("sensitivity", [E()])
+    'sensitivity: N = 2000 events per set, M = 40 sets per point'
+    """
+    n = sorted({int(r["n_events"]) for e in evaluations for r in e.rows})
+    m = sorted({int(r["n_sets"]) for e in evaluations for r in e.rows})
+    if not n:
+        return title
+    show = lambda v: str(v[0]) if len(v) == 1 else f"{v[0]}–{v[-1]}"  # noqa: E731
+    return f"{title}: N = {show(n)} events per set, M = {show(m)} sets per point"
+
+
 def _per_estimator(evaluations, key: str, path: Path, ylabel: str, title: str, reference=None,
-                   errors: bool = False, floor: bool = True) -> Path:
-    """One line per estimator of a per-point column against the true delta C9, beside a reference."""
+                   errors: str | None = None, floor: bool = True) -> Path:
+    """One line per estimator of a per-point column against the true delta C9, beside a reference.
+
+    ``errors``: none, ``"mean"`` (the column is a mean over the sets) or ``"sigma"`` (a standard deviation
+    over them, or proportional to one); see :func:`_statistical_error`. The title gives N and M.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     if reference is not None:
         reference(ax)
     for e in evaluations:
         x, y, rows = _series(e, key)
-        if errors:  # the error of a mean over the sets
-            err = np.array([r["sigma"] / np.sqrt(max(r["n_sets"], 1)) for r in rows])
-            ax.errorbar(x, y, yerr=err, fmt="o-", ms=3, capsize=2, label=e.name)
+        if errors:
+            ax.errorbar(x, y, yerr=_statistical_error(rows, key, errors), fmt="o-", ms=3, capsize=2, label=e.name)
         else:
             ax.plot(x, y, "o-", ms=3, label=e.name)
-    ax.set(xlabel="true δC9", ylabel=ylabel, title=title)
+    ax.set(xlabel="true δC9", ylabel=ylabel, title=_sets_title(title, evaluations))
     if floor:
         ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
@@ -110,21 +140,23 @@ def _per_estimator(evaluations, key: str, path: Path, ylabel: str, title: str, r
 
 
 def plot_sensitivity(evaluations, crb_curve: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
-    """sigma against delta C9 for every estimator, with the sigma_CRB curve."""
-    return _per_estimator(evaluations, "sigma", path, "σ(δC9)", "sensitivity",
-                          lambda ax: ax.plot(*crb_curve, color="k", lw=1.5, label="σ_CRB (Cramér–Rao)"))
+    """sigma against delta C9 for every estimator, with its statistical error sigma / sqrt(2 (M - 1)), and the
+    sigma_CRB curve."""
+    return _per_estimator(evaluations, "sigma", path, "σ(δC9) ± σ/√(2(M−1))", "sensitivity",
+                          lambda ax: ax.plot(*crb_curve, color="k", lw=1.5, label="σ_CRB (Cramér–Rao)"),
+                          errors="sigma")
 
 
 def plot_bias(evaluations, path: Path) -> Path:
     """bias against delta C9 for every estimator, with the error of the mean over the sets."""
     return _per_estimator(evaluations, "bias", path, "bias (mean − truth)", "bias",
-                          lambda ax: ax.axhline(0, color="0.6", lw=1), errors=True, floor=False)
+                          lambda ax: ax.axhline(0, color="0.6", lw=1), errors="mean", floor=False)
 
 
 def plot_sigma_over_crb(evaluations, path: Path) -> Path:
-    """sigma / sigma_CRB for all estimators on one figure: 1 is optimal."""
+    """sigma / sigma_CRB for all estimators on one figure, with the statistical error of sigma: 1 is optimal."""
     return _per_estimator(evaluations, "sigma_over_crb", path, "σ / σ_CRB", "how close to optimal",
-                          lambda ax: ax.axhline(1, color="k", lw=1.5, label="Cramér–Rao bound"))
+                          lambda ax: ax.axhline(1, color="k", lw=1.5, label="Cramér–Rao bound"), errors="sigma")
 
 
 def plot_image_slices(images: np.ndarray, labels: Sequence[float], path: Path) -> Path:
