@@ -34,6 +34,11 @@ def run_bench(what: str, **resnet) -> dict:
         return bench_globalfit()
     from orchestrator.bench import kernels
 
+    nuisances = resnet.pop("nuisances", None) or "none"
+    if nuisances != "none" and what != "fit":
+        from kernels.errors import ConfigError
+
+        raise ConfigError(f"--nuisances is an option of bench fit, not of bench {what}")
     if what == "resnet":
         for name in ("width", "bins", "batch", "steps", "repeats"):
             positive_int(resnet[name], f"--{name}")
@@ -41,4 +46,6 @@ def run_bench(what: str, **resnet) -> dict:
 
         device(resnet.get("device"))
         return kernels.bench_resnet(**resnet)
-    return kernels.bench_generate() if what == "generate" else kernels.bench_fit()
+    if what == "generate":
+        return kernels.bench_generate()
+    return kernels.bench_fit(nuisances=nuisances)

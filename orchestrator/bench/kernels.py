@@ -50,17 +50,44 @@ def bench_generate(events: int = 1_000_000, repeats: int = 5, dc9: float = 0.0) 
     }
 
 
-def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc9: float = 0.0) -> dict:
-    """ML fits per second per core on sets of ``events_per_set`` (projection + MIGRAD + HESSE)."""
+def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc9: float = 0.0,
+              nuisances: str = "none", prior_scale: float = 1.0) -> dict:
+    """ML fits per second per core on sets of ``events_per_set`` (projection + MIGRAD + HESSE).
+
+    ``nuisances="bsz"``: the sets are drawn each in its own world from flavio's form-factor prior, and
+    the profiled fit (delta C9 and the 19 form factors, :func:`kernels.profile.fit_sets_profiled`) is
+    timed beside the fixed-theory fit on the same sets, alternately, with its spread against
+    sigma_CRB,eff. The bi-quadratic tables (cached) are built before any timing.
+    """
     from kernels import likelihood, sampler, theory
 
     table = theory.jtable(["C9_bsmumu"])
-    arr = sampler.sample_array(table, [dc9], events_per_set * sets, (2,)).T.reshape(sets, events_per_set, 4)
+    if nuisances not in ("none", "bsz"):
+        from kernels.errors import ConfigError
+
+        raise ConfigError(f"--nuisances must be none or bsz, got {nuisances!r}")
+    if nuisances == "none":
+        arr = sampler.sample_array(table, [dc9], events_per_set * sets, (2,)).T.reshape(sets, events_per_set, 4)
+    else:
+        from kernels import nuisances as nuis
+        from kernels import profile
+
+        ntable = nuis.nuisance_table(["C9_bsmumu"], workers=2)
+        worlds = nuis.draw_worlds(sets, ntable.n_nuisances, prior_scale, seed=2, point=0)
+        arr = np.stack([sampler.sample_array(ntable.at(u), [dc9], events_per_set, (2, k)).T for k, u in enumerate(worlds)])
+        norm = likelihood.normalisation(ntable.flat)
     with one_thread():
         likelihood.fit_sets(table, arr[:2])  # warm-up (imports iminuit)
-        t = median_time(lambda: likelihood.fit_sets(table, arr), repeats)
+        if nuisances == "none":
+            t = median_time(lambda: likelihood.fit_sets(table, arr), repeats)
+        else:
+            fixed, prof = [], []
+            for _ in range(repeats):  # alternate the two so that machine drifts hit both alike
+                fixed.append(seconds(lambda: likelihood.fit_sets(table, arr)))
+                prof.append(seconds(lambda: profile.fit_sets_profiled(ntable, arr, prior_scale=prior_scale, norm=norm)))
+            t, t_prof = float(np.median(fixed)), float(np.median(prof))
         res = likelihood.fit_sets(table, arr)
-    return {
+    out = {
         "benchmark": "fit",
         "events_per_set": events_per_set,
         "sets": sets,
@@ -71,6 +98,28 @@ def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc
         "fits_valid_fraction": float(np.mean(res.valid)),
         "machine": platform.processor() or platform.machine(),
     }
+    if nuisances != "none":
+        pr = profile.fit_sets_profiled(ntable, arr, prior_scale=prior_scale, norm=norm)
+        I = likelihood.fisher_information_nuisances(ntable, [dc9])
+        eff = float(likelihood.efficient_bound(I, 1, events_per_set, np.eye(ntable.n_nuisances) / prior_scale**2)[0][0])
+        fix = float(likelihood.sigma_crb(table, [dc9], events_per_set))
+        out.update({
+            "nuisances": nuisances,
+            "prior_scale": prior_scale,
+            "profiled_seconds_median": t_prof,
+            "profiled_sets_per_s_per_core": sets / t_prof,
+            "profiled_over_fixed_time": t_prof / t,
+            "profiled_valid_fraction": float(np.mean(pr.valid)),
+            "profiled_median_iterations": float(np.median(pr.iterations)),
+            "sigma_crb_fixed": fix,
+            "sigma_crb_eff": eff,
+            "profiled_sigma_over_crb_eff": float(np.std(pr.values, ddof=1)) / eff,
+            "profiled_median_error_over_crb_eff": float(np.nanmedian(pr.errors)) / eff,
+            "fixed_fit_sigma_over_crb_eff": float(np.std(np.asarray(res.values), ddof=1)) / eff,
+            "fixed_fit_coverage_68": float(np.mean(np.abs(np.asarray(res.values) - dc9) <= np.asarray(res.errors))),
+            "profiled_coverage_68": float(np.mean(np.abs(pr.values - dc9) <= pr.errors)),
+        })
+    return out
 
 
 def bench_resnet(depth: int = 34, bins: int = 50, batch: int = 32, steps: int = 10, repeats: int = 3,
