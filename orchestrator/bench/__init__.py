@@ -15,7 +15,13 @@ BENCHMARKS = ("generate", "fit", "images", "scan", "resnet", "globalfit", "strea
 
 
 def run_bench(what: str, **resnet) -> dict:
-    """Run one benchmark; ``resnet``: the options of :func:`orchestrator.bench.kernels.bench_resnet`."""
+    """Run one benchmark; ``resnet``: the options of :func:`orchestrator.bench.kernels.bench_resnet`
+    (and ``nuisances``, bench fit's)."""
+    nuisances = resnet.pop("nuisances", None) or "none"
+    if nuisances != "none" and what != "fit":
+        from kernels.errors import ConfigError
+
+        raise ConfigError(f"--nuisances is an option of bench fit, not of bench {what}")
     if what == "images":
         from orchestrator.bench.images import bench_images
 
@@ -34,11 +40,6 @@ def run_bench(what: str, **resnet) -> dict:
         return bench_globalfit()
     from orchestrator.bench import kernels
 
-    nuisances = resnet.pop("nuisances", None) or "none"
-    if nuisances != "none" and what != "fit":
-        from kernels.errors import ConfigError
-
-        raise ConfigError(f"--nuisances is an option of bench fit, not of bench {what}")
     if what == "resnet":
         for name in ("width", "bins", "batch", "steps", "repeats"):
             positive_int(resnet[name], f"--{name}")

@@ -50,6 +50,10 @@ def bench_generate(events: int = 1_000_000, repeats: int = 5, dc9: float = 0.0) 
     }
 
 
+LUMINOSITY_EVENTS = (2_000, 6_000, 24_000, 70_000)
+"""Set sizes of the luminosity study (the seeds' 1 to 100 ab^-1 and the seed study's 24,000)."""
+
+
 def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc9: float = 0.0,
               nuisances: str = "none", prior_scale: float = 1.0) -> dict:
     """ML fits per second per core on sets of ``events_per_set`` (projection + MIGRAD + HESSE).
@@ -119,6 +123,10 @@ def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc
             "fixed_fit_coverage_68": float(np.mean(np.abs(np.asarray(res.values) - dc9) <= np.asarray(res.errors))),
             "profiled_coverage_68": float(np.mean(np.abs(pr.values - dc9) <= pr.errors)),
         })
+        for n in LUMINOSITY_EVENTS:  # the bounds at the seeds' luminosities (about 100 events per ab^-1)
+            b_fix = float(likelihood.sigma_crb(table, [dc9], n))
+            b_eff = float(likelihood.efficient_bound(I, 1, n, np.eye(ntable.n_nuisances) / prior_scale**2)[0][0])
+            out.update({f"sigma_crb_fixed_{n}": b_fix, f"sigma_crb_eff_{n}": b_eff, f"eff_over_fixed_{n}": b_eff / b_fix})
     return out
 
 

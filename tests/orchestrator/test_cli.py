@@ -229,3 +229,7 @@ def test_bench_resnet_refuses_zero_steps_in_one_line(capsys):
     assert main(["bench", "resnet", "--steps", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--steps must be a positive integer" in err
+
+
+def test_bench_nuisances_belongs_to_the_fit_benchmark(capsys):
+    assert_one_line_error(capsys, main(["bench", "images", "--nuisances", "bsz"]), "--nuisances is an option of bench fit")
