@@ -400,6 +400,7 @@ def test_sets(
     detector: Any = None,
     *,
     point: int,
+    worlds: Sequence[Any] | None = None,
 ) -> EvalSets:
     """``n_sets`` evaluation sets of ``set_size`` fresh MC events at ``shifts`` (never from a training pool).
 
@@ -408,6 +409,8 @@ def test_sets(
     (see the module docstring), so it shares no event with the generator's
     chunks ``(seed, point, c)`` or the test images ``(seed, point, 10**6 + k)``.
     ``point`` is the scan point's index in the dataset, and must be given.
+    ``worlds``: one theory table per set (the world its nuisances were drawn in,
+    :meth:`kernels.nuisances.NuisanceTable.at`); default ``table`` for every set.
     """
     from kernels.detector import sample_level
     from kernels.event_store import COLUMNS
@@ -419,7 +422,8 @@ def test_sets(
     events = np.empty((n_sets, set_size, _N_COLUMNS), dtype=np.float32)
     flags = np.empty((n_sets, set_size), dtype=bool) if level == "det_bkg" else None
     for k in range(n_sets):
-        t = sample_level(table, shifts, set_size, test_set_seed(seed, point, k), level, detector)
+        world = table if worlds is None else worlds[k]
+        t = sample_level(world, shifts, set_size, test_set_seed(seed, point, k), level, detector)
         if t.num_rows != set_size:
             raise RuntimeError(f"sample_level returned {t.num_rows} events, expected {set_size}")
         for i, c in enumerate(COLUMNS):

@@ -47,6 +47,10 @@ POINT_COLUMNS = (
 )
 """The per-point table's columns (the contract of ``design.md``, plus the pulls, the coverage and the image bound)."""
 
+NUISANCE_COLUMNS = ("sigma_crb_eff", "sigma_over_crb_eff")
+"""Added after :data:`POINT_COLUMNS` when the test sets come from worlds drawn from the nuisances' prior:
+the efficient bound (:func:`kernels.likelihood.efficient_bound`) and sigma over it."""
+
 
 def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x * x))) if x.size else float("nan")
@@ -60,6 +64,7 @@ def point_metrics(
     sigma_crb: float,
     n_events: int,
     sigma_crb_image: float = math.nan,
+    sigma_crb_eff: float | None = None,
 ) -> dict:
     """One row of the per-point table from the estimates (and optional uncertainties) of M sets.
 
@@ -92,6 +97,9 @@ def point_metrics(
         "coverage_95": float("nan"),
         "sigma_crb_image": float(sigma_crb_image),
     }
+    if sigma_crb_eff is not None:
+        row["sigma_crb_eff"] = float(sigma_crb_eff)
+        row["sigma_over_crb_eff"] = sigma / float(sigma_crb_eff) if sigma_crb_eff > 0 else float("nan")
     if errors is not None:
         e = np.asarray(errors, dtype=np.float64).ravel()
         ok = np.isfinite(e) & (e > 0)

@@ -53,6 +53,7 @@ __all__ = [
     "DeepSetsEstimator",
     "EventPosteriorEstimator",
     "MLFitEstimator",
+    "ProfiledFitEstimator",
 ]
 
 
@@ -251,3 +252,22 @@ class MLFitEstimator:
         if values.ndim == 2:
             values, errors = values[:, self.coefficient], errors[:, self.coefficient]
         return values.astype(np.float64), errors.astype(np.float64)
+
+
+class ProfiledFitEstimator(MLFitEstimator):
+    """The profiled ML fit (:func:`kernels.profile.fit_sets_profiled`): delta C9 with the form factors of
+    ``ntable`` (a :class:`kernels.nuisances.NuisanceTable`) fitted too, constrained by their prior."""
+
+    def __init__(self, ntable, pdf_model=None, prior_scale: float = 1.0, name: str = "ml_fit_profiled") -> None:
+        super().__init__(ntable, pdf_model, 0, name)
+        self.prior_scale = prior_scale
+        self._norm = None
+
+    def fit(self, sets):
+        from kernels.likelihood import GEN, normalisation
+        from kernels.profile import fit_sets_profiled
+
+        model = self.pdf_model if self.pdf_model is not None else GEN
+        if self._norm is None:  # the joint monomials' normalisation, once (a quadrature at detector level)
+            self._norm = normalisation(self.table.flat, model)
+        return fit_sets_profiled(self.table, check_sets(sets), model, self.prior_scale, norm=self._norm)

@@ -258,6 +258,33 @@ class EvaluationConfig(_Strict):
     _split = field_validator("dc9", mode="before")(classmethod(lambda cls, v: _grid(v)))
 
 
+class NuisancesConfig(_Strict):
+    """Hadronic nuisances (:mod:`kernels.nuisances`): ``form_factors: bsz`` draws every test set's world from
+    flavio's prior on the 19 BSZ form factors (``worlds: per_set``, or one world per point: ``per_point``),
+    widened by ``prior_scale``, and adds the profiled fit and sigma_CRB,eff. ``none`` (the default) is the
+    idealised study with the form factors fixed."""
+
+    form_factors: Literal["none", "bsz"] = "none"
+    power_corrections: bool = False
+    prior_scale: float = 1.0
+    worlds: Literal["per_set", "per_point"] = "per_set"
+
+    @field_validator("prior_scale")
+    @classmethod
+    def _scale(cls, v):
+        from kernels.nuisances import check_prior_scale
+
+        return check_prior_scale(v, "prior_scale")
+
+    @field_validator("power_corrections")
+    @classmethod
+    def _power(cls, v):
+        if v:
+            raise ValueError("power corrections are not tabulated yet: flavio's delta_C7 parameters change J, "
+                             "but wcscan's tables hold the form factors only")
+        return v
+
+
 class MLflowConfig(_Strict):
     experiment: str = "wcscan"
     tracking_uri: str | None = None
@@ -272,6 +299,7 @@ class RunConfig(_Strict):
     models: ModelsConfig = ModelsConfig()
     evaluation: EvaluationConfig
     mlflow: MLflowConfig = MLflowConfig()
+    nuisances: NuisancesConfig = NuisancesConfig()
     device: str | None = None
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kernels.coverage import expected_coverage, pit, uniformity
-from kernels.metrics import POINT_COLUMNS, linearity, point_metrics
+from kernels.metrics import NUISANCE_COLUMNS, POINT_COLUMNS, linearity, point_metrics
 
 if TYPE_CHECKING:  # the one Estimator protocol; torch is not imported to evaluate
     from models.estimators import Estimator
@@ -109,6 +109,11 @@ def summarise(rows: Sequence[Mapping]) -> dict:
         ),
     }
     out.update({k: v for k, v in means.items() if v is not None})
+    eff = [r["sigma_over_crb_eff"] for r in rows if "sigma_over_crb_eff" in r]
+    if eff:  # prior-drawn worlds: against the efficient bound
+        out["sigma_over_crb_eff_mean"] = float(np.mean(eff))
+        out["sigma_over_crb_eff_max"] = float(np.max(eff))
+        out["abs_bias_over_crb_eff_max"] = float(max(abs(r["bias"]) / r["sigma_crb_eff"] for r in rows))
     return out
 
 
@@ -119,6 +124,7 @@ def evaluate(
     on_grid: Sequence[float] = (),
     progress=None,
     sigma_crb_image: Mapping[float, float] | None = None,
+    sigma_crb_eff: Mapping[float, float] | None = None,
 ) -> Evaluation:
     """Predict every point's test sets (M, N, 4) and compute the metrics of ``physics.md``.
 
@@ -132,8 +138,8 @@ def evaluate(
         est, unc = estimator.predict(sets)
         bound = float("nan") if sigma_crb_image is None else float(sigma_crb_image[d])
         row = point_metrics(est, unc, truth=float(d), sigma_crb=float(sigma_crb[d]), n_events=sets.shape[1],
-                            sigma_crb_image=bound)
-        row = {k: row[k] for k in POINT_COLUMNS}
+                            sigma_crb_image=bound, sigma_crb_eff=None if sigma_crb_eff is None else sigma_crb_eff[d])
+        row = {k: row[k] for k in POINT_COLUMNS + (NUISANCE_COLUMNS if sigma_crb_eff is not None else ())}
         row["on_grid"] = round(float(d), 9) in grid
         rows.append(row)
         if unc is not None and np.isfinite(row["coverage_68"]):
@@ -182,3 +188,34 @@ def evaluation_sets(table, pdf, dc9: Sequence[float], n_events: int, n_sets: int
         if progress is not None:
             progress(1)
     return sets, crb
+
+
+def evaluation_worlds(ntable, pdf, dc9: Sequence[float], n_events: int, n_sets: int, seed: int, level: str = "gen",
+                      detector=None, prior_scale: float = 1.0, worlds: str = "per_set", progress=None):
+    """Test sets drawn in worlds from the nuisances' prior (:mod:`kernels.nuisances`), with both bounds.
+
+    ``worlds="per_set"``: each set its own world, ``(seed, EVAL_POINT_OFFSET + i, 5 * 10**6 + k)``;
+    ``"per_point"``: world 0 of the point for all its sets (a fixed "true world"). Returns
+    ``(sets, sigma_crb (form factors fixed), sigma_crb_eff, worlds {dc9: (n_sets, n_u)})``; the bounds are at
+    the prior's centre.
+    """
+    from kernels import likelihood
+    from kernels.bootstrap import test_sets
+    from kernels.nuisances import draw_worlds
+
+    central = ntable.at(np.zeros(ntable.n_nuisances))
+    precision = np.eye(ntable.n_nuisances) / prior_scale**2
+    sets, crb, eff, drawn = {}, {}, {}, {}
+    for i, d in enumerate(dc9):
+        point = EVAL_POINT_OFFSET + i
+        u = draw_worlds(n_sets if worlds == "per_set" else 1, ntable.n_nuisances, prior_scale, seed, point)
+        u = u if worlds == "per_set" else np.repeat(u, n_sets, axis=0)
+        tables = [ntable.at(v) for v in u]
+        sets[d] = test_sets(central, [d], n_events, n_sets, seed, level, detector, point=point, worlds=tables).events
+        crb[d] = likelihood.sigma_crb(central, [d], n_events, pdf)
+        I = likelihood.fisher_information_nuisances(ntable, [d], model=pdf)
+        eff[d] = float(likelihood.efficient_bound(I, 1, n_events, precision)[0][0])
+        drawn[d] = u
+        if progress is not None:
+            progress(1)
+    return sets, crb, eff, drawn

@@ -331,16 +331,20 @@ def _format(value) -> str:
 
 
 def write_points_csv(rows: Iterable[Mapping], path: Path) -> Path:
-    """Write the per-point rows as CSV with exactly :data:`POINT_COLUMNS`, atomically."""
+    """Write the per-point rows as CSV with exactly :data:`POINT_COLUMNS` (then the nuisance columns, when every row has them), atomically."""
+    from kernels.metrics import NUISANCE_COLUMNS
+
     path = Path(path)
+    rows = list(rows)
+    columns = POINT_COLUMNS + (NUISANCE_COLUMNS if rows and all(NUISANCE_COLUMNS[0] in r for r in rows) else ())
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(POINT_COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        missing = [c for c in POINT_COLUMNS if c not in row]
+        missing = [c for c in columns if c not in row]
         if missing:
             raise ValueError(f"point row lacks column(s) {missing}")
-        writer.writerow([_format(row[c]) for c in POINT_COLUMNS])
+        writer.writerow([_format(row[c]) for c in columns])
     atomic_write_text(path, buf.getvalue())
     log.info("wrote %s", path)
     return path

@@ -25,7 +25,14 @@ from kernels.files import sha256_file
 from orchestrator.config.checks import device as check_device
 from orchestrator.config.checks import non_negative_int, output_dir
 from orchestrator.config.run import RunConfig, load_config
-from orchestrator.evaluate.estimators import Evaluation, evaluate, evaluation_sets, image_bins, image_bounds
+from orchestrator.evaluate.estimators import (
+    Evaluation,
+    evaluate,
+    evaluation_sets,
+    evaluation_worlds,
+    image_bins,
+    image_bounds,
+)
 from orchestrator.jobs.event_posterior import train_event_posterior
 from orchestrator.runtime.progress import ProgressFactory, no_progress
 
@@ -145,6 +152,17 @@ def _train_classifier(cfg: RunConfig, pools, grid, tracker, progress):
     return net, hist
 
 
+def _write_worlds(path: Path, worlds: dict, names) -> None:
+    """``OUT/evaluation/worlds.csv``: the whitened nuisances of every test set (dc9_true, set, u:<name>...)."""
+    from kernels.files import atomic_write_text
+
+    lines = [",".join(["dc9_true", "set", *(f"u:{n}" for n in names)])]
+    for d, u in worlds.items():
+        lines += [",".join([repr(float(d)), str(k), *(repr(float(x)) for x in row)]) for k, row in enumerate(u)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
 def _manifest_checksum(events_dir: Path) -> str:
     return sha256_file(events_dir / MANIFEST)
 
@@ -176,6 +194,14 @@ def run_job(
     grid = [float(d) for d in cfg.scan.dc9]
     det = detector.DetectorConfig.from_dict(cfg.scan.detector)
 
+    nc = cfg.nuisances
+    ntable = None
+    if nc.form_factors != "none":  # before Ray starts: the table's flavio processes fork from this one
+        from kernels import nuisances
+
+        stage("bi-quadratic theory tables over delta C9 x the BSZ form factors (cached after the first run)")
+        with progress("theory tables", nuisances.n_evaluations(1, 19) + 1, "flavio calls") as adv:
+            ntable = nuisances.nuisance_table(["C9_bsmumu"], windows, nc.form_factors, workers=2, progress=adv or None)
     stage(f"generating {len(grid)} points x {cfg.scan.events_per_point} events at level {level}")
     events_dir = out / "events"
     with progress("generate", len(grid) * cfg.scan.events_per_point, "events") as adv:
@@ -197,8 +223,14 @@ def run_job(
         # Independent test MC and the bound, shared by every estimator.
         ec = cfg.evaluation
         stage(f"drawing {len(ec.dc9)} x {ec.sets} evaluation sets of {ec.events_per_set} events from independent MC")
+        crb_eff = None
         with progress("test MC", len(ec.dc9), "points") as adv:
-            sets, crb = evaluation_sets(table, pdf, ec.dc9, ec.events_per_set, ec.sets, cfg.seed, level, det, adv or None)
+            if ntable is None:
+                sets, crb = evaluation_sets(table, pdf, ec.dc9, ec.events_per_set, ec.sets, cfg.seed, level, det, adv or None)
+            else:  # every test set in a world drawn from the form factors' prior
+                sets, crb, crb_eff, worlds = evaluation_worlds(ntable, pdf, ec.dc9, ec.events_per_set, ec.sets, cfg.seed,
+                                                               level, det, nc.prior_scale, nc.worlds, adv or None)
+                _write_worlds(out / "evaluation" / "worlds.csv", worlds, ntable.prior.names)
 
         mc = cfg.models
         need_pools = (mc.deepsets and mc.deepsets.enabled and not (mc.deepsets.summary == "score"
@@ -224,6 +256,9 @@ def run_job(
         jobs = []  # (name, config section or None, trainer or None, estimator factory)
         if mc.ml_fit.enabled:
             jobs.append(("ml_fit", mc.ml_fit, None, lambda net: estimators.MLFitEstimator(table, pdf, name="ml_fit")))
+            if ntable is not None:
+                jobs.append(("ml_fit_profiled", mc.ml_fit, None, lambda net: estimators.ProfiledFitEstimator(
+                    ntable, pdf, nc.prior_scale, name="ml_fit_profiled")))
         if mc.resnet3d and mc.resnet3d.enabled:
             ic = cfg.images
             jobs.append(("resnet3d", mc.resnet3d, lambda: _train_resnet(cfg, images_dir, grid, tracker, progress),
@@ -256,7 +291,8 @@ def run_job(
                 crb_image = image_bounds(table, pdf, ec.dc9, bins, ec.events_per_set) if bins else None
                 stage(f"evaluating {name} on independent test MC")
                 with progress(f"evaluate {name}", len(ec.dc9), "points") as adv:
-                    ev = evaluate(est, sets, crb, on_grid=on_grid, progress=adv, sigma_crb_image=crb_image)
+                    ev = evaluate(est, sets, crb, on_grid=on_grid, progress=adv, sigma_crb_image=crb_image,
+                                  sigma_crb_eff=crb_eff)
                 evaluations.append(ev)
                 path = out / "evaluation" / name / "points.csv"
                 path.parent.mkdir(parents=True, exist_ok=True)
