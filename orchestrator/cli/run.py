@@ -47,7 +47,7 @@ def run(config, out, tracking_uri, workers, address, device, quiet, verbose):
     ev0 = result.evaluations[0].rows[0]
     table = Table(title=f"{cfg.name}: {ev0['n_sets']} test sets x {ev0['n_events']} events per point; "
                   "sigma/sigma_CRB = 1 is optimal", box=box.SIMPLE_HEAD, pad_edge=False)
-    for h in ["estimator"] + summary_header(TERMINAL_COLUMNS):
+    for h in ["estimator"] + summary_header(TERMINAL_COLUMNS, result.evaluations):
         table.add_column(h, justify="right", no_wrap=True)
     for row in summary_rows(result.evaluations, TERMINAL_COLUMNS):
         table.add_row(*row)

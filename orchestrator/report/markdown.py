@@ -29,13 +29,27 @@ TERMINAL_COLUMNS = ("sigma_over_crb_mean", "sigma_over_crb_max", "abs_bias_over_
 """The terminal's narrower summary: sigma/sigma_CRB, bias, MSE and linearity."""
 
 
-def summary_rows(evaluations, columns=None) -> list[list[str]]:
+NUISANCE_SUMMARY = (
+    ("sigma_over_crb_eff_mean", "σ/CRB,eff mean", "{:.3f}"),
+    ("abs_bias_over_crb_eff_max", "|bias|/CRB,eff max", "{:.2f}"),
+)
+"""Against the efficient bound: shown (in the terminal too) when the test sets come from prior-drawn worlds."""
+
+
+def _columns(columns, evaluations):
     cols = [c for c in SUMMARY_COLUMNS if columns is None or c[0] in columns]
+    if any(NUISANCE_SUMMARY[0][0] in ev.summary for ev in evaluations):
+        cols += list(NUISANCE_SUMMARY)
+    return cols
+
+
+def summary_rows(evaluations, columns=None) -> list[list[str]]:
+    cols = _columns(columns, evaluations)
     return [[ev.name] + [_fmt(f, ev.summary.get(k)) for k, _, f in cols] for ev in evaluations]
 
 
-def summary_header(columns=None) -> list[str]:
-    return [h for k, h, _ in SUMMARY_COLUMNS if columns is None or k in columns]
+def summary_header(columns=None, evaluations=()) -> list[str]:
+    return [h for k, h, _ in _columns(columns, evaluations)]
 
 
 def _cell(text) -> str:
@@ -106,7 +120,7 @@ def write_report(out: Path, cfg, evaluations, figures: Mapping[str, Path], check
         "",
         "## Summary",
         "",
-        markdown_table(["estimator"] + summary_header(), summary_rows(evaluations)),
+        markdown_table(["estimator"] + summary_header(None, evaluations), summary_rows(evaluations)),
         "",
         "## σ/σ_CRB per point",
         "",

@@ -54,6 +54,11 @@ def test_the_profiled_fit_is_measured_against_the_efficient_bound(ff_run):
     assert float(prof["coverage_68"]) > float(fixed["coverage_68"])  # the naive fit's bars ignore the form factors
 
 
+def test_the_report_shows_the_efficient_bound(ff_run):
+    _, out = ff_run
+    assert "σ/CRB,eff mean" in (out / "report.md").read_text()
+
+
 def test_the_worlds_of_the_test_sets_are_recorded(ff_run):
     _, out = ff_run
     with open(out / "evaluation" / "worlds.csv", newline="") as fh:
