@@ -35,7 +35,7 @@ import pyarrow as pa
 from kernels.errors import ConfigError, DatasetError
 from kernels.event_store import COLUMNS, LEVELS, load_events, read_event_manifest, read_point, validate_events
 from kernels.files import atomic_write_text
-from kernels.metrics import POINT_COLUMNS
+from kernels.metrics import NUISANCE_COLUMNS, POINT_COLUMNS
 from kernels.theory import SCAN_COEFFICIENTS
 from orchestrator.config.checks import positive_int
 
@@ -332,8 +332,6 @@ def _format(value) -> str:
 
 def write_points_csv(rows: Iterable[Mapping], path: Path) -> Path:
     """Write the per-point rows as CSV with exactly :data:`POINT_COLUMNS` (then the nuisance columns, when every row has them), atomically."""
-    from kernels.metrics import NUISANCE_COLUMNS
-
     path = Path(path)
     rows = list(rows)
     columns = POINT_COLUMNS + (NUISANCE_COLUMNS if rows and all(NUISANCE_COLUMNS[0] in r for r in rows) else ())
