@@ -136,6 +136,40 @@ class EventBasis:
         H[cells + 1] += ht.T
         return H
 
+    @property
+    def cell_features(self) -> np.ndarray:
+        """``(E, 24)``, events in cell order: ``PREFACTOR * ((1 - t) f, t f)``, so that an event of cell k has
+        ``G_e = cell_features[e] . (J[k], J[k + 1])`` (the two nodes' 12 coefficients each)."""
+        if not hasattr(self, "_cell_features"):
+            fw = np.empty((self.ts.size, 24))
+            np.multiply(self.FT, (angular.PREFACTOR * (1.0 - self.ts))[:, None], out=fw[:, :12])
+            np.multiply(self.FT, (angular.PREFACTOR * self.ts)[:, None], out=fw[:, 12:])
+            self._cell_features = fw
+        return self._cell_features
+
+    def cell_apply(self, rows: np.ndarray) -> np.ndarray:
+        """``(E, R)`` in **cell order** (``order``): ``G_e`` of R tables ``rows`` ``(K, 12, R)``. One
+        ``(n_k x 24) @ (24 x R)`` product per q2 cell; for sums over a set's events, where the order is moot."""
+        fw = self.cell_features
+        R = rows.shape[2]
+        out = np.empty((fw.shape[0], R))
+        for c in np.flatnonzero(self.counts):  # a loop over q2 cells (a few hundred), not events
+            s, e = self.ends[c] - self.counts[c], self.ends[c]
+            np.matmul(fw[s:e], rows[c:c + 2].reshape(24, R), out=out[s:e])
+        return out
+
+    def cell_adjoint(self, weights: np.ndarray) -> np.ndarray:
+        """:meth:`adjoint` of weights given in **cell order**: ``H (K, 12)`` with ``sum_e w_e G_e = sum H J``."""
+        w = np.asarray(weights, dtype=np.float64) * angular.PREFACTOR
+        cells = np.flatnonzero(self.counts)
+        starts = self.ends[cells] - self.counts[cells]
+        wt = np.add.reduceat(self.F * w, starts, axis=1)  # sum of w f over each cell
+        ht = np.add.reduceat(self.F * (w * self.ts), starts, axis=1)  # sum of w t f
+        H = np.zeros((self.n_nodes, 12))
+        H[cells] += (wt - ht).T
+        H[cells + 1] += ht.T
+        return H
+
     def values(self, J: np.ndarray) -> np.ndarray:
         """``G_e`` of one table ``J (K, 12)``, in the events' original order (a gather, no cell loop)."""
         lo, up = J[self.ks], J[self.ks + 1]

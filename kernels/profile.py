@@ -36,7 +36,10 @@ import numpy as np
 
 from kernels.errors import ConfigError
 from kernels.likelihood import GEN, EventBasis, FitResult, PdfModel, normalisation
-from kernels.nuisances import NuisanceTable, check_prior_scale, joint_monomial_derivatives
+from kernels.nuisances import NuisanceTable, check_prior_scale
+from kernels.set_likelihood import bilinear_forms
+from kernels.theory import monomial_gradient, monomial_hessian, monomials
+
 
 
 @dataclass
@@ -48,38 +51,43 @@ class ProfiledFitResult(FitResult):
 
 
 class _SetLikelihood:
-    """-ln L of one set and its exact derivatives in (c, u)."""
+    """-ln L of one set and its exact derivatives in (c, u).
+
+    The events stay in q2-cell order (:meth:`~kernels.likelihood.EventBasis.cell_apply`): every
+    quantity is a sum over the set. The table products go through the low-rank factors
+    ``flat = C V`` (:attr:`kernels.nuisances.NuisanceTable.factors`)."""
 
     def __init__(self, table: NuisanceTable, norm: np.ndarray, events: np.ndarray, mix, prior_scale: float):
-        self.T = table.flat.coef.reshape(table.flat.coef.shape[0], -1)  # (P, K * 12)
+        C, V = table.factors
+        P_c, P_u = table.coef.shape[:2]
+        self.C, self.C3, self.V = C, C.reshape(P_c, P_u, -1), V  # (P, r), (P_c, P_u, r), (r, K * 12)
         self.shape = table.flat.coef.shape[1:]
-        self.norm = norm
+        self.norm = np.asarray(norm, dtype=np.float64).reshape(P_c, P_u)
+        self.hc, self.hu = monomial_hessian(table.n_shifts), monomial_hessian(table.n_nuisances)
         self.basis = EventBasis(table.flat, events)
-        self.mix = mix
+        self.mix = None if mix is None else (mix[0][self.basis.order], mix[1][self.basis.order])
         self.nc, self.nu = table.n_shifts, table.n_nuisances
         self.lam = 1.0 / prior_scale**2
         self.calls = [0, 0]  # exact Hessians, gradients
-
-    def _rows(self, tables: np.ndarray):
-        """node_rows layout ``(K, 12, R)`` and forward differences of R tables ``(R, K, 12)``."""
-        rows = np.ascontiguousarray(tables.transpose(1, 2, 0))
-        diff = np.zeros_like(rows)
-        diff[:-1] = rows[1:] - rows[:-1]
-        return rows, diff
 
     def __call__(self, phi: np.ndarray, hessian: bool = True):
         """``(nll, gradient, Hessian or None)`` at ``phi``; nll is inf where the pdf is not positive."""
         c, u = phi[: self.nc], phi[self.nc :]
         self.calls[0 if hessian else 1] += 1
-        m, g, h = joint_monomial_derivatives(c, u, hessian)
-        J = (m @ self.T).reshape(self.shape)
-        Gam, dGam = m @ self.norm, g @ self.norm
+        mc, gc, mu, gu = monomials(c), monomial_gradient(c), monomials(u), monomial_gradient(u)
+        forms = lambda X, hess: bilinear_forms(X, mc, gc, self.hc, mu, gu, self.hu, hess)  # noqa: E731
+        K, T = self.shape
+        Gam, dGam, d2Gam = forms(self.norm, hessian)
+        Cu = np.einsum("pqr,q->pr", self.C3, mu)  # (P_c, r): the factors contracted at u
         if hessian:
-            dJ = (g @ self.T).reshape(-1, *self.shape)
-            a = self.basis.project(*self._rows(np.concatenate([J[None], dJ])))
-            G, dG = a[:, 0], a[:, 1:]
+            W = np.empty((1 + self.nc + self.nu, Cu.shape[1]))
+            W[0], W[1 : 1 + self.nc] = mc @ Cu, gc @ Cu
+            W[1 + self.nc :] = gu @ np.einsum("p,pqr->qr", mc, self.C3)
+            rows = (W @ self.V).reshape(-1, K, T).transpose(1, 2, 0)  # (K, 12, 1 + n): J and its gradient
+            a = self.basis.cell_apply(np.ascontiguousarray(rows))
+            G = a[:, 0]
         else:
-            G, dG = self.basis.values(J), None
+            G = self.basis.cell_apply(((mc @ Cu) @ self.V).reshape(K, T, 1))[:, 0]
         if self.mix is None:
             if Gam <= 0 or np.any(G <= 0):
                 return np.inf, None, None
@@ -92,17 +100,20 @@ class _SetLikelihood:
                 return np.inf, None, None
             r = w / (p_over * Gam)
         nll = float(-np.sum(np.log(p_over)) + 0.5 * self.lam * (u @ u))
-        Hc = self.T @ self.basis.adjoint(r).ravel()  # (P,): sum_e r_e (monomial tables at the events)
-        A = g @ Hc  # sum_e r_e grad G_e
-        S = float(np.sum(r * G))  # sum_e r_e G_e
+        Hc = self.C @ (self.V @ self.basis.cell_adjoint(r).ravel())  # (P,): sum_e r_e (monomial tables at the events)
+        S, A, sum_hess = forms(Hc.reshape(self.norm.shape), hessian)  # sum_e r_e (G_e, grad G_e, hess G_e)
         grad = -(A - dGam * S / Gam)
         grad[self.nc :] += self.lam * u
         if not hessian:
             return nll, grad, None
-        d2Gam = h @ self.norm
-        v = r[:, None] * (dG - G[:, None] * (dGam / Gam)[None, :])  # d ln p_e
-        sum_d2p = (h @ Hc) - (np.outer(A, dGam) + np.outer(dGam, A)) / Gam - S * d2Gam / Gam + 2 * S * np.outer(dGam, dGam) / Gam**2
-        opg = v.T @ v
+        # the scores d ln p_e = r_e dG_e - q_e k (q = r G, k = dGamma / Gamma): their outer products summed
+        # without forming them, from D = r dG alone
+        D = a[:, 1:] * r[:, None]
+        q = r * G
+        k = dGam / Gam
+        Dq = D.T @ q
+        opg = D.T @ D - np.outer(Dq, k) - np.outer(k, Dq) + float(q @ q) * np.outer(k, k)
+        sum_d2p = sum_hess - (np.outer(A, dGam) + np.outer(dGam, A)) / Gam - S * d2Gam / Gam + 2 * S * np.outer(dGam, dGam) / Gam**2
         hess = -(sum_d2p - opg)
         prior = np.zeros_like(hess)
         prior[self.nc :, self.nc :] = self.lam * np.eye(self.nu)
@@ -110,13 +121,16 @@ class _SetLikelihood:
         return nll, grad, hess + prior
 
 
-def fit_set_profiled(lik: _SetLikelihood, start=None, max_iter: int = 40, tol: float = 1e-4):
-    """Damped Newton on one set. Returns ``(phi, covariance, converged, iterations)``.
+def fit_set_profiled(lik: _SetLikelihood, start=None, max_iter: int = 40, tol: float = 5e-4, trust: float = 2.0):
+    """Damped Newton on one set, the exact Hessian at every step. Returns ``(phi, covariance, converged, iterations)``.
 
-    The exact Hessian is computed at the start and after the first step; later steps reuse it
-    (a chord method: each costs one cheap gradient, and converges fast once the Hessian is that of
-    the neighbourhood of the minimum), and it is recomputed whenever a step fails to halve the last.
-    The covariance is the inverse of the last exact Hessian.
+    Where the Newton step is not a descent direction or leaves the trust region (steps of at most
+    ``trust`` units in every parameter: delta C9, or prior sigmas), the step is the BHHH one (the outer
+    product of the scores plus the prior: positive definite, close to the information), which from the
+    prior's centre reaches the basin of the minimum in a step or two where a far-out Newton step
+    overshoots. Steps backtrack until -ln L does not rise. Once a Newton step is below ``tol`` it is
+    taken without another evaluation (what is left is of its square) and the covariance is the inverse
+    of that last exact Hessian, ``tol`` from the minimum.
     """
     n = lik.nc + lik.nu
     phi = np.zeros(n) if start is None else np.asarray(start, dtype=np.float64).copy()
@@ -124,38 +138,37 @@ def fit_set_profiled(lik: _SetLikelihood, start=None, max_iter: int = 40, tol: f
     fail = (phi, np.full((n, n), np.nan), False)
     if not np.isfinite(nll):
         return (*fail, 0)
-    full, last = 1, np.inf
     for it in range(1, max_iter + 1):
         try:
             step = np.linalg.solve(hess, grad)
-            if not grad @ step > 0:  # not a descent direction: the exact Hessian is indefinite out here
+            big = float(np.max(np.abs(step)))
+            newton = bool(grad @ step > 0) and big <= trust
+            if not newton:
                 step = np.linalg.solve(lik.opg, grad)
+                big = float(np.max(np.abs(step)))
         except np.linalg.LinAlgError:
             return (*fail, it)
-        if not np.all(np.isfinite(step)):
+        if not np.isfinite(big):
             return (*fail, it)
-        big = np.max(np.abs(step))
-        if big > 1.0:  # a trust region of one unit (delta C9 or one prior sigma)
-            step = step / big
+        if newton and big < tol:
+            ev = np.linalg.eigvalsh(hess)
+            ok = bool(np.all(ev > 0))
+            return phi - step, np.linalg.inv(hess) if ok else np.full((n, n), np.nan), ok, it
+        if big > trust:
+            step = step * (trust / big)
         t = 1.0
-        for _ in range(30):  # backtracking: never accept a worse point
+        for _ in range(30):  # backtracking: never accept a worse point; the full step brings its Hessian
             trial = phi - t * step
-            new, g_new, _ = lik(trial, hessian=False)
+            new, g_new, h_new = lik(trial, hessian=t == 1.0)
             if np.isfinite(new) and new <= nll + 1e-9 * max(1.0, abs(nll)):
                 break
             t /= 2
         else:
             return (*fail, it)
-        phi, nll, grad = trial, new, g_new
-        size = t * np.max(np.abs(step))
-        if size < tol:
-            ok = bool(np.all(np.linalg.eigvalsh(hess) > 0))
-            return phi, np.linalg.inv(hess), ok, it
-        if full < 2 or size > 0.5 * last or t < 1.0:
-            _, _, hess = lik(phi)
-            full += 1
-        last = size
-    return phi, np.linalg.inv(hess), False, max_iter
+        if h_new is None:
+            new, g_new, h_new = lik(trial)
+        phi, nll, grad, hess = trial, new, g_new, h_new
+    return phi, np.full((n, n), np.nan), False, max_iter
 
 
 def fit_sets_profiled(

@@ -14,6 +14,8 @@ array([1., 2., 4.])
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import logging
@@ -125,12 +127,25 @@ def _pairs(n: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(n) for j in range(i, n)]
 
 
+@functools.lru_cache(maxsize=64)
+def _pair_index(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs ``i <= j`` of :func:`_pairs` as two index arrays (cached; read-only)."""
+    ij = np.array(_pairs(n), dtype=np.intp).reshape(-1, 2)
+    i, j = np.ascontiguousarray(ij[:, 0]), np.ascontiguousarray(ij[:, 1])
+    i.flags.writeable = j.flags.writeable = False
+    return i, j
+
+
 def monomials(d) -> np.ndarray:
     """``(1, d_1..d_n, d_i d_j for i <= j)``; ``d`` has shape ``(..., n)``."""
     d = np.atleast_1d(np.asarray(d, dtype=np.float64))
     n = d.shape[-1]
-    quad = [d[..., i] * d[..., j] for i, j in _pairs(n)]
-    return np.stack([np.ones(d.shape[:-1]), *np.moveaxis(d, -1, 0), *quad], axis=-1)
+    i, j = _pair_index(n)
+    out = np.empty(d.shape[:-1] + (n_monomials(n),))
+    out[..., 0] = 1.0
+    out[..., 1:1 + n] = d
+    np.multiply(d[..., i], d[..., j], out=out[..., 1 + n:])
+    return out
 
 
 def monomial_gradient(d) -> np.ndarray:
@@ -138,17 +153,21 @@ def monomial_gradient(d) -> np.ndarray:
     d = np.atleast_1d(np.asarray(d, dtype=np.float64))
     n = d.shape[0]
     g = np.zeros((n, n_monomials(n)))
-    for a in range(n):
-        g[a, 1 + a] = 1.0
-    for p, (i, j) in enumerate(_pairs(n)):
-        col = 1 + n + p
-        g[i, col] += d[j]
-        g[j, col] += d[i]
+    g[np.arange(n), 1 + np.arange(n)] = 1.0
+    i, j = _pair_index(n)
+    cols = 1 + n + np.arange(i.size)
+    np.add.at(g, (i, cols), d[j])  # d(d_i d_j)/dd_i = d_j, and 2 d_i on the diagonal (i = j), as two adds
+    np.add.at(g, (j, cols), d[i])
     return g
 
 
 def monomial_hessian(n: int) -> np.ndarray:
-    """``d2 m_p / dd_a dd_b``, shape ``(n, n, P)``: constant, the monomials are at most quadratic."""
+    """``d2 m_p / dd_a dd_b``, shape ``(n, n, P)``: constant, the monomials are at most quadratic (cached, read-only)."""
+    return _monomial_hessian(int(n))
+
+
+@functools.lru_cache(maxsize=64)
+def _monomial_hessian(n: int) -> np.ndarray:
     h = np.zeros((n, n, 1 + n + n * (n + 1) // 2))
     col = 1 + n
     for i in range(n):
@@ -158,6 +177,7 @@ def monomial_hessian(n: int) -> np.ndarray:
             else:
                 h[i, j, col] = h[j, i, col] = 1.0
             col += 1
+    h.flags.writeable = False
     return h
 
 
