@@ -14,6 +14,7 @@ import platform
 import numpy as np
 
 from orchestrator.bench.timing import median_time, one_thread, seconds
+from orchestrator.evaluate.bounds import LUMINOSITY_EVENTS
 
 
 def bench_generate(events: int = 1_000_000, repeats: int = 5, dc9: float = 0.0) -> dict:
@@ -48,10 +49,6 @@ def bench_generate(events: int = 1_000_000, repeats: int = 5, dc9: float = 0.0) 
         "ratio": t_base / t_ours,
         "machine": platform.processor() or platform.machine(),
     }
-
-
-LUMINOSITY_EVENTS = (2_000, 6_000, 24_000, 70_000)
-"""Set sizes of the luminosity study (the seeds' 1 to 100 ab^-1 and the seed study's 24,000)."""
 
 
 def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc9: float = 0.0,

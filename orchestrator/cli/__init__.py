@@ -15,6 +15,7 @@ import click
 
 from kernels.errors import WcscanError
 from orchestrator.cli.bench import bench
+from orchestrator.cli.bounds import bounds
 from orchestrator.cli.common import setup
 from orchestrator.cli.fit import fit
 from orchestrator.cli.generate import generate
@@ -37,6 +38,7 @@ Examples:
   wcscan fit --dataset out/events --events-per-set 2000 --sets 10 --out out/fit.csv
   wcscan images --dataset out/events --bins 16 --events-per-image 2000 --images-per-point 10 --out out/images
   wcscan tune --model deepsets --dataset out/events --num-samples 16
+  wcscan bounds --out out/bounds.csv   # sigma_CRB against luminosity, form factors fixed and profiled
   wcscan track out/demo --tracking-uri http://127.0.0.1:5000   # log a finished job to MLflow (later)
   wcscan bench generate --json
 
@@ -51,7 +53,7 @@ def wcscan():
     against the unbinned ML fit and the Cramer-Rao bound."""
 
 
-for _command in (generate, fit, images, validate, run, tune, globalfit, track, bench):
+for _command in (generate, fit, images, validate, run, tune, globalfit, bounds, track, bench):
     wcscan.add_command(_command)
 
 

@@ -39,6 +39,7 @@ DC9 = GrammarType("START:STOP:NUM|A,B,...", grammar.parse_dc9)
 WINDOW = GrammarType("LO,HI", grammar.parse_window)
 COLUMN_MAP = GrammarType("NAME=COL,...", grammar.parse_column_map)
 FINITE = GrammarType("VALUE", grammar.parse_finite)
+COUNTS = GrammarType("N,N,...", grammar.parse_counts)
 
 
 def _config(where: tuple[str, ...], kind: str) -> Callable[[str], str]:

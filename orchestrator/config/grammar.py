@@ -13,7 +13,7 @@ import math
 
 from kernels.errors import ConfigError
 
-__all__ = ["parse_finite", "parse_dc9", "parse_window", "parse_column_map", "distinct"]
+__all__ = ["parse_finite", "parse_dc9", "parse_window", "parse_column_map", "parse_counts", "distinct"]
 
 
 def parse_finite(text: str, what: str = "value") -> float:
@@ -96,6 +96,29 @@ def parse_window(text: str) -> tuple[float, float]:
     if len(fields) != 2:
         raise ConfigError(f"{text!r}: expected LO,HI in GeV^2, e.g. 1.1,6.0")
     return parse_finite(fields[0], "LO"), parse_finite(fields[1], "HI")
+
+
+def parse_counts(text: str, what: str = "events") -> tuple[int, ...]:
+    """Distinct positive integers ``A,B,...`` (numbers of events).
+
+    >>> parse_counts("2000,24_000")
+    (2000, 24000)
+    >>> parse_counts("2000,1.5")
+    Traceback (most recent call last):
+    ...
+    kernels.errors.ConfigError: '1.5' is not a positive integer number of events
+    """
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            value = int(item)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise ConfigError(f"{item!r} is not a positive integer number of {what}")
+        out.append(value)
+    return tuple(distinct(out, f"numbers of {what}"))
 
 
 def parse_column_map(text: str) -> dict[str, str]:

@@ -230,3 +230,42 @@ def plot_calibration(evaluations, path: Path) -> Path:
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def plot_luminosity_bounds(rows: Sequence[Mapping], path: Path, title: str = "") -> Path:
+    """σ_CRB (form factors fixed) and σ_CRB,eff (profiled) against N, log-log, for each window set, with a
+    1/√N guide through the first profiled bound. ``rows``: :func:`orchestrator.evaluate.bounds.luminosity_bounds`."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    labels = list(dict.fromkeys(r["windows"] for r in rows))
+    for i, label in enumerate(labels):
+        sel = sorted((r for r in rows if r["windows"] == label), key=lambda r: r["n_events"])
+        n = np.array([r["n_events"] for r in sel], dtype=float)
+        color = f"C{i}"
+        name = f"q² ∈ [{label.replace('-', ', ').replace('+', '] + [')}]"
+        ax.plot(n, [r["sigma_crb"] for r in sel], "o--", color=color, lw=1.2, ms=4, label=f"{name}: form factors fixed")
+        ax.plot(n, [r["sigma_crb_eff"] for r in sel], "s-", color=color, lw=1.8, ms=5,
+                label=f"{name}: profiled (flavio prior)")
+        if i == 0 and n.size:  # through the first profiled point: the fixed bounds lie on such lines
+            grid = np.geomspace(n.min(), n.max(), 50)
+            ax.plot(grid, sel[0]["sigma_crb_eff"] * np.sqrt(n[0] / grid), ":", color="0.4", lw=1.2,
+                    label="∝ 1/√N (guide)")
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = sorted({r["n_events"] for r in rows})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("N, events per set in [1.1, 6.0] GeV² (∝ luminosity)")
+    ax.set_ylabel("σ_CRB(δC9)")
+    ax.grid(True, which="both", color="0.9", lw=0.6)
+    ax.legend(fontsize=7.5, loc="lower left")
+    ax.set_title(title or "Cramér–Rao bound on δC9 against luminosity", fontsize=10)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

@@ -1,0 +1,181 @@
+r"""The luminosity study of the hadronic bounds: sigma_CRB with the form factors fixed and profiled, against N.
+
+For each window set (``[1.1, 6.0]`` and, with ``high_q2``, ``[1.1, 6.0] + [15.0, 19.0]``) and each
+luminosity, the per-event Fisher matrix ``I`` in ``(c, u)`` (delta C9 and the 19 whitened BSZ
+form factors, :func:`kernels.likelihood.fisher_information_nuisances`) gives
+
+.. math::
+
+    \sigma_{\rm CRB} = \sqrt{1 / (N I_{cc})},\qquad
+    \sigma_{\rm CRB,eff} = \sqrt{[(N I + 0 \oplus s^{-2} 1)^{-1}]_{cc}},
+
+the bound with the form factors known and the bound with them profiled under flavio's prior
+(widths times ``s = prior_scale``, :func:`kernels.likelihood.efficient_bound`). The prior does not
+grow with N, so the ratio ``eff / fixed`` grows with N: more events buy less once the form factors
+dominate.
+
+**What N means.** ``n_events`` is the luminosity, counted as the events of a set in ``[1.1, 6.0]``
+(the seeds' sets). A set of the combined windows at that luminosity holds the events of both
+windows: ``n_events_set = round(N * Gamma(both) / Gamma(low))``, the signal rates at ``dc9`` and the
+central form factors (with the acceptance at ``det`` and ``det_bkg``; at ``det_bkg`` the background
+is the same fraction of every set). Its pdf is normalised over both windows (the table's cells
+cover both), so ``n_events_set`` times its per-event information is the set's information.
+``recovery = sigma_crb_eff(low) / sigma_crb_eff(low + high)`` at the same luminosity: what the
+high-q2 window wins back.
+
+>>> BOUNDS_COLUMNS[:4]
+('windows', 'level', 'dc9', 'prior_scale')
+>>> window_label(((1.1, 6.0), (15.0, 19.0)))
+'1.1-6.0+15.0-19.0'
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kernels.errors import ConfigError
+from kernels.files import atomic_write_text
+from orchestrator.config.checks import positive_int
+from orchestrator.runtime.progress import no_progress
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LUMINOSITY_EVENTS", "LOW_WINDOWS", "HIGH_WINDOW", "BOUNDS_COLUMNS", "window_label", "check_events",
+           "check_options", "luminosity_bounds", "write_bounds_csv"]
+
+LUMINOSITY_EVENTS = (2_000, 6_000, 24_000, 70_000)
+"""Set sizes of the luminosity study (the seeds' 1 to 100 ab^-1 and the seed study's 24,000)."""
+
+LOW_WINDOWS = ((1.1, 6.0),)
+HIGH_WINDOW = (15.0, 19.0)
+
+BOUNDS_COLUMNS = ("windows", "level", "dc9", "prior_scale", "n_events", "n_events_set", "sigma_crb", "sigma_crb_eff",
+                  "eff_over_fixed", "recovery")
+"""The CSV's columns, in order (``recovery`` is nan on the rows of ``[1.1, 6.0]`` alone)."""
+
+
+def window_label(windows) -> str:
+    """``1.1-6.0+15.0-19.0``: the windows of a row."""
+    return "+".join(f"{lo:.1f}-{hi:.1f}" for lo, hi in windows)
+
+
+def check_events(n_events, name: str = "--events") -> tuple[int, ...]:
+    """A non-empty tuple of distinct positive integers.
+
+    >>> check_events([2000, 0])
+    Traceback (most recent call last):
+    ...
+    kernels.errors.ConfigError: --events must be a positive integer, got 0
+    """
+    values = tuple(n_events) if isinstance(n_events, Iterable) and not isinstance(n_events, str) else (n_events,)
+    if not values:
+        raise ConfigError(f"{name} needs at least one number of events")
+    for v in values:
+        positive_int(v, name)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{name} lists a number of events twice: {', '.join(map(str, values))}")
+    return values
+
+
+def _finite(value, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return v
+
+
+def check_options(n_events, dc9, prior_scale, level) -> tuple[tuple[int, ...], float, float, str]:
+    """The options of :func:`luminosity_bounds`, checked (one-line ConfigError) and normalised."""
+    from kernels.detector import LEVELS
+    from kernels.nuisances import check_prior_scale
+
+    if level not in LEVELS:
+        raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+    return check_events(n_events), _finite(dc9, "--dc9"), check_prior_scale(prior_scale, "--prior-scale"), level
+
+
+def _signal_rate(table, dc9: float, model) -> float:
+    """The absolute signal rate in the table's windows at ``dc9`` (times the acceptance at detector level)."""
+    from kernels.likelihood import PdfModel, normalisation
+    from kernels.theory import monomials
+
+    m = monomials(table.shifts_array([dc9]))
+    return table.scale * float(m @ normalisation(table, PdfModel(efficiency=model.efficiency)))
+
+
+def luminosity_bounds(n_events: Sequence[int] = LUMINOSITY_EVENTS, dc9: float = 0.0, prior_scale: float = 1.0,
+                      high_q2: bool = True, level: str = "gen", progress=None,
+                      tables: Mapping | None = None) -> list[dict]:
+    """One row per (window set, N) of :data:`BOUNDS_COLUMNS`: the fixed and efficient bounds on delta C9.
+
+    ``tables``: window label -> :class:`~kernels.nuisances.NuisanceTable` to use instead of building
+    (or loading) them with :func:`kernels.nuisances.nuisance_table` (flavio's 19 BSZ form factors; cold,
+    631 flavio calls per window set, in 2 processes). ``progress`` is a factory
+    ``(description, total, unit)`` (:mod:`orchestrator.runtime.progress`). Every argument is checked
+    before any table is built.
+    """
+    from kernels import likelihood
+    from kernels import nuisances as nuis
+    from kernels.detector import DetectorConfig
+
+    ns, dc9, s, level = check_options(n_events, dc9, prior_scale, level)
+    progress = progress or no_progress
+    sets = [LOW_WINDOWS] + ([LOW_WINDOWS + (HIGH_WINDOW,)] if high_q2 else [])
+    det = DetectorConfig()
+    rows, eff_low, rate_low = [], {}, None
+    for windows in sets:
+        label = window_label(windows)
+        ntable = (tables or {}).get(label)
+        if ntable is None:
+            with progress(f"theory tables {label}", nuis.n_evaluations(1, 19) + 1, "flavio calls") as adv:
+                ntable = nuis.nuisance_table(["C9_bsmumu"], windows, "bsz", workers=2, progress=adv or None)
+        model = det.pdf_model(level, ntable.windows)
+        central = ntable.at(np.zeros(ntable.n_nuisances))
+        I = likelihood.fisher_information_nuisances(ntable, [dc9], model=model)
+        prior_precision = np.eye(ntable.n_nuisances) / s**2
+        rate = _signal_rate(central, dc9, model)
+        rate_low = rate if rate_low is None else rate_low
+        log.info("%s: %d form factors, signal rate %.4g (x %.4f of [1.1, 6.0])", label, ntable.n_nuisances, rate,
+                 rate / rate_low)
+        for n in ns:
+            n_set = n if windows == LOW_WINDOWS else max(1, round(n * rate / rate_low))
+            fixed = float(likelihood.sigma_crb(central, [dc9], n_set, model))
+            eff = float(likelihood.efficient_bound(I, 1, n_set, prior_precision)[0][0])
+            if windows == LOW_WINDOWS:
+                eff_low[n] = eff
+            rows.append({"windows": label, "level": level, "dc9": dc9, "prior_scale": s, "n_events": n,
+                         "n_events_set": n_set, "sigma_crb": fixed, "sigma_crb_eff": eff, "eff_over_fixed": eff / fixed,
+                         "recovery": eff_low[n] / eff if windows != LOW_WINDOWS else math.nan})
+    return rows
+
+
+def _cell(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value)) if math.isfinite(value) else str(float(value))
+    return str(value)
+
+
+def write_bounds_csv(rows: Iterable[Mapping], path: Path) -> Path:
+    """The rows as CSV with exactly :data:`BOUNDS_COLUMNS`, written atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(BOUNDS_COLUMNS)
+    for row in rows:
+        writer.writerow([_cell(row[c]) for c in BOUNDS_COLUMNS])
+    out = atomic_write_text(Path(path), buf.getvalue())
+    log.info("wrote %s", out)
+    return Path(out)
