@@ -18,6 +18,9 @@ Examples:
 \b
   # a ROOT ntuple (pip install 'wcscan[root]'), all rows at one known truth
   wcscan fit --events-file my.root:events --dc9-true -0.8 --events-per-set 2000 --sets 20
+\b
+  # the form factors profiled with flavio's prior: the bound real data allow (sigma_crb_eff)
+  wcscan fit --events-file my.parquet --level gen --nuisances bsz --events-per-set 24000 --sets 20
 
 Sets are consecutive disjoint blocks of each point's events, in stored (file) order. Without --dc9-column,
 --dc9-true or a dc9 column the truth is unknown: bias, mse and the pulls are nan and sigma_crb is taken at
@@ -26,7 +29,14 @@ the mean estimate. Every part is checked against the manifest's sha256 before it
 The CSV has one row per point: dc9_true, n_sets, n_events, mean, bias, sigma, sigma_left, sigma_right,
 sigma_crb, sigma_over_crb, mse, pull_mean, pull_width, coverage_68, coverage_95 (of the intervals
 estimate +- z * HESSE error; nan when the truth is unknown) and sigma_crb_image (nan: the fit sees no image).
+With --nuisances bsz, delta C9 and the 19 BSZ form factors are fitted together (the prior as a constraint;
+the errors are the profiled ones), and the CSV adds sigma_crb_eff and sigma_over_crb_eff. The tables over
+delta C9 x form factors are built with flavio the first time (630 calls, minutes) and cached. A user's
+events then need --level: the profiled pdf depends on it.
 """
+
+NUISANCE_COLUMNS = (("sigma_crb_eff", "CRB eff", "{:.4f}"), ("sigma_over_crb_eff", "sig/eff", "{:.3f}"))
+"""With --nuisances bsz: the efficient bound (form factors profiled) and sigma over it."""
 
 # The terminal shows the headline columns; the CSV (--out) has them all. (column, header, format)
 COLUMNS = (
@@ -51,10 +61,15 @@ COLUMNS = (
 @click.option("--dc9-true", type=FINITE, default=None, help="With --events-file: all rows are one point at this dC9.")
 @click.option("--q2-window", "q2_windows", type=WINDOW, multiple=True,
               help="With --events-file: q2 window of the events in GeV^2; repeat for several (default: 1.1,6.0).")
+@click.option("--nuisances", type=click.Choice(["none", "bsz"]), default="none", show_default=True,
+              help="bsz: profile flavio's 19 BSZ B->K* form factors with their correlated prior (the bound real data "
+                   "allow, sigma_crb_eff); none: the form factors fixed at their central values.")
+@click.option("--prior-scale", type=FINITE, default=None, metavar="S",
+              help="With --nuisances bsz: the form-factor prior's widths times S (> 0)  [default: 1]")
 @click.option("--out", type=PATH, metavar="FILE.csv", help="Write the per-point table as CSV, and its figure (.png) beside it.")
 @common_options
-def fit(dataset, events_file, events_per_set, sets, level, column_map, dc9_column, dc9_true, q2_windows, out, quiet,
-        verbose):
+def fit(dataset, events_file, events_per_set, sets, level, column_map, dc9_column, dc9_true, q2_windows, nuisances,
+        prior_scale, out, quiet, verbose):
     """Cut each scan point's events into disjoint sets, fit delta C9 on each with an unbinned maximum-likelihood
     fit, and summarise per point beside the Cramer-Rao bound sigma_CRB."""
     from rich import box
@@ -64,12 +79,14 @@ def fit(dataset, events_file, events_per_set, sets, level, column_map, dc9_colum
     from orchestrator.jobs.fit import fit_job
 
     res = fit_job(events_per_set, sets, dataset, events_file, level, column_map, dc9_column, dc9_true,
-                  list(q2_windows) or None, out, progress_factory(quiet))
-    table = Table(title=f"ML fit: {sets} sets x {events_per_set} events per point", box=box.SIMPLE_HEAD, pad_edge=False)
-    for _, header, _ in COLUMNS:
+                  list(q2_windows) or None, out, progress_factory(quiet), nuisances=nuisances, prior_scale=prior_scale)
+    columns = COLUMNS if nuisances == "none" else COLUMNS[:5] + NUISANCE_COLUMNS + COLUMNS[5:]
+    what = "ML fit" if nuisances == "none" else "Profiled ML fit (delta C9 + 19 BSZ form factors)"
+    table = Table(title=f"{what}: {sets} sets x {events_per_set} events per point", box=box.SIMPLE_HEAD, pad_edge=False)
+    for _, header, _ in columns:
         table.add_column(header, justify="right", no_wrap=True)
     for row in res.rows:
-        table.add_row(*(f.format(row[c]) for c, _, f in COLUMNS))
+        table.add_row(*(f.format(row[c]) for c, _, f in columns))
     console = stdout()
     console.print(table)
     if res.csv is not None:

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,6 +49,11 @@ __all__ = [
     "fit_events_points",
     "fit_events_file",
     "write_points_csv",
+    "Profiled",
+    "check_nuisances",
+    "refuse_short_points",
+    "refuse_short_events",
+    "profiled_theory",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,8 +73,12 @@ def fit_dataset(
     sets: int,
     level: str | None = None,
     progress: Callable[[int], None] | None = None,
+    profiled: Callable[[list, Any, Any], Profiled] | None = None,
 ) -> list[dict]:
     """Fit ``sets`` sets of ``events_per_set`` events at each point of ``dataset``.
+
+    ``profiled(coefficients, windows, model)``: returns the :class:`Profiled` theory (after every
+    check has passed) for fits with the form factors profiled.
 
     Returns one dict per scan point with the keys :data:`POINT_COLUMNS`.
     ``level`` defaults to the dataset's own; at ``det`` and ``det_bkg`` the pdf
@@ -87,18 +97,13 @@ def fit_dataset(
         raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
     manifest, coefficients, windows, points = m.raw, list(m.coefficients), list(m.windows), m.points
 
-    need = events_per_set * sets
-    for p in points:  # refuse before any fitting
-        if p["events"] < need:
-            raise DatasetError(
-                f"{dataset}: point {p['index']} (dc9={p['shifts']['dc9']:g}) has {p['events']} events, "
-                f"needs {need} ({sets} sets x {events_per_set} events)"
-            )
+    refuse_short_points(dataset, points, events_per_set, sets)
 
     from kernels import detector, theory
 
     table = theory.jtable(coefficients, windows)
     model = detector.DetectorConfig.from_dict(m.detector).pdf_model(level, table.windows)
+    prof = None if profiled is None else profiled(coefficients, table.windows, model)
     rows = []
     for p in points:
         index, dc9_true = p["index"], float(p["shifts"]["dc9"])
@@ -107,9 +112,20 @@ def fit_dataset(
         validate_events(events, source, q2_windows=windows)
         rows.append(
             fit_point(table, model, events, dc9_true, events_per_set, sets,
-                      label=f"point {index}", source=source, progress=progress)
+                      label=f"point {index}", source=source, progress=progress, profiled=prof)
         )
     return rows
+
+
+def refuse_short_points(dataset: Path, points: Sequence[Mapping], events_per_set: int, sets: int) -> None:
+    """A DatasetError naming the first point of a dataset's manifest with fewer than ``sets * events_per_set`` events."""
+    need = events_per_set * sets
+    for p in points:  # refuse before any fitting
+        if p["events"] < need:
+            raise DatasetError(
+                f"{dataset}: point {p['index']} (dc9={p['shifts']['dc9']:g}) has {p['events']} events, "
+                f"needs {need} ({sets} sets x {events_per_set} events)"
+            )
 
 
 def fit_point(
@@ -123,6 +139,7 @@ def fit_point(
     label: str = "point",
     source: str = "events",
     progress: Callable[[int], None] | None = None,
+    profiled: "Profiled | None" = None,
 ) -> dict:
     """Fit the first ``sets * events_per_set`` of ``events`` (validated) as consecutive disjoint sets.
 
@@ -130,6 +147,10 @@ def fit_point(
     events' level. Returns the point's row with the keys :data:`POINT_COLUMNS`.
     ``sigma_crb`` is evaluated at ``dc9_true``, or at the mean estimate when
     the truth is unknown (NaN); the bias, MSE and pulls are then NaN.
+
+    ``profiled``: fit delta C9 and the form factors together (:func:`kernels.profile.fit_sets_profiled`,
+    prior-constrained); the errors, pulls and coverage are then the profiled ones, and the row adds
+    :data:`NUISANCE_COLUMNS` (``sigma_crb_eff`` at the prior's centre, the same point as ``sigma_crb``).
     """
     from kernels import likelihood, metrics
 
@@ -144,8 +165,14 @@ def fit_point(
         [used.column(c).to_numpy().astype(np.float64, copy=False) for c in COLUMNS], axis=-1
     ).reshape(sets, events_per_set, len(COLUMNS))
 
-    log.info("%s (dc9=%g): fitting %d sets x %d events", label, dc9_true, sets, events_per_set)
-    result = likelihood.fit_sets(table, arr, model, progress=progress)
+    log.info("%s (dc9=%g): fitting %d sets x %d events%s", label, dc9_true, sets, events_per_set,
+             "" if profiled is None else f", {profiled.table.n_nuisances} form factors profiled")
+    if profiled is None:
+        result = likelihood.fit_sets(table, arr, model, progress=progress)
+    else:
+        from kernels import profile
+
+        result = profile.fit_sets_profiled(profiled.table, arr, model, profiled.prior_scale, progress, profiled.norm)
     values = np.asarray(result.values)
     n_invalid = int(np.count_nonzero(~np.asarray(result.valid, dtype=bool)))
     if n_invalid:
@@ -163,7 +190,56 @@ def fit_point(
         sigma_crb=crb,
         n_events=events_per_set,
     )
-    return {k: row[k] for k in POINT_COLUMNS}
+    out = {k: row[k] for k in POINT_COLUMNS}
+    if profiled is not None:
+        eff = profiled.sigma_crb_eff(at, events_per_set, model) if math.isfinite(at) else math.nan
+        out.update(sigma_crb_eff=eff, sigma_over_crb_eff=float(row["sigma"]) / eff if math.isfinite(eff) else math.nan)
+    return out
+
+
+@dataclass
+class Profiled:
+    """The profiled fit's theory: the bi-quadratic tables, the prior's scale and the normalisation at the events' level."""
+
+    table: Any
+    prior_scale: float
+    norm: np.ndarray
+
+    def sigma_crb_eff(self, dc9: float, n_events: int, model: Any) -> float:
+        from kernels import likelihood
+
+        I = likelihood.fisher_information_nuisances(self.table, [dc9], model=model)
+        prec = np.eye(self.table.n_nuisances) / self.prior_scale**2
+        return float(likelihood.efficient_bound(I, 1, n_events, prec)[0][0])
+
+
+def check_nuisances(nuisances: str, prior_scale: float | None) -> float:
+    """The fit's nuisance options: ``nuisances`` is ``none`` or ``bsz``; ``prior_scale`` (None: 1) only with ``bsz``."""
+    from kernels.nuisances import FORM_FACTOR_SETS, check_prior_scale
+
+    if nuisances not in FORM_FACTOR_SETS:
+        raise ConfigError(f"unknown --nuisances {nuisances!r}; expected one of {', '.join(FORM_FACTOR_SETS)}")
+    if nuisances == "none":
+        if prior_scale is not None:
+            raise ConfigError("--prior-scale goes with --nuisances bsz (the form factors' prior)")
+        return 1.0
+    return check_prior_scale(1.0 if prior_scale is None else prior_scale, "--prior-scale")
+
+
+def profiled_theory(ntable: Any, prior_scale: float) -> Callable[[list, Any, Any], Profiled]:
+    """The ``profiled`` argument of :func:`fit_dataset` and :func:`fit_events_points` for the bi-quadratic
+    tables ``ntable`` (:func:`kernels.nuisances.nuisance_table`): it checks that they are the events' theory
+    and adds the normalisation under the events' pdf."""
+
+    def theory(coefficients, windows, model) -> Profiled:
+        from kernels import likelihood
+
+        if tuple(coefficients) != tuple(ntable.coefficients) or tuple(map(tuple, windows)) != tuple(ntable.windows):
+            raise ConfigError(f"the form-factor tables are over {list(ntable.coefficients)} in {list(ntable.windows)}, "
+                              f"the events over {list(coefficients)} in {[tuple(w) for w in windows]}")
+        return Profiled(ntable, prior_scale, likelihood.normalisation(ntable.flat, model))
+
+    return theory
 
 
 # --- a user's events ------------------------------------------------------------
@@ -257,28 +333,8 @@ def read_events_file(
     ]
 
 
-def fit_events_points(
-    points: Sequence[EventsPoint],
-    events_per_set: int,
-    sets: int,
-    windows: Sequence[tuple[float, float]] | None = None,
-    level: str = "gen",
-    detector: Any = None,
-    progress: Callable[[int], None] | None = None,
-    *,
-    source: str = "events",
-) -> list[dict]:
-    """Fit the points of :func:`read_events_file`; one row per point (:data:`POINT_COLUMNS`).
-
-    ``level`` picks the pdf: at ``det`` and ``det_bkg`` it includes the
-    acceptance and background of ``detector`` (a DetectorConfig or a dict of
-    its settings; default: the toy's defaults). Every point's event count is
-    checked before any fit runs.
-    """
-    positive_int(events_per_set, "--events-per-set")
-    positive_int(sets, "--sets")
-    if level not in LEVELS:
-        raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+def refuse_short_events(points: Sequence[EventsPoint], events_per_set: int, sets: int, source: str = "events") -> None:
+    """A DatasetError when there are no points, or naming the first with fewer than ``sets * events_per_set`` events."""
     if not points:
         raise DatasetError(f"{source}: no events")
     need = events_per_set * sets
@@ -292,6 +348,32 @@ def fit_events_points(
             f"({sets} sets x {events_per_set} events){more}"
         )
 
+
+def fit_events_points(
+    points: Sequence[EventsPoint],
+    events_per_set: int,
+    sets: int,
+    windows: Sequence[tuple[float, float]] | None = None,
+    level: str = "gen",
+    detector: Any = None,
+    progress: Callable[[int], None] | None = None,
+    *,
+    source: str = "events",
+    profiled: Callable[[list, Any, Any], Profiled] | None = None,
+) -> list[dict]:
+    """Fit the points of :func:`read_events_file`; one row per point (:data:`POINT_COLUMNS`).
+
+    ``level`` picks the pdf: at ``det`` and ``det_bkg`` it includes the
+    acceptance and background of ``detector`` (a DetectorConfig or a dict of
+    its settings; default: the toy's defaults). Every point's event count is
+    checked before any fit runs.
+    """
+    positive_int(events_per_set, "--events-per-set")
+    positive_int(sets, "--sets")
+    if level not in LEVELS:
+        raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+    refuse_short_events(points, events_per_set, sets, source)
+
     from kernels import detector as detector_module
     from kernels import theory
 
@@ -301,9 +383,10 @@ def fit_events_points(
         detector_module.DetectorConfig.from_dict(detector)
     )
     model = det.pdf_model(level, table.windows)
+    prof = None if profiled is None else profiled(list(SCAN_COEFFICIENTS), table.windows, model)
     return [
         fit_point(table, model, p.events, p.dc9_true, events_per_set, sets,
-                  label=f"point {i}", source=source, progress=progress)
+                  label=f"point {i}", source=source, progress=progress, profiled=prof)
         for i, p in enumerate(points)
     ]
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from kernels.errors import ConfigError
 from kernels.event_store import read_event_manifest
+from kernels.theory import SCAN_COEFFICIENTS
 from orchestrator.config.checks import output_file, positive_int
-from orchestrator.evaluate.fit import fit_dataset, fit_events_points, read_events_file, write_points_csv
+from orchestrator.evaluate.fit import (check_nuisances, fit_dataset, fit_events_points, profiled_theory, read_events_file,
+                                       refuse_short_events, refuse_short_points, write_points_csv)
 from orchestrator.runtime.progress import no_progress
 
 
@@ -22,10 +24,14 @@ class FitOutcome:
 
 def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_file: str | None = None,
             level: str | None = None, column_map: dict | None = None, dc9_column: str | None = None,
-            dc9_true: float | None = None, windows=None, out: Path | None = None, progress=no_progress) -> FitOutcome:
+            dc9_true: float | None = None, windows=None, out: Path | None = None, progress=no_progress,
+            nuisances: str = "none", prior_scale: float | None = None) -> FitOutcome:
     """Fit every point; with ``out``, write the per-point CSV and its figure (``.png`` beside it).
 
-    Every option is checked, and ``out`` proved writable, before the first fit.
+    ``nuisances="bsz"``: the profiled fit (delta C9 and flavio's 19 BSZ form factors, their prior
+    scaled by ``prior_scale``), with ``sigma_crb_eff`` beside ``sigma_crb``. A user's events must then
+    say their ``level``: the profiled pdf, and the bound, depend on it.
+    Every option is checked, and ``out`` proved writable, before the first fit (and before any table is built).
     """
     if (dataset is None) == (events_file is None):
         raise ConfigError("give exactly one of --dataset, --events-file")
@@ -36,17 +42,38 @@ def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_
             raise ConfigError(f"{', '.join(file_only)} only go with --events-file")
     positive_int(events_per_set, "--events-per-set")
     positive_int(sets, "--sets")
+    scale = check_nuisances(nuisances, prior_scale)
+    if nuisances != "none" and events_file is not None and level is None:
+        raise ConfigError("--nuisances on --events-file needs --level (gen, det or det_bkg): the profiled fit's "
+                          "pdf and its bound depend on the events' level")
     if out is not None:
         output_file(out)
-    if events_file is not None:
+    points = None
+    if events_file is not None:  # read and checked before any theory table is built
         points = read_events_file(events_file, column_map, windows, dc9_column=dc9_column, dc9_true=dc9_true)
+    theory = None
+    if nuisances != "none":
+        from kernels import nuisances as nuis
+        from kernels import theory as th
+
+        if events_file is not None:
+            refuse_short_events(points, events_per_set, sets, events_file)
+            coefficients, tables_windows = list(SCAN_COEFFICIENTS), th.validate_windows(windows or th.DEFAULT_WINDOWS)
+        else:
+            m = read_event_manifest(dataset)
+            refuse_short_points(dataset, m.points, events_per_set, sets)
+            coefficients, tables_windows = list(m.coefficients), th.validate_windows(m.windows)
+        with progress("theory tables", nuis.n_evaluations(len(coefficients), 19) + 1, "flavio calls") as adv:
+            ntable = nuis.nuisance_table(coefficients, tables_windows, nuisances, workers=2, progress=adv or None)
+        theory = profiled_theory(ntable, scale)
+    if points is not None:
         with progress("fit", sets * len(points), "sets") as advance:
             rows = fit_events_points(points, events_per_set, sets, windows, level=level or "gen",
-                                     progress=advance, source=events_file)
+                                     progress=advance, source=events_file, profiled=theory)
     else:
         n_points = len(read_event_manifest(dataset).points)
         with progress("fit", sets * n_points, "sets") as advance:
-            rows = fit_dataset(dataset, events_per_set, sets, level=level, progress=advance)
+            rows = fit_dataset(dataset, events_per_set, sets, level=level, progress=advance, profiled=theory)
     outcome = FitOutcome(rows)
     if out is not None:
         from orchestrator.report.plots import plot_fit_summary
@@ -54,6 +81,7 @@ def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_
         outcome.csv = write_points_csv(rows, out)
         known = [r for r in rows if math.isfinite(r["dc9_true"])]  # the figure plots against the truth
         if known:
+            what = "ML fit" if nuisances == "none" else "Profiled ML fit (BSZ form factors)"
             outcome.figure = plot_fit_summary(known, out.with_suffix(".png"),
-                                              title=f"ML fit, {sets} sets x {events_per_set} events")
+                                              title=f"{what}, {sets} sets x {events_per_set} events")
     return outcome
