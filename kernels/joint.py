@@ -399,3 +399,101 @@ def reference_sample(table: JTable, n: int, seed, level: str = "gen", detector: 
         events[a : a + m] = s.events.T
         control[a : a + m], mean = joint_quadratic(table, s.truth.T, d_ref, gamma, s.is_signal)
     return ReferenceSample(events, control, mean)
+
+
+# --- the form-factor nuisances, linear in u at the prior's centre ------------------------------
+
+
+def nuisance_linear_table(ntable) -> JTable:
+    """The bi-quadratic tables of :mod:`kernels.nuisances` cut to the terms of degree 0 and 1 in the
+    whitened nuisances u: ``m(c) (x) (1, u_1 .. u_n)``, a JTable of ``P_c (1 + n_u)`` tables. At u = 0
+    they give G and its exact u-gradient, ``G(z; c, u) = G(z; c, 0) + u . grad_u G(z; c, 0) + O(u^2)``."""
+    n_u = ntable.n_nuisances
+    coef = np.ascontiguousarray(ntable.coef[:, : 1 + n_u]).reshape(-1, *ntable.coef.shape[2:])
+    return ntable._jtable(coef, f"{ntable.key}-linear")
+
+
+def _linear_parts(ntable, a: np.ndarray, d: np.ndarray):
+    """``G`` (E,) and ``grad_u G`` (E, n_u) at u = 0 from linear-table projections ``a`` (E, P_c (1 + n_u))."""
+    P_c = ntable.coef.shape[0]
+    a = a.reshape(a.shape[0], P_c, -1)
+    m = monomials(d)  # (E, P_c)
+    both = np.einsum("epq,ep->eq", a, m)
+    return both[:, 0], both[:, 1:]
+
+
+def nuisance_scores(ntable, true_events, d, norm: np.ndarray, is_signal=None) -> np.ndarray:
+    """The exact joint score in the whitened nuisances at u = 0, ``d/du ln p(z | d, u)`` ``(n, n_u)``:
+    ``grad_u G / G - grad_u Gamma / Gamma`` for signal events, 0 for background (its density does not
+    depend on u: the fraction is fixed). ``d``: per-event delta C9 ``(n,)`` or one value; ``norm``:
+    :func:`normalisation` of :func:`nuisance_linear_table` at the level."""
+    lin = nuisance_linear_table(ntable)
+    z = _events(true_events)
+    dd = _shifts(ntable.at(np.zeros(ntable.n_nuisances)), d, z.shape[0])
+    sig = _signal(is_signal, z.shape[0])
+    nrm = np.asarray(norm, dtype=np.float64).reshape(ntable.coef.shape[0], -1)
+    gam = monomials(dd) @ nrm  # (n, 1 + n_u)
+    out = np.zeros((z.shape[0], ntable.n_nuisances))
+    if sig.any():
+        G, dG = _linear_parts(ntable, likelihood.project(lin, z[sig]), dd[sig])
+        out[sig] = dG / G[:, None] - gam[sig, 1:] / gam[sig, :1]
+    return out
+
+
+def _delta_powers(c: np.ndarray, r: float) -> np.ndarray:
+    """Coefficients ``(..., 3)`` of a quadratic in d rewritten in powers of ``delta = d - r``."""
+    return np.stack([c[..., 0] + c[..., 1] * r + c[..., 2] * r * r, c[..., 1] + 2 * c[..., 2] * r, c[..., 2]], axis=-1)
+
+
+def normalisation_slopes(norm: np.ndarray, d_ref: float) -> np.ndarray:
+    """``grad_u Gamma(d, 0) / Gamma(d_ref, 0)`` ``(n_u, 3)`` in powers of ``delta = d - d_ref``, from the
+    normalisation of :func:`nuisance_linear_table` (``(P_c (1 + n_u),)`` or ``(P_c, 1 + n_u)``, one coefficient)."""
+    r = float(d_ref)
+    nrm = np.asarray(norm, dtype=np.float64).reshape(3, -1)
+    at = float(monomials(np.array([r])) @ nrm[:, 0])
+    return _delta_powers(nrm[:, 1:].T, r) / at
+
+
+def nuisance_quadratic(ntable, true_events, d_ref: float, norm: np.ndarray, is_signal=None):
+    """The joint u-slopes of the ratio for events drawn at ``(d_ref, u = 0)`` and their exact mean.
+
+    ``b*(z, d) = grad_u G(z; d, 0) / G(z; d_ref, 0)``, quadratic in ``delta = d - d_ref``: ``(n, n_u, 3)``
+    coefficients; background events get the normalisation's ``grad_u Gamma(d, 0) / Gamma(d_ref, 0)``.
+    Over events drawn at d_ref, ``E[b*] = grad_u Gamma(d, 0) / Gamma(d_ref, 0)`` exactly (the mean,
+    ``(n_u, 3)``), and ``E[b* | x]`` is the slope a per-event model of the ratio learns: the control
+    variate of its calibration, as :func:`joint_quadratic` is for the delta C9 part.
+    """
+    z = _events(true_events)
+    r = float(d_ref)
+    P_c = ntable.coef.shape[0]
+    nrm = np.asarray(norm, dtype=np.float64).reshape(P_c, -1)  # (P_c, 1 + n_u) in powers of d
+    mean = normalisation_slopes(nrm, r)
+    sig = _signal(is_signal, z.shape[0])
+    out = np.broadcast_to(mean, (z.shape[0], *mean.shape)).copy()
+    if sig.any():
+        a = likelihood.project(nuisance_linear_table(ntable), z[sig]).reshape(-1, P_c, nrm.shape[1])
+        g_ref = a[:, :, 0] @ monomials(np.array([r]))  # (E,) G(z; d_ref, 0)
+        out[sig] = _delta_powers(np.swapaxes(a[:, :, 1:], 1, 2), r) / g_ref[:, None, None]
+    return out, mean
+
+
+def nuisance_reference_sample(ntable, n: int, seed, level: str = "gen", detector: _detector.DetectorConfig | None = None,
+                              d_ref: float = 0.0, norm: np.ndarray | None = None, chunk: int = 1 << 18) -> ReferenceSample:
+    """``n`` events at ``(d_ref, u = 0)`` and ``level`` with their joint u-slopes (:func:`nuisance_quadratic`) as
+    control ``(n, n_u, 3)``, in chunks (seed ``(*seed, c)``). ``norm``: the level's normalisation of
+    :func:`nuisance_linear_table` (computed when None)."""
+    if int(n) != n or n < 2:
+        raise ConfigError(f"a reference sample needs at least 2 events, got {n}")
+    seed = tuple(int(s) for s in np.atleast_1d(np.asarray(seed, dtype=object)))
+    table = ntable.at(np.zeros(ntable.n_nuisances))
+    if norm is None:
+        norm = normalisation(nuisance_linear_table(ntable), true_efficiency(level, table.windows, detector))
+    events = np.empty((int(n), 4), dtype=np.float32)
+    control = np.empty((int(n), ntable.n_nuisances, 3))
+    mean = None
+    for c, a in enumerate(range(0, int(n), chunk)):
+        m = min(chunk, int(n) - a)
+        s = _detector.sample_level_truth(table, [d_ref], m, (*seed, c), level, detector)
+        events[a : a + m] = s.events.T
+        control[a : a + m], mean = nuisance_quadratic(ntable, s.truth.T, d_ref, norm, s.is_signal)
+    return ReferenceSample(events, control, mean)

@@ -271,3 +271,18 @@ class ProfiledFitEstimator(MLFitEstimator):
         if self._norm is None:  # the joint monomials' normalisation, once (a quadrature at detector level)
             self._norm = normalisation(self.table.flat, model)
         return fit_sets_profiled(self.table, check_sets(sets), model, self.prior_scale, norm=self._norm)
+
+
+class NuisanceEventPosteriorEstimator:
+    """The event posterior with the form factors profiled (:class:`models.nuisance_posterior.NuisanceScoreNet`):
+    per set, the mode in (delta C9, u) of the learned per-event ratios at a shared u, and the profiled,
+    prior-constrained error of delta C9."""
+
+    def __init__(self, model, prior_scale: float = 1.0, name: str = "event_posterior_profiled") -> None:
+        self.model = model
+        self.prior_scale = prior_scale
+        self.name = name
+
+    def predict(self, sets) -> tuple[np.ndarray, np.ndarray]:
+        res = self.model.fit_sets(check_sets(sets), self.prior_scale)
+        return np.asarray(res.values, dtype=np.float64).ravel(), np.asarray(res.errors, dtype=np.float64).ravel()

@@ -66,3 +66,49 @@ def train_event_posterior(cfg, table, det, level: str, train_config, on_epoch, p
     log.info("event posterior: trained on %d events with d in %s, Z(d) calibrated on %d reference events",
              n_train, span, cc.reference_events)
     return net, hist
+
+
+NUISANCE_REFERENCE_EVENTS = 300_000
+"""Reference events for the u-slopes of Z (with their joint control variate; (M, 19, 3) of them in memory)."""
+
+
+def train_nuisance_posterior(cfg, ntable, base, det, level: str, train_config, on_epoch, progress):
+    """Train and calibrate the u-slopes of the event posterior (:class:`models.nuisance_posterior.NuisanceScoreNet`)
+    beside the trained ``base`` (frozen): score regression in the 19 whitened form factors at u = 0 on fresh
+    joint MC over the base's training range. Returns ``(net, history)``."""
+    import numpy as np
+
+    from kernels import joint
+    from models.data import EventDataset
+    from models.nuisance_posterior import NuisanceScoreNet
+    from models.training import seed_everything, train
+
+    cc = cfg.models.event_classifier
+    table = ntable.at(np.zeros(ntable.n_nuisances))
+    span = tuple(base.hparams["train_range"])
+    eff = joint.true_efficiency(level, table.windows, det)
+    gamma = joint.normalisation(table, eff)
+    lin_norm = joint.normalisation(joint.nuisance_linear_table(ntable), eff)
+
+    def data(n: int, stream: int) -> EventDataset:
+        s = joint.sample_joint(table, span, n, joint.joint_seed(cfg.seed, stream), level, det, gamma)
+        scores = np.empty((n, ntable.n_nuisances), dtype=np.float32)
+        for a in range(0, n, 1 << 17):  # the linear tables' projections, a chunk at a time
+            b = slice(a, a + (1 << 17))
+            scores[b] = joint.nuisance_scores(ntable, s.truth[b], s.shifts[b], lin_norm, s.is_signal[b])
+        return EventDataset.from_joint(s.events, s.shifts, scores)
+
+    n_train = cc.train_events
+    tr, va = data(n_train, 3), data(max(10_000, n_train // 10), 4)
+    seed_everything(cfg.seed + 1)
+    net = NuisanceScoreNet(base, ntable.n_nuisances, hidden=cc.hidden, layers=cc.layers)
+    net.set_normalisation(joint.normalisation_slopes(lin_norm, base.d_ref))
+    with progress("train event posterior (form factors)", train_config.epochs, "epochs") as adv:
+        hist = train(net, tr, va, train_config, on_epoch=on_epoch(adv))
+    ref = joint.nuisance_reference_sample(ntable, min(cc.reference_events, NUISANCE_REFERENCE_EVENTS),
+                                          joint.joint_seed(cfg.seed, 5), level, det, base.d_ref, lin_norm)
+    err = net.calibrate(ref.events, ref.control, ref.control_mean)
+    hist["zeta_max_standard_error"] = float(np.max(err))
+    log.info("event posterior (form factors): u-slopes trained on %d events, Z's calibrated on %d reference events "
+             "(largest standard error %.2e)", n_train, ref.events.shape[0], float(np.max(err)))
+    return net, hist

@@ -33,7 +33,7 @@ from orchestrator.evaluate.estimators import (
     image_bins,
     image_bounds,
 )
-from orchestrator.jobs.event_posterior import train_event_posterior
+from orchestrator.jobs.event_posterior import train_event_posterior, train_nuisance_posterior
 from orchestrator.runtime.progress import ProgressFactory, no_progress
 
 log = logging.getLogger(__name__)
@@ -271,8 +271,23 @@ def run_job(
                 (lambda: train_event_posterior(cfg, table, det, level, _train_config(mc.event_classifier.train, cfg,
                                                loss="mse"), lambda adv: _EpochLogger(tracker, adv), progress))
                 if mc.event_classifier.head == "score" else lambda: _train_classifier(cfg, pools, grid, tracker, progress))
-            jobs.append(("event_posterior", mc.event_classifier, train_posterior,
+            trained = {}
+
+            def keep(train):  # the nuisance-aware version is built on the trained event posterior
+                def run():
+                    trained["net"], hist = train()
+                    return trained["net"], hist
+                return run
+
+            jobs.append(("event_posterior", mc.event_classifier, keep(train_posterior),
                          lambda net: estimators.EventPosteriorEstimator(net, name="event_posterior")))
+            if ntable is not None and mc.event_classifier.head == "score":
+                jobs.append(("event_posterior_profiled", mc.event_classifier,
+                             lambda: train_nuisance_posterior(cfg, ntable, trained["net"], det, level, _train_config(
+                                 mc.event_classifier.train, cfg, loss="mse"), lambda adv: _EpochLogger(tracker, adv),
+                                 progress),
+                             lambda net: estimators.NuisanceEventPosteriorEstimator(net, nc.prior_scale,
+                                                                                    name="event_posterior_profiled")))
         on_grid = [d for d in ec.dc9 if any(abs(d - g) < 1e-9 for g in grid)]
         for name, section, trainer, make in jobs:
             with tracker.child(name):

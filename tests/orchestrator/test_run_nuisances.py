@@ -16,7 +16,16 @@ name: tiny-ff
 seed: 3
 nuisances: {form_factors: bsz, prior_scale: 1.0, worlds: per_set}
 scan: {dc9: [-1.0, 0.0], events_per_point: 2000, level: gen}
-models: {ml_fit: {enabled: true}}
+models:
+  ml_fit: {enabled: true}
+  event_classifier:
+    head: score
+    hidden: 16
+    layers: 2
+    events_per_point: 1000
+    train_events: 30000
+    reference_events: 50000
+    train: {epochs: 2, batch_size: 512, lr: 0.003, weight_decay: 0.0, patience: 2}
 evaluation: {dc9: [-0.5], sets: 20, events_per_set: 2000}
 """
 
@@ -52,6 +61,17 @@ def test_the_profiled_fit_is_measured_against_the_efficient_bound(ff_run):
     prof, fixed = _rows(out, "ml_fit_profiled")[0], _rows(out, "ml_fit")[0]
     assert 0.6 < float(prof["sigma_over_crb_eff"]) < 1.5  # 20 sets: sigma known to about 16%
     assert float(prof["coverage_68"]) > float(fixed["coverage_68"])  # the naive fit's bars ignore the form factors
+
+
+def test_the_event_posterior_gets_a_version_with_the_form_factors_profiled(ff_run):
+    """Beside the naive event posterior (central form factors) the job trains its u-slopes and profiles each set."""
+    code, out = ff_run
+    assert code == 0
+    naive, aware = _rows(out, "event_posterior")[0], _rows(out, "event_posterior_profiled")[0]
+    assert list(aware) == list(POINT_COLUMNS + NUISANCE_COLUMNS)
+    assert aware["sigma_crb_eff"] == naive["sigma_crb_eff"]
+    # its errors carry the form factors (the efficient bound's size), the naive ones do not
+    assert float(aware["pull_width"]) < float(naive["pull_width"])
 
 
 def test_the_report_shows_the_efficient_bound(ff_run):
