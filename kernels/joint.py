@@ -388,17 +388,23 @@ def reference_sample(table: JTable, n: int, seed, level: str = "gen", detector: 
     """
     if int(n) != n or n < 2:
         raise ConfigError(f"a reference sample needs at least 2 events, got {n}")
-    seed = tuple(int(s) for s in np.atleast_1d(np.asarray(seed, dtype=object)))
     gamma = normalisation(table, true_efficiency(level, table.windows, detector)) if norm is None else norm
+    return _reference(table, n, seed, level, detector, d_ref, chunk, (2,),
+                      lambda z, sig: joint_quadratic(table, z, d_ref, gamma, sig))
+
+
+def _reference(table: JTable, n: int, seed, level, detector, d_ref: float, chunk: int, shape: tuple, control):
+    """Events at ``d_ref`` in chunks (seed ``(*seed, c)``) and ``control(truth, is_signal) -> (values, mean)`` of each."""
+    seed = tuple(int(s) for s in np.atleast_1d(np.asarray(seed, dtype=object)))
     events = np.empty((int(n), 4), dtype=np.float32)
-    control = np.empty((int(n), 2))
+    values = np.empty((int(n), *shape))
     mean = None
     for c, a in enumerate(range(0, int(n), chunk)):
         m = min(chunk, int(n) - a)
         s = _detector.sample_level_truth(table, [d_ref], m, (*seed, c), level, detector)
         events[a : a + m] = s.events.T
-        control[a : a + m], mean = joint_quadratic(table, s.truth.T, d_ref, gamma, s.is_signal)
-    return ReferenceSample(events, control, mean)
+        values[a : a + m], mean = control(s.truth.T, s.is_signal)
+    return ReferenceSample(events, values, mean)
 
 
 # --- the form-factor nuisances, linear in u at the prior's centre ------------------------------
@@ -484,16 +490,8 @@ def nuisance_reference_sample(ntable, n: int, seed, level: str = "gen", detector
     :func:`nuisance_linear_table` (computed when None)."""
     if int(n) != n or n < 2:
         raise ConfigError(f"a reference sample needs at least 2 events, got {n}")
-    seed = tuple(int(s) for s in np.atleast_1d(np.asarray(seed, dtype=object)))
     table = ntable.at(np.zeros(ntable.n_nuisances))
     if norm is None:
         norm = normalisation(nuisance_linear_table(ntable), true_efficiency(level, table.windows, detector))
-    events = np.empty((int(n), 4), dtype=np.float32)
-    control = np.empty((int(n), ntable.n_nuisances, 3))
-    mean = None
-    for c, a in enumerate(range(0, int(n), chunk)):
-        m = min(chunk, int(n) - a)
-        s = _detector.sample_level_truth(table, [d_ref], m, (*seed, c), level, detector)
-        events[a : a + m] = s.events.T
-        control[a : a + m], mean = nuisance_quadratic(ntable, s.truth.T, d_ref, norm, s.is_signal)
-    return ReferenceSample(events, control, mean)
+    return _reference(table, n, seed, level, detector, d_ref, chunk, (ntable.n_nuisances, 3),
+                      lambda z, sig: nuisance_quadratic(ntable, z, d_ref, norm, sig))

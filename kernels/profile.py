@@ -43,6 +43,7 @@ from kernels.errors import ConfigError
 from kernels.likelihood import GEN, EventBasis, FitResult, PdfModel, normalisation
 from kernels.nuisances import NuisanceTable, check_prior_scale
 from kernels.set_likelihood import bilinear_forms
+from kernels.set_likelihood import fit_set as fit_set_profiled
 from kernels.theory import monomial_gradient, monomial_hessian, monomials
 
 
@@ -124,56 +125,6 @@ class _SetLikelihood:
         prior[self.nc :, self.nc :] = self.lam * np.eye(self.nu)
         self.opg = opg + prior  # outer product of the scores (BHHH): positive definite, for steps far out
         return nll, grad, hess + prior
-
-
-def fit_set_profiled(lik: _SetLikelihood, start=None, max_iter: int = 40, tol: float = 5e-4, trust: float = 2.0):
-    """Damped Newton on one set, the exact Hessian at every step. Returns ``(phi, covariance, converged, iterations)``.
-
-    Where the Newton step is not a descent direction or leaves the trust region (steps of at most
-    ``trust`` units in every parameter: delta C9, or prior sigmas), the step is the BHHH one (the outer
-    product of the scores plus the prior: positive definite, close to the information), which from the
-    prior's centre reaches the basin of the minimum in a step or two where a far-out Newton step
-    overshoots. Steps backtrack until -ln L does not rise. Once a Newton step is below ``tol`` it is
-    taken without another evaluation (what is left is of its square) and the covariance is the inverse
-    of that last exact Hessian, ``tol`` from the minimum.
-    """
-    n = lik.nc + lik.nu
-    phi = np.zeros(n) if start is None else np.asarray(start, dtype=np.float64).copy()
-    nll, grad, hess = lik(phi)
-    fail = (phi, np.full((n, n), np.nan), False)
-    if not np.isfinite(nll):
-        return (*fail, 0)
-    for it in range(1, max_iter + 1):
-        try:
-            step = np.linalg.solve(hess, grad)
-            big = float(np.max(np.abs(step)))
-            newton = bool(grad @ step > 0) and big <= trust
-            if not newton:
-                step = np.linalg.solve(lik.opg, grad)
-                big = float(np.max(np.abs(step)))
-        except np.linalg.LinAlgError:
-            return (*fail, it)
-        if not np.isfinite(big):
-            return (*fail, it)
-        if newton and big < tol:
-            ev = np.linalg.eigvalsh(hess)
-            ok = bool(np.all(ev > 0))
-            return phi - step, np.linalg.inv(hess) if ok else np.full((n, n), np.nan), ok, it
-        if big > trust:
-            step = step * (trust / big)
-        t = 1.0
-        for _ in range(30):  # backtracking: never accept a worse point; the full step brings its Hessian
-            trial = phi - t * step
-            new, g_new, h_new = lik(trial, hessian=t == 1.0)
-            if np.isfinite(new) and new <= nll + 1e-9 * max(1.0, abs(nll)):
-                break
-            t /= 2
-        else:
-            return (*fail, it)
-        if h_new is None:
-            new, g_new, h_new = lik(trial)
-        phi, nll, grad, hess = trial, new, g_new, h_new
-    return phi, np.full((n, n), np.nan), False, max_iter
 
 
 def fit_sets_profiled(

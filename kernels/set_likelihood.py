@@ -28,7 +28,8 @@ sum over events that is linear in ``1/G_e`` collapses onto one matrix ``W = sum_
 
 so only the outer product ``sum_e v_e v_e^T`` of the per-event gradients ``v_e = grad ln G_e``
 needs the events one by one. The error of c is the c-block of the inverse Hessian at the
-minimum: the profiled, prior-constrained error.
+minimum: the profiled, prior-constrained error. The same Newton driver (:func:`fit_set`) serves the
+bi-quadratic profiled fit of :mod:`kernels.profile`.
 """
 
 from __future__ import annotations
@@ -138,53 +139,66 @@ class SetLikelihood:
         v = np.empty((N, self.n))
         v[:, : self.nc] = (B @ gc.T) * r[:, None]
         v[:, self.nc :] = (np.einsum("epq,p->eq", self.A, mc) @ gu.T) * r[:, None]
-        hess = -(shess - v.T @ v) + N * (d2gam / gam - np.outer(dgam, dgam) / gam**2)
+        opg = v.T @ v
+        hess = -(shess - opg) + N * (d2gam / gam - np.outer(dgam, dgam) / gam**2)
         hess[self.nc :, self.nc :] += self.lam * np.eye(self.nu)
+        opg[self.nc :, self.nc :] += self.lam * np.eye(self.nu)
+        self.opg = opg  # the outer product of the scores plus the prior (BHHH), for steps far out
         return nll, grad, hess
 
 
-def fit_set(lik: SetLikelihood, start=None, tol: float = 1e-7, max_iter: int = 60):
-    """Damped Newton (exact Hessian, Levenberg-regularised where it is not positive definite, steps of
-    at most one unit, backtracking). Returns ``(phi, covariance, converged, iterations)``; the
-    covariance is the inverse Hessian at the minimum."""
-    n = lik.n
+def fit_set(lik, start=None, max_iter: int = 40, tol: float = 5e-4, trust: float = 2.0):
+    """Damped Newton on one set, the exact Hessian at every step. Returns ``(phi, covariance, converged, iterations)``.
+
+    ``lik(phi, hessian)`` returns ``(nll, gradient, Hessian or None)`` and, with the Hessian, sets
+    ``lik.opg``; ``lik.nc + lik.nu`` parameters (:class:`SetLikelihood`, and the bi-quadratic
+    :class:`kernels.profile._SetLikelihood`).
+
+    Where the Newton step is not a descent direction or leaves the trust region (steps of at most
+    ``trust`` units in every parameter: delta C9, or prior sigmas), the step is the BHHH one (the outer
+    product of the scores plus the prior: positive definite, close to the information), which from the
+    prior's centre reaches the basin of the minimum in a step or two where a far-out Newton step
+    overshoots. Steps backtrack until -ln L does not rise. Once a Newton step is below ``tol`` it is
+    taken without another evaluation (what is left is of its square) and the covariance is the inverse
+    of that last exact Hessian, ``tol`` from the minimum.
+    """
+    n = lik.nc + lik.nu
     phi = np.zeros(n) if start is None else np.asarray(start, dtype=np.float64).copy()
     nll, grad, hess = lik(phi)
     fail = (phi, np.full((n, n), np.nan), False)
     if not np.isfinite(nll):
         return (*fail, 0)
     for it in range(1, max_iter + 1):
-        mu = 0.0
-        for _ in range(40):
-            try:
-                L = np.linalg.cholesky(hess + mu * np.eye(n))
-                break
-            except np.linalg.LinAlgError:
-                mu = max(2 * mu, 1e-6 * max(1.0, float(np.max(np.abs(np.diag(hess))))))
-        else:
+        try:
+            step = np.linalg.solve(hess, grad)
+            big = float(np.max(np.abs(step)))
+            newton = bool(grad @ step > 0) and big <= trust
+            if not newton:
+                step = np.linalg.solve(lik.opg, grad)
+                big = float(np.max(np.abs(step)))
+        except np.linalg.LinAlgError:
             return (*fail, it)
-        step = np.linalg.solve(L.T, np.linalg.solve(L, grad))
-        big = float(np.max(np.abs(step)))
-        if big > 1.0:
-            step = step / big
+        if not np.isfinite(big):
+            return (*fail, it)
+        if newton and big < tol:
+            ev = np.linalg.eigvalsh(hess)
+            ok = bool(np.all(ev > 0))
+            return phi - step, np.linalg.inv(hess) if ok else np.full((n, n), np.nan), ok, it
+        if big > trust:
+            step = step * (trust / big)
         t = 1.0
-        for _ in range(40):
+        for _ in range(30):  # backtracking: never accept a worse point; the full step brings its Hessian
             trial = phi - t * step
-            new, _, _ = lik(trial, hessian=False)
-            if np.isfinite(new) and new <= nll + 1e-12 * max(1.0, abs(nll)):
+            new, g_new, h_new = lik(trial, hessian=t == 1.0)
+            if np.isfinite(new) and new <= nll + 1e-9 * max(1.0, abs(nll)):
                 break
             t /= 2
         else:
             return (*fail, it)
-        phi = trial
-        nll, grad, hess = lik(phi)
-        if t * float(np.max(np.abs(step))) < tol:
-            try:
-                cov = np.linalg.inv(hess)
-            except np.linalg.LinAlgError:
-                return (*fail, it)
-            return phi, cov, bool(np.all(np.linalg.eigvalsh(hess) > 0)), it
-    return phi, np.linalg.inv(hess), False, max_iter
+        if h_new is None:
+            new, g_new, h_new = lik(trial)
+        phi, nll, grad, hess = trial, new, g_new, h_new
+    return phi, np.full((n, n), np.nan), False, max_iter
 
 
 @dataclass

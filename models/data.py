@@ -182,8 +182,8 @@ class EventDataset(TensorDataset):
             d = np.asarray(shifts, dtype=np.float32) if shifts is not None else None
             t = np.asarray(scores, dtype=np.float32) if scores is not None else None
             if d is None or t is None or d.shape != (ev.shape[0],) or t.ndim not in (1, 2) or t.shape[0] != ev.shape[0]:
-                raise ConfigError(f"give class indices, or shifts ({ev.shape[0]},) and scores ({ev.shape[0]},) or "
-                                  f"({ev.shape[0]}, k)")
+                raise ConfigError(f"give class indices, or shifts and scores: shifts ({ev.shape[0]},), scores "
+                                  f"({ev.shape[0]},) or ({ev.shape[0]}, k)")
             if not (np.all(np.isfinite(d)) and np.all(np.isfinite(t))):
                 raise ConfigError("shifts and joint scores must be finite")
             super().__init__(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (ev, d, t)))
