@@ -147,6 +147,11 @@ class SetLikelihood:
         return nll, grad, hess
 
 
+BHHH_STEPS = 2
+"""Steps of :func:`fit_set` that leave the trust region take the BHHH direction for at most this many
+iterations from the start (where the observed Hessian says little); later ones, a Newton step cut to the region."""
+
+
 def fit_set(lik, start=None, max_iter: int = 40, tol: float = 5e-4, trust: float = 2.0):
     """Damped Newton on one set, the exact Hessian at every step. Returns ``(phi, covariance, converged, iterations)``.
 
@@ -154,11 +159,12 @@ def fit_set(lik, start=None, max_iter: int = 40, tol: float = 5e-4, trust: float
     ``lik.opg``; ``lik.nc + lik.nu`` parameters (:class:`SetLikelihood`, and the bi-quadratic
     :class:`kernels.profile._SetLikelihood`).
 
-    Where the Newton step is not a descent direction or leaves the trust region (steps of at most
-    ``trust`` units in every parameter: delta C9, or prior sigmas), the step is the BHHH one (the outer
-    product of the scores plus the prior: positive definite, close to the information), which from the
-    prior's centre reaches the basin of the minimum in a step or two where a far-out Newton step
-    overshoots. Steps backtrack until -ln L does not rise. Once a Newton step is below ``tol`` it is
+    Where the Newton step is not a descent direction, or leaves the trust region (steps of at most
+    ``trust`` units in every parameter: delta C9, or prior sigmas) in the first :data:`BHHH_STEPS`
+    iterations, the step is the BHHH one (the outer product of the scores plus the prior: positive
+    definite, close to the information), which from the prior's centre reaches the basin of the
+    minimum in a step or two where a far-out Newton step overshoots; later, a Newton step that leaves
+    the region is cut to it (BHHH steps there can crawl). Steps backtrack until -ln L does not rise. Once a Newton step is below ``tol`` it is
     taken without another evaluation (what is left is of its square) and the covariance is the inverse
     of that last exact Hessian, ``tol`` from the minimum.
     """
@@ -172,8 +178,9 @@ def fit_set(lik, start=None, max_iter: int = 40, tol: float = 5e-4, trust: float
         try:
             step = np.linalg.solve(hess, grad)
             big = float(np.max(np.abs(step)))
-            newton = bool(grad @ step > 0) and big <= trust
-            if not newton:
+            descent = bool(grad @ step > 0)
+            newton = descent and big <= trust
+            if not descent or (big > trust and it <= BHHH_STEPS):
                 step = np.linalg.solve(lik.opg, grad)
                 big = float(np.max(np.abs(step)))
         except np.linalg.LinAlgError:
