@@ -129,10 +129,10 @@ def _compile(table: JTable, shifts) -> _Compiled:
     # density / shape is the max over cos_k of (the max over cos_l and chi of the density) / shape:
     # the same number, bit for bit, at 1/(n_cl n_chi) of the work.
     F, ck_axis, (n_cl, n_ck, n_chi) = _envelope_grid()
-    dk = np.empty((J.shape[0], n_ck))
-    for s in range(0, J.shape[0], 32):  # blocks of nodes bound the memory
-        dens = (J[s : s + 32] @ F.T).reshape(-1, n_cl, n_ck, n_chi)  # sum_i J_i f_i at every grid point
-        dk[s : s + 32] = dens.max(axis=3).max(axis=1)
+    # One product over all nodes, as before: a blocked product may round differently in the last bit,
+    # which would change the sampled events.
+    dens = (J @ F.T).reshape(-1, n_cl, n_ck, n_chi)  # sum_i J_i f_i at every grid point
+    dk = dens.max(axis=3).max(axis=1)  # (K, n_ck)
     g_max = float(dk.max())  # the density's max over the grid
     shape = _proposal_shape(phi[:, None], ck_axis[None, :])  # (C, n_ck)
     bound = np.maximum(dk[k] / shape, dk[k + 1] / shape).max(axis=1)
