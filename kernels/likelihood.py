@@ -170,14 +170,6 @@ class EventBasis:
         H[cells + 1] += ht.T
         return H
 
-    def values(self, J: np.ndarray) -> np.ndarray:
-        """``G_e`` of one table ``J (K, 12)``, in the events' original order (a gather, no cell loop)."""
-        lo, up = J[self.ks], J[self.ks + 1]
-        g = ((lo + (up - lo) * self.ts[:, None]) * self.FT).sum(axis=1) * angular.PREFACTOR
-        out = np.empty_like(g)
-        out[self.order] = g
-        return out
-
 
 def normalisation(table: JTable, model: PdfModel = GEN, **quad) -> np.ndarray:
     """``Gamma_p`` such that ``Gamma(d) = m(d) @ Gamma_p`` = integral of eps * G over the phase space."""

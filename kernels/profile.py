@@ -74,12 +74,10 @@ class _SetLikelihood:
         self.mix = None if mix is None else (mix[0][self.basis.order], mix[1][self.basis.order])
         self.nc, self.nu = table.n_shifts, table.n_nuisances
         self.lam = 1.0 / prior_scale**2
-        self.calls = [0, 0]  # exact Hessians, gradients
 
     def __call__(self, phi: np.ndarray, hessian: bool = True):
         """``(nll, gradient, Hessian or None)`` at ``phi``; nll is inf where the pdf is not positive."""
         c, u = phi[: self.nc], phi[self.nc :]
-        self.calls[0 if hessian else 1] += 1
         mc, gc, mu, gu = monomials(c), monomial_gradient(c), monomials(u), monomial_gradient(u)
         forms = lambda X, hess: bilinear_forms(X, mc, gc, self.hc, mu, gu, self.hu, hess)  # noqa: E731
         K, T = self.shape
