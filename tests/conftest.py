@@ -103,3 +103,10 @@ def free_port():
             return s.getsockname()[1]
 
     return port
+
+
+@pytest.fixture(scope="session")
+def ff_tables_cache(tmp_path_factory):
+    """One cache folder for the small bi-quadratic tables (3 form factors) of every test file: each table
+    (30 flavio calls) is built once per session, then loaded."""
+    return tmp_path_factory.mktemp("ff-tables")

@@ -12,9 +12,9 @@ FF = ("B->K* BSZ a0_V", "B->K* BSZ a1_T1", "B->K* BSZ a0_A1")
 
 
 @pytest.fixture(scope="module")
-def ntable(tmp_path_factory):
+def ntable(ff_tables_cache):
     """delta C9 x three form factors on a coarse q2 grid: 3 x 10 flavio evaluations."""
-    return nuisances.nuisance_table(["C9_bsmumu"], form_factors=FF, spacing=0.25, cache=tmp_path_factory.mktemp("nt"))
+    return nuisances.nuisance_table(["C9_bsmumu"], form_factors=FF, spacing=0.25, cache=ff_tables_cache)
 
 
 def _flavio(ntable, c, u):

@@ -118,10 +118,10 @@ def test_multiplying_per_event_marginal_posteriors_under_covers(toy):
     assert sd / float(np.median(res.errors)) > 1.4  # the shared u does not average out over the set
 
 
-def test_with_the_exact_tables_it_is_the_profiled_fit(tmp_path):
+def test_with_the_exact_tables_it_is_the_profiled_fit(ff_tables_cache):
     """degree 2 over the projections of the bi-quadratic tables is kernels.profile's fit, set by set."""
     ff = ("B->K* BSZ a0_V", "B->K* BSZ a1_T1", "B->K* BSZ a0_A1")
-    nt = nuisances.nuisance_table(["C9_bsmumu"], form_factors=ff, spacing=0.25, cache=tmp_path)
+    nt = nuisances.nuisance_table(["C9_bsmumu"], form_factors=ff, spacing=0.25, cache=ff_tables_cache)
     worlds = nuisances.draw_worlds(4, nt.n_nuisances, 1.0, seed=5, point=0)
     sets = np.stack([sampler.sample_array(nt.at(u), [-0.5], 3000, (5, k)).T for k, u in enumerate(worlds)])
     norm = likelihood.normalisation(nt.flat)

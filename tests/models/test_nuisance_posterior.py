@@ -35,11 +35,11 @@ CFG = dict(
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(ff_tables_cache):
     from orchestrator.jobs.run import _train_config
 
     torch.set_num_threads(2)
-    nt = nuisances.nuisance_table(["C9_bsmumu"], form_factors=FF, spacing=0.25, cache=tmp_path_factory.mktemp("nt"))
+    nt = nuisances.nuisance_table(["C9_bsmumu"], form_factors=FF, spacing=0.25, cache=ff_tables_cache)
     cfg = RunConfig(**CFG)
     tc = _train_config(cfg.models.event_classifier.train, cfg, loss="mse")
     table = nt.at(np.zeros(nt.n_nuisances))

@@ -22,14 +22,13 @@ DC9, N, M = -0.5, 3000, 8
 
 
 @pytest.fixture(scope="module")
-def small_tables(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ffit")
+def small_tables(ff_tables_cache):
     real = nuisances.nuisance_table
     calls = []
 
     def small(c, w, ff, **kw):
         calls.append(ff)
-        return real(c, w, FF, cache=tmp / "cache", workers=1)
+        return real(c, w, FF, cache=ff_tables_cache, workers=1)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(nuisances, "nuisance_table", small)

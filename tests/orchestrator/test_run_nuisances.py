@@ -31,12 +31,12 @@ evaluation: {dc9: [-0.5], sets: 20, events_per_set: 2000}
 
 
 @pytest.fixture(scope="module")
-def ff_run(tmp_path_factory):
+def ff_run(tmp_path_factory, ff_tables_cache):
     """The job with three form factors instead of 19 (30 flavio calls instead of 630), the same code path."""
     tmp = tmp_path_factory.mktemp("ff")
     real = nuisances.nuisance_table
     mp = pytest.MonkeyPatch()
-    mp.setattr(nuisances, "nuisance_table", lambda c, w, ff, **kw: real(c, w, FF, cache=tmp / "cache", workers=1))
+    mp.setattr(nuisances, "nuisance_table", lambda c, w, ff, **kw: real(c, w, FF, cache=ff_tables_cache, workers=1))
     cfg = tmp / "tiny-ff.yaml"
     cfg.write_text(TINY_FF)
     try:
