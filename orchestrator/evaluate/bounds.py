@@ -43,6 +43,7 @@ import numpy as np
 from kernels.errors import ConfigError
 from kernels.files import atomic_write_text
 from orchestrator.config.checks import positive_int
+from orchestrator.evaluate.fit import csv_cell
 from orchestrator.runtime.progress import no_progress
 
 log = logging.getLogger(__name__)
@@ -159,23 +160,13 @@ def luminosity_bounds(n_events: Sequence[int] = LUMINOSITY_EVENTS, dc9: float = 
     return rows
 
 
-def _cell(value) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return repr(float(value)) if math.isfinite(value) else str(float(value))
-    return str(value)
-
-
 def write_bounds_csv(rows: Iterable[Mapping], path: Path) -> Path:
     """The rows as CSV with exactly :data:`BOUNDS_COLUMNS`, written atomically."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(BOUNDS_COLUMNS)
     for row in rows:
-        writer.writerow([_cell(row[c]) for c in BOUNDS_COLUMNS])
+        writer.writerow([csv_cell(row[c]) for c in BOUNDS_COLUMNS])
     out = atomic_write_text(Path(path), buf.getvalue())
     log.info("wrote %s", out)
     return Path(out)

@@ -53,6 +53,7 @@ __all__ = [
     "check_nuisances",
     "refuse_short_points",
     "refuse_short_events",
+    "csv_cell",
     "profiled_theory",
 ]
 
@@ -402,7 +403,8 @@ def fit_events_file(path: str | os.PathLike, column_map: Mapping[str, str] | Non
     return fit_events_points(points, events_per_set, sets, source=os.fspath(path), **options)
 
 
-def _format(value) -> str:
+def csv_cell(value) -> str:
+    """One CSV cell: bools and ints as such, floats by repr (round-trip exact), nan and inf by name."""
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     if isinstance(value, (int, np.integer)):
@@ -425,7 +427,7 @@ def write_points_csv(rows: Iterable[Mapping], path: Path) -> Path:
         missing = [c for c in columns if c not in row]
         if missing:
             raise ValueError(f"point row lacks column(s) {missing}")
-        writer.writerow([_format(row[c]) for c in columns])
+        writer.writerow([csv_cell(row[c]) for c in columns])
     atomic_write_text(path, buf.getvalue())
     log.info("wrote %s", path)
     return path
