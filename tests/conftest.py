@@ -12,7 +12,8 @@ def ray_local():
     """One small local Ray instance for the whole test session (2 CPUs, no dashboard).
 
     Tests that need Ray take this fixture; it is started on first use and shut
-    down at the end of the session. ``$RAY_ADDRESS`` is ignored so that the
+    down at the end of the session. Under ``make test`` (two pytest-xdist
+    processes) each process has its own session, so its own instance. ``$RAY_ADDRESS`` is ignored so that the
     tests never land on a real cluster.
     """
     pytest.importorskip("ray")
@@ -108,5 +109,5 @@ def free_port():
 @pytest.fixture(scope="session")
 def ff_tables_cache(tmp_path_factory):
     """One cache folder for the small bi-quadratic tables (3 form factors) of every test file: each table
-    (30 flavio calls) is built once per session, then loaded."""
+    (30 flavio calls) is built once per session (per pytest-xdist process under ``make test``), then loaded."""
     return tmp_path_factory.mktemp("ff-tables")
