@@ -343,6 +343,20 @@ def draw_worlds(n_worlds: int, n_nuisances: int, prior_scale: float, seed: int, 
     return out
 
 
+def world_of(seed, n_nuisances: int, prior_scale: float) -> np.ndarray:
+    """The world (whitened nuisances ``(n_nuisances,)`` from ``N(0, s^2 I)``) of the unit whose seed entropy is
+    ``seed``: its own stream ``(*seed, 5 * 10**6)``, apart from the unit's events (drawn with ``seed``).
+
+    Streamed training sets draw each set's world this way (:mod:`orchestrator.build.stream_work`).
+
+    >>> bool(np.array_equal(world_of((1, 2, 3), 4, 1.0), world_of((1, 2, 3), 4, 1.0)))
+    True
+    """
+    s = check_prior_scale(prior_scale)
+    entropy = [int(x) for x in seed] + [NUISANCE_SEED_OFFSET]
+    return s * np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy))).standard_normal(int(n_nuisances))
+
+
 def _evaluate(args):
     """One flavio evaluation of J (a picklable task for the process pool)."""
     import flavio

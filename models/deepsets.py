@@ -23,7 +23,11 @@ simulator's joint scores :math:`t(z; d_k)` at fixed reference shifts :math:`d_k`
 are standardised again (``pooled_mean``, ``pooled_std``) before rho. The mean of the
 scores at :math:`d_k` over a set is its log-likelihood's slope there, divided by N,
 so the pooled vector is a near-sufficient summary of the set by construction;
-:mod:`models.deepsets_score` trains it in two stages.
+:mod:`models.deepsets_score` trains it in two stages. With hadronic nuisances
+(``nuisance_scores=n_u``) phi has ``n_u`` more outputs per reference shift in
+``nuisance_points``: the joint scores in the whitened form factors u at u = 0,
+so the pooled vector also carries what the set says about u, and rho, trained on
+sets each drawn in its own world from the prior, marginalises u.
 
 Sets come as a tensor ``(batch, N, 4)``: equal-size sets need no mask. Sets of
 different sizes are padded to the longest and passed with a boolean ``mask``
@@ -64,7 +68,9 @@ class DeepSets(nn.Module):
     ``head`` ("point", or "gaussian": a mean and a sigma per output, :mod:`models.heads`;
     recorded in ``hparams`` only when it is not "point"); ``summary`` ("learned", or "score"
     with the reference shifts ``score_points``: phi's outputs are joint scores there, ``latent``
-    is then ``len(score_points)``; recorded only when it is "score").
+    is then ``len(score_points)``; recorded only when it is "score"); ``nuisance_scores`` (the number of
+    nuisances, 0 for none) and ``nuisance_points`` (the shifts of their scores): a score summary's outputs
+    then go on with the nuisances' scores at each of those shifts, and ``latent`` grows by their number.
     """
 
     def __init__(
@@ -81,6 +87,8 @@ class DeepSets(nn.Module):
         head: str = "point",
         summary: str = "learned",
         score_points: tuple[float, ...] | None = None,
+        nuisance_scores: int = 0,
+        nuisance_points: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
         if summary not in SUMMARIES:
@@ -89,7 +97,13 @@ class DeepSets(nn.Module):
             if not score_points:
                 raise ConfigError("summary 'score' needs score_points, the reference shifts of phi's joint scores")
             score_points = tuple(float(d) for d in score_points)
-            latent = len(score_points)
+            nuisance_points = tuple(float(d) for d in (nuisance_points or ()))
+            if int(nuisance_scores) < 0 or bool(nuisance_scores) != bool(nuisance_points):
+                raise ConfigError("nuisance scores need both their number (nuisance_scores > 0) and the shifts "
+                                  f"where they are taken (nuisance_points), got {nuisance_scores}, {nuisance_points}")
+            latent = len(score_points) + int(nuisance_scores) * len(nuisance_points)
+        elif nuisance_scores:
+            raise ConfigError("nuisance scores are a score summary's: they need summary='score'")
         if pool not in POOLS:
             raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         if latent < 1 or outputs < 1:
@@ -105,6 +119,10 @@ class DeepSets(nn.Module):
         self.score_points = score_points if summary == "score" else None
         if summary == "score":
             self.hparams.update(summary=summary, score_points=score_points)
+            if nuisance_scores:
+                self.hparams.update(nuisance_scores=int(nuisance_scores), nuisance_points=nuisance_points)
+        self.nuisance_scores = int(nuisance_scores)
+        self.nuisance_points = nuisance_points if self.nuisance_scores else None
         self.head_kind = head
         self.gaussian = GaussianHead() if head == "gaussian" else None
         self.pool = pool

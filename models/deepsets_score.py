@@ -78,11 +78,12 @@ def _tensor(a) -> torch.Tensor:
 
 def pretrain_phi(net: DeepSets, events, scores, val_events, val_scores, config: TrainConfig, on_epoch=None) -> dict:
     """Stage 1: fit the feature scaling and ``score_mean``/``score_std`` on ``events``/``scores``
-    ``(n, 4)``/``(n, K)``, then train phi with ``config`` (its loss: "mse") on the standardised scores."""
+    ``(n, 4)``/``(n, K)`` (K: phi's outputs, ``hparams["latent"]``), then train phi with ``config`` (its loss: "mse") on the standardised scores."""
     _need_score(net)
     x, t = _tensor(events), _tensor(scores)
-    if t.ndim != 2 or t.shape[1] != len(net.score_points) or t.shape[0] != x.shape[0]:
-        raise ConfigError(f"scores must have shape ({x.shape[0]}, {len(net.score_points)}), got {tuple(t.shape)}")
+    k = net.hparams["latent"]  # the delta C9 scores, then the nuisances' (DeepSets(nuisance_scores=...))
+    if t.ndim != 2 or t.shape[1] != k or t.shape[0] != x.shape[0]:
+        raise ConfigError(f"scores must have shape ({x.shape[0]}, {k}), got {tuple(t.shape)}")
     net.fit_features(x.numpy())
     with torch.no_grad():
         net.score_mean.copy_(t.double().mean(0))

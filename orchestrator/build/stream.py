@@ -18,8 +18,10 @@ Unit ``k`` (an image, a set, or a block of :data:`EVENT_BLOCK` events) of point
 
     (seed, p, STREAM_SEED_OFFSET + model, phase, k)      STREAM_SEED_OFFSET = 4 * 10**6
 
-``model`` is 0 (ResNet), 1 (Deep Sets), 2 (event classifier) or 3 (the sets of a Deep Set with the
-score summary, :mod:`orchestrator.jobs.deepsets_score`, whose ``p`` indexes its own grid of shifts); ``phase`` is 0
+``model`` is 0 (ResNet), 1 (Deep Sets), 2 (event classifier), 3 (the sets of a Deep Set with the
+score summary, :mod:`orchestrator.jobs.deepsets_score`, whose ``p`` indexes its own grid of shifts), 4 and 5
+(the ResNet's score summary and its rho), or 6 (the score summary's sets with hadronic nuisances, each set
+in its own world: :func:`kernels.nuisances.world_of` appends ``5 * 10**6`` to the set's entropy); ``phase`` is 0
 for validation, 1 for the standardisation sample and ``2 + e`` for training
 epoch ``e``. So the seed is a function of (seed, epoch, point, k), and the units
 of one epoch, of two epochs, of two models never share a seed. At ``det`` and
@@ -39,7 +41,7 @@ test image ``k``                        ``(seed, p, 10**6 + k)``        [10**6, 
 streamed image build, split ``s``       ``(seed, p, s, 10**6 + k)``     0, 1, 2
 test MC set ``k`` of eval point ``i``   ``(seed, 10_000 + i, 2*10**6 + k)``  [2*10**6, 3*10**6)
 index draws                             ``(seed, p, 3*10**6 + s)``      [3*10**6, 4*10**6)
-**streamed training data**              ``(seed, p, 4*10**6 + m, ...)``  4*10**6 + {0, 1, 2, 3}
+**streamed training data**              ``(seed, p, 4*10**6 + m, ...)``  4*10**6 + {0, ..., 6}
 ======================================  ==============================  ===============
 
 as long as a point has fewer than 10**6 generator chunks, test images and test

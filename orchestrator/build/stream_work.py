@@ -22,10 +22,10 @@ __all__ = ["STREAM_SEED_OFFSET", "MODEL_STREAMS", "KINDS", "VAL_PHASE", "FIT_PHA
 STREAM_SEED_OFFSET = 4 * 10**6
 #: The stream id of each model.
 MODEL_STREAMS = {"resnet3d": 0, "deepsets": 1, "event_classifier": 2, "deepsets_score": 3, "resnet3d_score": 4,
-                 "resnet3d_rho": 5}
+                 "resnet3d_rho": 5, "deepsets_marginal": 6}
 #: What each model is fed: voxel images, sets of events, single labelled events.
 KINDS = {"resnet3d": "images", "deepsets": "sets", "event_classifier": "events", "deepsets_score": "sets",
-         "resnet3d_score": "voxel_scores", "resnet3d_rho": "images"}
+         "resnet3d_score": "voxel_scores", "resnet3d_rho": "images", "deepsets_marginal": "sets"}
 #: Phases: validation data, the standardisation sample, then epoch ``e`` is ``EPOCH_PHASE + e``.
 VAL_PHASE, FIT_PHASE, EPOCH_PHASE = 0, 1, 2
 #: Events per seeded unit of the event classifier's stream.
@@ -75,6 +75,11 @@ class StreamJob:
     """What a worker needs to draw a model's data (small, picklable).
 
     ``unit``: events per image (ResNet), per set (Deep Sets) or per block (:data:`EVENT_BLOCK`, classifier).
+
+    ``form_factors``: "none" (every unit at the central form factors), or the nuisance set of
+    :func:`kernels.nuisances.nuisance_table` ("bsz", or a tuple of BSZ names); then every unit is drawn in
+    its own world, :func:`kernels.nuisances.world_of` its seed with ``prior_scale``, from the tables whose
+    key is ``nuisance_key`` (the worker loads them from the cache, and refuses other tables).
     """
 
     model: str
@@ -88,6 +93,9 @@ class StreamJob:
     theory_key: str | None = None
     fill: float = 0.0  # empty voxels' q2, as the stored images (build_images' default)
     score_points: tuple[float, ...] = ()  # kind "voxel_scores": the shifts of the per-voxel joint-score sums
+    form_factors: str | tuple[str, ...] = "none"
+    prior_scale: float = 1.0
+    nuisance_key: str | None = None
 
     @property
     def kind(self) -> str:
@@ -141,9 +149,31 @@ def _theory(windows: tuple, key: str | None):
     return table
 
 
+@lru_cache(maxsize=2)
+def _nuisance_table(windows: tuple, form_factors, key: str | None):
+    from kernels import nuisances
+
+    ntable = nuisances.nuisance_table(["C9_bsmumu"], [list(w) for w in windows], form_factors)
+    if key is not None and ntable.key != key:
+        raise DatasetError(f"this worker's nuisance tables {ntable.key} differ from the driver's {key} "
+                           "(another flavio version?)")
+    return ntable
+
+
+def _world(job: StreamJob, seed: tuple):
+    """The theory table a unit is drawn from: the central one, or the unit's own prior-drawn world."""
+    if job.form_factors == "none":
+        return _theory(job.windows, job.theory_key)
+    from kernels.nuisances import world_of
+
+    ntable = _nuisance_table(job.windows, job.form_factors, job.nuisance_key)
+    return ntable.at(world_of(seed, ntable.n_nuisances, job.prior_scale))
+
+
 def _events(job: StreamJob, dc9: float, n: int, seed: tuple) -> np.ndarray:
-    """``n`` events (4, n) float32 at ``job.level``: the bytes of ``sample_level(..., seed)``."""
-    table = _theory(job.windows, job.theory_key)
+    """``n`` events (4, n) float32 at ``job.level``: the bytes of ``sample_level(..., seed)``, in the
+    unit's world (:func:`_world`)."""
+    table = _world(job, seed)
     if job.level == "gen":  # sample_level's gen path is this very call; its Arrow table is skipped
         from kernels.sampler import sample_array
 
@@ -170,6 +200,8 @@ def _voxel_scores(job: StreamJob, dc9: float, seed: tuple) -> tuple[np.ndarray, 
     from kernels.joint import voxel_score_sums
     from kernels.voxels import voxelize
 
+    if job.form_factors != "none":
+        raise ConfigError("voxel scores are at the central form factors: a job with nuisances has none")
     table = _theory(job.windows, job.theory_key)
     s = sample_level_truth(table, [dc9], job.unit, seed, job.level, DetectorConfig.from_dict(dict(job.detector)))
     ev = s.events

@@ -313,6 +313,11 @@ class RunConfig(_Strict):
                     f"images need {need} events per point (events_per_image x images_per_point) "
                     f"but scan.events_per_point is {self.scan.events_per_point}"
                 )
+        ds = self.models.deepsets
+        if self.nuisances.form_factors != "none" and ds is not None and ds.enabled and not (
+                ds.summary == "score" and ds.data == "stream"):
+            raise ValueError("models.deepsets with nuisances marginalises them on sets drawn each in its own world: "
+                             "it needs summary: score and data: stream")
         for name, m in (("deepsets", self.models.deepsets), ("event_classifier", self.models.event_classifier)):
             if m is None or not m.enabled:
                 continue

@@ -13,6 +13,17 @@
    and scan range widened by 0.5 on each side, so no estimate is pulled in at
    the ends), ``sets_per_point`` per shift; with ``data: pool``, bootstrap sets of
    the stored training pools at the scan's points (:func:`models.splits.deepsets_data`).
+
+**With hadronic nuisances** (``ntable``, the run's bi-quadratic tables; the estimator
+``deepsets_marginal``): phi also regresses the exact joint scores in the 19 whitened
+form factors u at u = 0 and delta C9 = the middle of the range
+(:func:`kernels.joint.nuisance_scores`; seed streams 6 and 7), so the pooled vector
+carries what the set says about u beside delta C9; and every one of rho's sets is
+drawn in its own world from the prior (stream ``deepsets_marginal``,
+:func:`kernels.nuisances.world_of`). The set's likelihood is not a product of
+per-event marginals, because u is shared by the set; rho, trained by the Gaussian
+NLL on sets whose u is drawn once per set, learns the posterior of delta C9 with u
+marginalised, from summaries that see u.
 """
 
 from __future__ import annotations
@@ -21,10 +32,14 @@ import logging
 
 import numpy as np
 
+from kernels.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: Seed streams of :func:`kernels.joint.joint_seed` for phi's training and validation events.
 PHI_STREAMS = (3, 4)
+#: ... and with nuisances (the event posterior's u-slopes use 3 to 5).
+MARGINAL_PHI_STREAMS = (6, 7)
 
 
 def rho_range(section, grid, evaluation) -> tuple[float, float]:
@@ -34,28 +49,41 @@ def rho_range(section, grid, evaluation) -> tuple[float, float]:
     return widened_range(section.rho_range, grid, evaluation, 0.5)
 
 
-def _phi_data(table, det, level: str, span, points, n: int, seed: int):
+def _phi_data(table, det, level: str, span, points, n: int, seed: int, ntable=None, nuisance_points=()):
+    """phi's training and validation events and targets: the joint scores at ``points``, then (with
+    ``ntable``) the nuisances' joint scores at u = 0 at each of ``nuisance_points``."""
     from kernels import joint
 
-    gamma = joint.normalisation(table, joint.true_efficiency(level, table.windows, det))
+    eff = joint.true_efficiency(level, table.windows, det)
+    gamma = joint.normalisation(table, eff)
+    lin_norm = None if ntable is None else joint.normalisation(joint.nuisance_linear_table(ntable), eff)
     out = []
-    for stream, size in zip(PHI_STREAMS, (n, max(10_000, n // 10))):
+    for stream, size in zip(PHI_STREAMS if ntable is None else MARGINAL_PHI_STREAMS, (n, max(10_000, n // 10))):
         s = joint.sample_joint(table, span, size, joint.joint_seed(seed, stream), level, det, gamma)
-        scores = np.stack([joint.joint_score(table, s.truth, d, gamma, s.is_signal) for d in points], axis=1)
-        out += [s.events, scores]
+        scores = [joint.joint_score(table, s.truth, d, gamma, s.is_signal)[:, None] for d in points]
+        for d in nuisance_points if ntable is not None else ():
+            u = np.empty((size, ntable.n_nuisances))
+            for a in range(0, size, 1 << 17):  # the linear tables' projections, a chunk at a time
+                b = slice(a, a + (1 << 17))
+                u[b] = joint.nuisance_scores(ntable, s.truth[b], d, lin_norm, s.is_signal[b])
+            scores.append(u)
+        out += [s.events, np.concatenate(scores, axis=1)]
     return out
 
 
-def _stream_sets(cfg, section, grid: tuple[float, ...], address):
-    """(train batches, val batches, source): iterables of ``(sets, d)`` per chunk from a Ray stream over ``grid``."""
+def _stream_sets(cfg, section, grid: tuple[float, ...], address, ntable=None):
+    """(train batches, val batches, source): iterables of ``(sets, d)`` per chunk from a Ray stream over ``grid``;
+    with ``ntable``, every set in its own world from the prior (stream ``deepsets_marginal``)."""
     from kernels import theory
     from orchestrator.build.stream import StreamSource
     from orchestrator.build.stream_work import EPOCH_PHASE, VAL_PHASE, StreamJob, default_chunk_units, plan_chunks
 
     windows = tuple(tuple(float(x) for x in w) for w in cfg.theory.windows)
-    job = StreamJob("deepsets_score", cfg.seed, grid, unit=section.set_size, level=cfg.scan.level, windows=windows,
-                    detector=tuple(sorted(cfg.scan.detector.items())),
-                    theory_key=theory.jtable(["C9_bsmumu"], [list(w) for w in windows]).key)
+    nuisance = {} if ntable is None else dict(
+        form_factors=cfg.nuisances.form_factors, prior_scale=float(cfg.nuisances.prior_scale), nuisance_key=ntable.key)
+    job = StreamJob("deepsets_score" if ntable is None else "deepsets_marginal", cfg.seed, grid, unit=section.set_size,
+                    level=cfg.scan.level, windows=windows, detector=tuple(sorted(cfg.scan.detector.items())),
+                    theory_key=theory.jtable(["C9_bsmumu"], [list(w) for w in windows]).key, **nuisance)
     source = StreamSource(job, section.stream_workers, section.stream_in_flight, address)
     units = default_chunk_units(job)
     n_val = max(2, section.sets_per_point // 5)
@@ -70,8 +98,9 @@ def _stream_sets(cfg, section, grid: tuple[float, ...], address):
 
 
 def train_score_deepsets(cfg, table, det, level: str, phi_config, rho_config, pools, on_epoch, progress,
-                         address: str | None = None):
-    """Train ``cfg.models.deepsets`` (``summary: score``); returns ``(net, history)``.
+                         address: str | None = None, ntable=None):
+    """Train ``cfg.models.deepsets`` (``summary: score``); returns ``(net, history)``. With ``ntable`` (the
+    nuisances' tables), the nuisance-aware version of the module docstring (it needs ``data: stream``).
 
     ``phi_config``/``rho_config``: the two stages' :class:`models.training.TrainConfig`;
     ``on_epoch(advance, prefix="")``: the per-epoch logger of a stage, given its progress tick (phi's metrics
@@ -88,16 +117,20 @@ def train_score_deepsets(cfg, table, det, level: str, phi_config, rho_config, po
     grid = [float(d) for d in cfg.scan.dc9]
     span = train_range(dc, grid, cfg.evaluation.dc9)
     points = tuple(float(d) for d in np.linspace(*span, dc.score_points))
-    x_tr, t_tr, x_va, t_va = _phi_data(table, det, level, span, points, dc.score_events, cfg.seed)
+    if ntable is not None and dc.data != "stream":
+        raise ConfigError("Deep Sets with nuisances draws each of rho's sets in its own world: it needs data: stream")
+    u_points = () if ntable is None else (0.5 * (span[0] + span[1]),)
+    x_tr, t_tr, x_va, t_va = _phi_data(table, det, level, span, points, dc.score_events, cfg.seed, ntable, u_points)
     seed_everything(cfg.seed)
     net = DeepSets(hidden=dc.hidden, phi_layers=dc.phi_layers, rho_layers=dc.rho_layers, pool="mean", head=dc.head,
-                   summary="score", score_points=points)
+                   summary="score", score_points=points, nuisance_scores=0 if ntable is None else ntable.n_nuisances,
+                   nuisance_points=u_points or None)
     with progress("train deepsets phi (joint scores)", phi_config.epochs, "epochs") as adv:
         h_phi = pretrain_phi(net, x_tr, t_tr, x_va, t_va, phi_config, on_epoch=on_epoch(adv, "phi_"))
     if dc.data == "stream":
         lo, hi = rho_range(dc, grid, cfg.evaluation.dc9)
         rho_grid = tuple(float(d) for d in np.linspace(lo, hi, dc.rho_points))
-        batches, tr, va, source = _stream_sets(cfg, dc, rho_grid, address)
+        batches, tr, va, source = _stream_sets(cfg, dc, rho_grid, address, ntable)
         try:
             with progress("deepsets rho: pooled sets", len(rho_grid) * (tr[1] + va[1]), "sets") as adv:
                 pooled, d = pooled_vectors(net, batches(*tr, adv))
@@ -119,7 +152,8 @@ def train_score_deepsets(cfg, table, det, level: str, phi_config, rho_config, po
     seed_everything(cfg.seed)
     with progress("train deepsets rho", rho_config.epochs, "epochs") as adv:
         h_rho = train_rho(net, pooled, d, val_pooled, val_d, rho_config, on_epoch=on_epoch(adv))
-    log.info("deepsets (score summary): phi on %d joint events, %d reference shifts in %s; rho on %d sets",
+    log.info("deepsets (score summary%s): phi on %d joint events, %d reference shifts in %s; rho on %d sets",
+             "" if ntable is None else f", {ntable.n_nuisances} nuisance scores, sets in prior-drawn worlds",
              dc.score_events, len(points), span, len(d))
     hist = dict(h_rho)
     hist.update(phi_val_loss=h_phi["val_loss"], phi_train_loss=h_phi["train_loss"], rho_sets=int(len(d)),

@@ -101,7 +101,7 @@ def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress):
     return net, hist
 
 
-def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress, table, det):
+def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress, table, det, ntable=None):
     from models.deepsets import DeepSets
     from models.splits import deepsets_data
     from models.training import seed_everything, train
@@ -113,7 +113,8 @@ def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress, table, det):
         from orchestrator.jobs.deepsets_score import train_score_deepsets
 
         return train_score_deepsets(cfg, table, det, cfg.scan.level, _train_config(dc.phi_train, cfg), tc, pools,
-                                    lambda adv, prefix="": _EpochLogger(tracker, adv, prefix), progress)
+                                    lambda adv, prefix="": _EpochLogger(tracker, adv, prefix), progress,
+                                    ntable=ntable)
     seed_everything(cfg.seed)
     if dc.data == "stream":
         train_set, val_set, sample = streamed_data(cfg, "deepsets", tc)
@@ -263,9 +264,11 @@ def run_job(
             ic = cfg.images
             jobs.append(("resnet3d", mc.resnet3d, lambda: _train_resnet(cfg, images_dir, grid, tracker, progress),
                          lambda net: estimators.ResNetEstimator(net, ic.bins, ic.events_per_image, name="resnet3d")))
-        if mc.deepsets and mc.deepsets.enabled:
-            jobs.append(("deepsets", mc.deepsets, lambda: _train_deepsets(cfg, pools, grid, tracker, progress, table, det),
-                         lambda net: estimators.DeepSetsEstimator(net, name="deepsets")))
+        if mc.deepsets and mc.deepsets.enabled:  # with nuisances, the version that marginalises them
+            ds_name = "deepsets" if ntable is None else "deepsets_marginal"
+            jobs.append((ds_name, mc.deepsets,
+                         lambda: _train_deepsets(cfg, pools, grid, tracker, progress, table, det, ntable),
+                         lambda net: estimators.DeepSetsEstimator(net, name=ds_name)))
         if mc.event_classifier and mc.event_classifier.enabled:
             train_posterior = (
                 (lambda: train_event_posterior(cfg, table, det, level, _train_config(mc.event_classifier.train, cfg,

@@ -26,6 +26,20 @@ models:
     train_events: 30000
     reference_events: 50000
     train: {epochs: 2, batch_size: 512, lr: 0.003, weight_decay: 0.0, patience: 2}
+  deepsets:
+    head: gaussian
+    head_loss: gaussian_nll
+    summary: score
+    data: stream
+    stream_workers: 0
+    hidden: 8
+    score_points: 4
+    score_events: 20000
+    rho_points: 4
+    set_size: 500
+    sets_per_point: 6
+    phi_train: {epochs: 1, batch_size: 1024, lr: 0.003, loss: mse}
+    train: {epochs: 2, batch_size: 16, lr: 0.003}
 evaluation: {dc9: [-0.5], sets: 20, events_per_set: 2000}
 """
 
@@ -37,6 +51,7 @@ def ff_run(tmp_path_factory, ff_tables_cache):
     real = nuisances.nuisance_table
     mp = pytest.MonkeyPatch()
     mp.setattr(nuisances, "nuisance_table", lambda c, w, ff, **kw: real(c, w, FF, cache=ff_tables_cache, workers=1))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # the runs go to OUT/mlflow.db (own_mlflow_store)
     cfg = tmp / "tiny-ff.yaml"
     cfg.write_text(TINY_FF)
     try:
@@ -72,6 +87,59 @@ def test_the_event_posterior_gets_a_version_with_the_form_factors_profiled(ff_ru
     assert aware["sigma_crb_eff"] == naive["sigma_crb_eff"]
     # its errors carry the form factors (the efficient bound's size), the naive ones do not
     assert float(aware["pull_width"]) < float(naive["pull_width"])
+
+
+def test_deep_sets_marginalises_the_form_factors(ff_run):
+    """With nuisances the job trains the nuisance-aware Deep Sets (and not the naive one): its summary
+    carries the nuisances' scores, and its rho's sets come from prior-drawn worlds."""
+    import torch
+
+    code, out = ff_run
+    assert code == 0
+    assert not (out / "evaluation" / "deepsets").exists()
+    row = _rows(out, "deepsets_marginal")[0]
+    assert list(row) == list(POINT_COLUMNS + NUISANCE_COLUMNS)
+    assert np.isfinite(float(row["sigma_over_crb_eff"])) and np.isfinite(float(row["pull_width"]))
+    states = [torch.load(m, weights_only=True) for m in out.glob("mlartifacts/*/artifacts/model/model.pt")]
+    pooled = [s["pooled_std"] for s in states if "pooled_std" in s]
+    assert len(pooled) == 1 and pooled[0].shape == (4 + len(FF),)  # 4 delta C9 scores, then 3 nuisance scores
+
+
+def test_the_marginal_stream_draws_every_set_in_its_own_world(ff_tables_cache, monkeypatch):
+    from kernels import theory
+    from orchestrator.build import stream_work as sw
+
+    real = nuisances.nuisance_table
+    monkeypatch.setattr(nuisances, "nuisance_table", lambda c, w, ff, **kw: real(c, w, FF, cache=ff_tables_cache))
+    sw._nuisance_table.cache_clear()
+    ntable = nuisances.nuisance_table(["C9_bsmumu"], [[1.1, 6.0]], "bsz")
+    key = theory.jtable(["C9_bsmumu"], [[1.1, 6.0]]).key
+    job = sw.StreamJob("deepsets_marginal", 5, (0.0,), unit=300, theory_key=key, form_factors="bsz",
+                       prior_scale=1.0, nuisance_key=ntable.key)
+    sets, _ = sw.make_chunk(job, sw.Chunk(0, sw.EPOCH_PHASE, 0, 0, 2, 2))
+    from kernels.sampler import sample_array
+
+    for k in range(2):
+        seed = sw.stream_seed(5, 0, "deepsets_marginal", sw.EPOCH_PHASE, k)
+        world = ntable.at(nuisances.world_of(seed, len(FF), 1.0))
+        assert np.array_equal(sets[k], sample_array(world, [0.0], 300, seed).T)  # the set's own world
+    central = sw.StreamJob("deepsets_marginal", 5, (0.0,), unit=300, theory_key=key)
+    assert not np.array_equal(sw.make_chunk(central, sw.Chunk(0, sw.EPOCH_PHASE, 0, 0, 2, 2))[0], sets)
+    bad = sw.StreamJob("deepsets_marginal", 5, (0.0,), unit=300, theory_key=key, form_factors="bsz",
+                       nuisance_key="0" * 16)
+    sw._nuisance_table.cache_clear()
+    with pytest.raises(Exception, match="nuisance tables"):
+        sw.make_chunk(bad, sw.Chunk(0, sw.EPOCH_PHASE, 0, 0, 1, 1))
+    sw._nuisance_table.cache_clear()
+
+
+def test_deep_sets_with_nuisances_needs_the_streamed_score_summary(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(TINY_FF.replace("    data: stream\n    stream_workers: 0\n", ""))
+    code = main(["run", "--config", str(cfg), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "summary: score and data: stream" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_report_shows_the_efficient_bound(ff_run):
