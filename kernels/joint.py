@@ -74,6 +74,7 @@ __all__ = [
     "joint_seed",
     "scores_at",
     "voxel_score_sums",
+    "voxel_nuisance_score_sums",
 ]
 
 #: Offset of the stream id in the seeds of the simulator-assisted draws of a run:
@@ -221,10 +222,14 @@ def voxel_score_sums(table: JTable, true_events, observed, points, bins: int, no
     bins them (the smeared event at detector level); the scores are those of their truth. Regressed on
     the voxel image, these give the image's own score at each point (:mod:`models.resnet_score`).
     """
+    return _voxel_sums(scores_at(table, true_events, points, norm, is_signal), observed, bins)
+
+
+def _voxel_sums(t: np.ndarray, observed, bins: int) -> np.ndarray:
+    """Per-event values ``t`` ``(n, K)`` summed over the voxels of the events' ``observed`` values: ``(K, B, B, B)``."""
     from kernels.voxels import bin_index
 
     x = np.asarray(observed)
-    t = scores_at(table, true_events, points, norm, is_signal)
     ix = bin_index(x[:, 1], x[:, 2], x[:, 3], bins)
     flat = (ix[0] * bins + ix[1]) * bins + ix[2]
     size = bins**3
@@ -444,6 +449,13 @@ def nuisance_scores(ntable, true_events, d, norm: np.ndarray, is_signal=None) ->
         G, dG = _linear_parts(ntable, likelihood.project(lin, z[sig]), dd[sig])
         out[sig] = dG / G[:, None] - gam[sig, 1:] / gam[sig, :1]
     return out
+
+
+def voxel_nuisance_score_sums(ntable, true_events, observed, d: float, bins: int, norm: np.ndarray,
+                              is_signal=None) -> np.ndarray:
+    """The sums of the joint scores in the whitened nuisances at ``(d, u = 0)`` (:func:`nuisance_scores`) over the
+    events of each voxel, ``(n_u, B, B, B)`` float32, binned as :func:`voxel_score_sums` bins them."""
+    return _voxel_sums(nuisance_scores(ntable, true_events, d, norm, is_signal), observed, bins)
 
 
 def _delta_powers(c: np.ndarray, r: float) -> np.ndarray:

@@ -26,6 +26,12 @@ times the image's bound. Here, instead:
   fits ``rho`` (an MLP) and the head on the summaries of fresh images at shifts
   spread beyond the evaluation range, everything before it frozen.
 
+With hadronic nuisances (``nuisance_scores=n_u``, ``nuisance_points``) the network has
+``n_u`` more output channels per shift of ``nuisance_points``: the voxel sums of the joint
+scores in the whitened form factors at u = 0 (:func:`kernels.joint.voxel_nuisance_score_sums`),
+so the summary also says what the image says about u; rho, trained on images each drawn in
+its own world from the prior, marginalises u.
+
 Input and output as :class:`~models.resnet3d.ResNet3d`: raw images ``(batch, 2, B, B, B)``
 (B fixed at construction), ``(batch,)`` or, with ``head="gaussian"``, ``(batch, 2)``.
 
@@ -60,7 +66,8 @@ class ScoreResNet3d(nn.Module):
     """See the module docstring; ``hparams`` rebuilds it: ``ScoreResNet3d(**net.hparams)``."""
 
     def __init__(self, score_points, bins: int = 16, width: int = 16, blocks: int = 2, rho_hidden: int = 64,
-                 rho_layers: int = 2, head: str = "gaussian") -> None:
+                 rho_layers: int = 2, head: str = "gaussian", nuisance_scores: int = 0,
+                 nuisance_points: tuple[float, ...] | None = None) -> None:
         super().__init__()
         points = tuple(float(d) for d in score_points)
         if len(points) < 2:
@@ -68,13 +75,21 @@ class ScoreResNet3d(nn.Module):
         if width < 1 or blocks < 0:
             raise ConfigError(f"width must be >= 1 and blocks >= 0, got {width}, {blocks}")
         bins = check_bins(bins)
+        u_points = tuple(float(d) for d in (nuisance_points or ()))
+        if int(nuisance_scores) < 0 or bool(nuisance_scores) != bool(u_points):
+            raise ConfigError("nuisance scores need both their number (nuisance_scores > 0) and the shifts where "
+                              f"they are taken (nuisance_points), got {nuisance_scores}, {nuisance_points}")
         self.hparams = dict(score_points=points, bins=bins, width=width, blocks=blocks, rho_hidden=rho_hidden,
                             rho_layers=rho_layers, head=check_head(head))
+        if nuisance_scores:
+            self.hparams.update(nuisance_scores=int(nuisance_scores), nuisance_points=u_points)
+        self.nuisance_scores = int(nuisance_scores)
+        self.nuisance_points = u_points or None
         self.score_points = points
         self.head_kind = head
         self.outputs = 1
         self.gaussian = GaussianHead() if head == "gaussian" else None
-        k = len(points)
+        k = self.n_scores = len(points) + self.nuisance_scores * len(u_points)
         self.preprocess = ImagePreprocess(2)
         c = torch.linspace(-1.0, 1.0, bins)
         self.register_buffer("coords", torch.stack(torch.meshgrid(c, c, c, indexing="ij"))[None])
@@ -134,7 +149,7 @@ def pretrain_voxel_scores(net: ScoreResNet3d, images, labels, val_images, val_la
     labels' squares over the events), then regress the voxel sums ``labels`` ``(n, K, B, B, B)`` (from
     :func:`kernels.joint.voxel_score_sums`) of ``images`` ``(n, 2, B, B, B)`` with ``config`` (loss "mse")."""
     x, t = _tensor(images), _tensor(labels)
-    k = len(net.score_points)
+    k = net.n_scores
     if t.ndim != 5 or t.shape[0] != x.shape[0] or t.shape[1] != k or t.shape[2:] != x.shape[2:]:
         raise ConfigError(f"labels must have shape ({x.shape[0]}, {k}, {', '.join(map(str, x.shape[2:]))}), "
                           f"got {tuple(t.shape)}")

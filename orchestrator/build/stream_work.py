@@ -22,10 +22,11 @@ __all__ = ["STREAM_SEED_OFFSET", "MODEL_STREAMS", "KINDS", "VAL_PHASE", "FIT_PHA
 STREAM_SEED_OFFSET = 4 * 10**6
 #: The stream id of each model.
 MODEL_STREAMS = {"resnet3d": 0, "deepsets": 1, "event_classifier": 2, "deepsets_score": 3, "resnet3d_score": 4,
-                 "resnet3d_rho": 5, "deepsets_marginal": 6}
+                 "resnet3d_rho": 5, "deepsets_marginal": 6, "resnet3d_rho_marginal": 7}
 #: What each model is fed: voxel images, sets of events, single labelled events.
 KINDS = {"resnet3d": "images", "deepsets": "sets", "event_classifier": "events", "deepsets_score": "sets",
-         "resnet3d_score": "voxel_scores", "resnet3d_rho": "images", "deepsets_marginal": "sets"}
+         "resnet3d_score": "voxel_scores", "resnet3d_rho": "images", "deepsets_marginal": "sets",
+         "resnet3d_rho_marginal": "images"}
 #: Phases: validation data, the standardisation sample, then epoch ``e`` is ``EPOCH_PHASE + e``.
 VAL_PHASE, FIT_PHASE, EPOCH_PHASE = 0, 1, 2
 #: Events per seeded unit of the event classifier's stream.
@@ -76,10 +77,12 @@ class StreamJob:
 
     ``unit``: events per image (ResNet), per set (Deep Sets) or per block (:data:`EVENT_BLOCK`, classifier).
 
-    ``form_factors``: "none" (every unit at the central form factors), or the nuisance set of
-    :func:`kernels.nuisances.nuisance_table` ("bsz", or a tuple of BSZ names); then every unit is drawn in
-    its own world, :func:`kernels.nuisances.world_of` its seed with ``prior_scale``, from the tables whose
-    key is ``nuisance_key`` (the worker loads them from the cache, and refuses other tables).
+    ``form_factors``: "none", or the nuisance set of :func:`kernels.nuisances.nuisance_table` ("bsz", or a
+    tuple of BSZ names) whose tables have the key ``nuisance_key`` (the worker loads them from the cache, and
+    refuses other tables). With ``worlds``, every unit is drawn in its own world, :func:`kernels.nuisances.world_of`
+    its seed with ``prior_scale``; otherwise at the central form factors. ``nuisance_points`` (kind
+    "voxel_scores", at the central world): the per-voxel sums of the nuisances' joint scores at these
+    shifts follow those at ``score_points``.
     """
 
     model: str
@@ -96,6 +99,8 @@ class StreamJob:
     form_factors: str | tuple[str, ...] = "none"
     prior_scale: float = 1.0
     nuisance_key: str | None = None
+    worlds: bool = False
+    nuisance_points: tuple[float, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -120,7 +125,9 @@ class Chunk:
 
 def default_chunk_units(job: StreamJob) -> int:
     """Units per chunk: at most :data:`CHUNK_EVENTS` events drawn and :data:`CHUNK_BYTES` returned."""
-    out_bytes = {"images": 2 * job.bins**3 * 4, "voxel_scores": (2 + len(job.score_points)) * job.bins**3 * 4}.get(
+    labels = len(job.score_points) + len(job.nuisance_points) * (
+        _nuisance_table(job.windows, job.form_factors, job.nuisance_key).n_nuisances if job.nuisance_points else 0)
+    out_bytes = {"images": 2 * job.bins**3 * 4, "voxel_scores": (2 + labels) * job.bins**3 * 4}.get(
         job.kind, job.unit * 16)
     return max(1, min(CHUNK_EVENTS // job.unit, CHUNK_BYTES // out_bytes))
 
@@ -162,7 +169,7 @@ def _nuisance_table(windows: tuple, form_factors, key: str | None):
 
 def _world(job: StreamJob, seed: tuple):
     """The theory table a unit is drawn from: the central one, or the unit's own prior-drawn world."""
-    if job.form_factors == "none":
+    if not job.worlds:
         return _theory(job.windows, job.theory_key)
     from kernels.nuisances import world_of
 
@@ -194,20 +201,37 @@ def _norm(windows: tuple, key: str | None, level: str, detector: tuple):
     return joint.normalisation(_theory(windows, key), joint.true_efficiency(level, windows, det))
 
 
+@lru_cache(maxsize=2)
+def _linear_norm(windows: tuple, form_factors, key: str | None, level: str, detector: tuple):
+    from kernels import joint
+    from kernels.detector import DetectorConfig
+
+    det = DetectorConfig.from_dict(dict(detector))
+    return joint.normalisation(joint.nuisance_linear_table(_nuisance_table(windows, form_factors, key)),
+                               joint.true_efficiency(level, windows, det))
+
+
 def _voxel_scores(job: StreamJob, dc9: float, seed: tuple) -> tuple[np.ndarray, np.ndarray]:
     """One image (2, B, B, B) and its per-voxel joint-score sums (K, B, B, B) (:func:`kernels.joint.voxel_score_sums`)."""
     from kernels.detector import DetectorConfig, sample_level_truth
     from kernels.joint import voxel_score_sums
     from kernels.voxels import voxelize
 
-    if job.form_factors != "none":
-        raise ConfigError("voxel scores are at the central form factors: a job with nuisances has none")
+    if job.worlds:
+        raise ConfigError("voxel scores are drawn at the central form factors, not in prior-drawn worlds")
     table = _theory(job.windows, job.theory_key)
     s = sample_level_truth(table, [dc9], job.unit, seed, job.level, DetectorConfig.from_dict(dict(job.detector)))
     ev = s.events
     image = voxelize(ev[1], ev[2], ev[3], ev[0], job.bins, n_images=1, fill=job.fill)[0]
     norm = _norm(job.windows, job.theory_key, job.level, job.detector)
     labels = voxel_score_sums(table, s.truth.T, ev.T, job.score_points, job.bins, norm, s.is_signal)
+    if job.nuisance_points:
+        from kernels.joint import voxel_nuisance_score_sums
+
+        ntable = _nuisance_table(job.windows, job.form_factors, job.nuisance_key)
+        lin = _linear_norm(job.windows, job.form_factors, job.nuisance_key, job.level, job.detector)
+        labels = np.concatenate([labels] + [voxel_nuisance_score_sums(ntable, s.truth.T, ev.T, d, job.bins, lin, s.is_signal)
+                                            for d in job.nuisance_points])
     return image, labels
 
 

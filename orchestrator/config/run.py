@@ -318,6 +318,10 @@ class RunConfig(_Strict):
                 ds.summary == "score" and ds.data == "stream"):
             raise ValueError("models.deepsets with nuisances marginalises them on sets drawn each in its own world: "
                              "it needs summary: score and data: stream")
+        rn = self.models.resnet3d
+        if self.nuisances.form_factors != "none" and rn is not None and rn.enabled and rn.summary != "score":
+            raise ValueError("models.resnet3d with nuisances marginalises them on images drawn each in its own "
+                             "world: it needs summary: score")
         for name, m in (("deepsets", self.models.deepsets), ("event_classifier", self.models.event_classifier)):
             if m is None or not m.enabled:
                 continue

@@ -80,7 +80,8 @@ def _stream_sets(cfg, section, grid: tuple[float, ...], address, ntable=None):
 
     windows = tuple(tuple(float(x) for x in w) for w in cfg.theory.windows)
     nuisance = {} if ntable is None else dict(
-        form_factors=cfg.nuisances.form_factors, prior_scale=float(cfg.nuisances.prior_scale), nuisance_key=ntable.key)
+        form_factors=cfg.nuisances.form_factors, prior_scale=float(cfg.nuisances.prior_scale), nuisance_key=ntable.key,
+        worlds=True)
     job = StreamJob("deepsets_score" if ntable is None else "deepsets_marginal", cfg.seed, grid, unit=section.set_size,
                     level=cfg.scan.level, windows=windows, detector=tuple(sorted(cfg.scan.detector.items())),
                     theory_key=theory.jtable(["C9_bsmumu"], [list(w) for w in windows]).key, **nuisance)

@@ -13,6 +13,12 @@
    the width from them.
 
 No stored image is used: the stored images stay for ``summary: learned``.
+
+**With hadronic nuisances** (``ntable``; the estimator ``resnet3d_marginal``): stage 1's labels
+also carry the voxel sums of the 19 form factors' joint scores at u = 0 and delta C9 = the middle
+of the range (its images stay at the central world), and every one of rho's images is drawn in its
+own world from the prior (stream ``resnet3d_rho_marginal``), as Deep Sets does
+(:mod:`orchestrator.jobs.deepsets_score`).
 """
 
 from __future__ import annotations
@@ -27,19 +33,23 @@ log = logging.getLogger(__name__)
 SCORE_GRID_POINTS = 52
 
 
-def _job(cfg, model: str, grid, score_points=()):
+def _job(cfg, model: str, grid, score_points=(), ntable=None, **nuisance):
     from kernels import theory
     from orchestrator.build.stream_work import StreamJob
 
     windows = tuple(tuple(float(x) for x in w) for w in cfg.theory.windows)
+    if ntable is not None:
+        nuisance.update(form_factors=cfg.nuisances.form_factors, prior_scale=float(cfg.nuisances.prior_scale),
+                        nuisance_key=ntable.key)
     return StreamJob(model, cfg.seed, tuple(grid), unit=cfg.images.events_per_image, bins=cfg.images.bins,
                      level=cfg.scan.level, windows=windows, detector=tuple(sorted(cfg.scan.detector.items())),
                      theory_key=theory.jtable(["C9_bsmumu"], [list(w) for w in windows]).key,
-                     score_points=tuple(score_points))
+                     score_points=tuple(score_points), **nuisance)
 
 
-def train_score_resnet(cfg, phi_config, rho_config, on_epoch, progress, address: str | None = None):
-    """Train ``cfg.models.resnet3d`` (``summary: score``); returns ``(net, history)``.
+def train_score_resnet(cfg, phi_config, rho_config, on_epoch, progress, address: str | None = None, ntable=None):
+    """Train ``cfg.models.resnet3d`` (``summary: score``); returns ``(net, history)``. With ``ntable`` (the
+    nuisances' tables), the nuisance-aware version of the module docstring.
 
     ``on_epoch(advance, prefix="")``: the per-epoch logger of a stage (stage 1's metrics prefixed ``phi_``).
     """
@@ -59,7 +69,9 @@ def train_score_resnet(cfg, phi_config, rho_config, on_epoch, progress, address:
     score_grid = tuple(float(d) for d in np.linspace(*span, SCORE_GRID_POINTS))
     per_point = math.ceil(rc.score_images / SCORE_GRID_POINTS)
     n_val = max(1, per_point // 5)
-    source = StreamSource(_job(cfg, "resnet3d_score", score_grid, points), rc.stream_workers, rc.stream_in_flight, address)
+    u_points = () if ntable is None else (0.5 * (span[0] + span[1]),)
+    source = StreamSource(_job(cfg, "resnet3d_score", score_grid, points, ntable, nuisance_points=u_points),
+                          rc.stream_workers, rc.stream_in_flight, address)
     units = default_chunk_units(source.job)
     try:
         with progress("resnet3d: images with voxel scores", SCORE_GRID_POINTS * (per_point + n_val), "images") as adv:
@@ -68,14 +80,17 @@ def train_score_resnet(cfg, phi_config, rho_config, on_epoch, progress, address:
     finally:
         source.close()
     seed_everything(cfg.seed)
-    net = ScoreResNet3d(points, bins=cfg.images.bins, width=rc.width, blocks=rc.blocks, head=rc.head)
+    net = ScoreResNet3d(points, bins=cfg.images.bins, width=rc.width, blocks=rc.blocks, head=rc.head,
+                        nuisance_scores=0 if ntable is None else ntable.n_nuisances, nuisance_points=u_points or None)
     with progress("train resnet3d (voxel scores)", phi_config.epochs, "epochs") as adv:
         h_phi = pretrain_voxel_scores(net, x_tr, t_tr, x_va, t_va, phi_config, on_epoch=on_epoch(adv, "phi_"))
     del t_tr, t_va
     lo, hi = rho_range(rc, grid, cfg.evaluation.dc9)
     rho_grid = tuple(float(d) for d in np.linspace(lo, hi, rc.rho_points))
     n_rho, n_rho_val = rc.rho_images_per_point, max(1, rc.rho_images_per_point // 5)
-    source = StreamSource(_job(cfg, "resnet3d_rho", rho_grid), rc.stream_workers, rc.stream_in_flight, address)
+    rho_job = (_job(cfg, "resnet3d_rho", rho_grid) if ntable is None
+               else _job(cfg, "resnet3d_rho_marginal", rho_grid, (), ntable, worlds=True))
+    source = StreamSource(rho_job, rc.stream_workers, rc.stream_in_flight, address)
     units = default_chunk_units(source.job)
     try:
         with progress("resnet3d rho: image summaries", len(rho_grid) * (n_rho + n_rho_val), "images") as adv:

@@ -74,7 +74,7 @@ class _EpochLogger:
             self.advance(1)
 
 
-def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress):
+def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress, ntable=None):
     from kernels.image_store import open_images
     from models.data import image_dataset
     from models.resnet3d import ResNet3d
@@ -87,7 +87,7 @@ def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress):
         from orchestrator.jobs.resnet_score import train_score_resnet
 
         return train_score_resnet(cfg, _train_config(rc.phi_train, cfg), tc,
-                                  lambda adv, prefix="": _EpochLogger(tracker, adv, prefix), progress)
+                                  lambda adv, prefix="": _EpochLogger(tracker, adv, prefix), progress, ntable=ntable)
     seed_everything(cfg.seed)  # the initial weights are part of the run: same config, same network
     if rc.data == "stream":
         train_set, val_set, fit = streamed_data(cfg, "resnet3d", tc)
@@ -262,8 +262,9 @@ def run_job(
                     ntable, pdf, nc.prior_scale, name="ml_fit_profiled")))
         if mc.resnet3d and mc.resnet3d.enabled:
             ic = cfg.images
-            jobs.append(("resnet3d", mc.resnet3d, lambda: _train_resnet(cfg, images_dir, grid, tracker, progress),
-                         lambda net: estimators.ResNetEstimator(net, ic.bins, ic.events_per_image, name="resnet3d")))
+            rn_name = "resnet3d" if ntable is None else "resnet3d_marginal"  # with nuisances, marginalised
+            jobs.append((rn_name, mc.resnet3d, lambda: _train_resnet(cfg, images_dir, grid, tracker, progress, ntable),
+                         lambda net: estimators.ResNetEstimator(net, ic.bins, ic.events_per_image, name=rn_name)))
         if mc.deepsets and mc.deepsets.enabled:  # with nuisances, the version that marginalises them
             ds_name = "deepsets" if ntable is None else "deepsets_marginal"
             jobs.append((ds_name, mc.deepsets,

@@ -16,7 +16,11 @@ name: tiny-ff
 seed: 3
 nuisances: {form_factors: bsz, prior_scale: 1.0, worlds: per_set}
 scan: {dc9: [-1.0, 0.0], events_per_point: 2000, level: gen}
+images: {bins: 4, events_per_image: 2000, images_per_point: 1}
 models:
+  resnet3d: {head: gaussian, summary: score, data: stream, stream_workers: 0, width: 4, blocks: 1, score_points: 3,
+             score_images: 52, rho_points: 4, rho_images_per_point: 4,
+             phi_train: {epochs: 1, batch_size: 8, lr: 0.003, loss: mse}, train: {epochs: 2, batch_size: 8, lr: 0.003}}
   ml_fit: {enabled: true}
   event_classifier:
     head: score
@@ -101,8 +105,40 @@ def test_deep_sets_marginalises_the_form_factors(ff_run):
     assert list(row) == list(POINT_COLUMNS + NUISANCE_COLUMNS)
     assert np.isfinite(float(row["sigma_over_crb_eff"])) and np.isfinite(float(row["pull_width"]))
     states = [torch.load(m, weights_only=True) for m in out.glob("mlartifacts/*/artifacts/model/model.pt")]
-    pooled = [s["pooled_std"] for s in states if "pooled_std" in s]
+    pooled = [s["pooled_std"] for s in states if "pooled_std" in s and "coords" not in s]  # not the ResNet
     assert len(pooled) == 1 and pooled[0].shape == (4 + len(FF),)  # 4 delta C9 scores, then 3 nuisance scores
+
+
+def test_the_resnet_marginalises_the_form_factors(ff_run):
+    """With nuisances the job trains the score ResNet's nuisance-aware version: its voxel outputs carry the
+    3 nuisances' scores beside the 3 delta C9 scores."""
+    import torch
+
+    code, out = ff_run
+    assert code == 0
+    assert not (out / "evaluation" / "resnet3d").exists()
+    row = _rows(out, "resnet3d_marginal")[0]
+    assert np.isfinite(float(row["sigma_over_crb_eff"])) and np.isfinite(float(row["pull_width"]))
+    states = [torch.load(m, weights_only=True) for m in out.glob("mlartifacts/*/artifacts/model/model.pt")]
+    scales = [s["score_scale"] for s in states if "coords" in s]
+    assert len(scales) == 1 and scales[0].shape == (3 + len(FF),) and bool((scales[0] != 1).all())
+
+
+def test_the_voxel_scores_of_the_nuisances_sum_their_events_scores(ff_tables_cache):
+    from kernels import joint, theory
+    from kernels.voxels import voxelize
+
+    ntable = nuisances.nuisance_table(["C9_bsmumu"], [[1.1, 6.0]], FF, cache=ff_tables_cache)
+    table = theory.jtable(["C9_bsmumu"], [[1.1, 6.0]])
+    from kernels.sampler import sample_array
+
+    z = sample_array(table, [0.3], 2000, (1, 2)).T.astype(np.float64)
+    lin = joint.normalisation(joint.nuisance_linear_table(ntable))
+    sums = joint.voxel_nuisance_score_sums(ntable, z, z, 0.3, 4, lin)
+    assert sums.shape == (len(FF), 4, 4, 4)
+    assert np.allclose(sums.sum(axis=(1, 2, 3)), joint.nuisance_scores(ntable, z, 0.3, lin).sum(0), rtol=1e-5)
+    counts = voxelize(z[:, 1], z[:, 2], z[:, 3], z[:, 0], 4, n_images=1)[0][1]
+    assert np.array_equal(sums[0] != 0, np.nan_to_num(counts) > 0)  # the events' own voxels
 
 
 def test_the_marginal_stream_draws_every_set_in_its_own_world(ff_tables_cache, monkeypatch):
@@ -115,7 +151,7 @@ def test_the_marginal_stream_draws_every_set_in_its_own_world(ff_tables_cache, m
     ntable = nuisances.nuisance_table(["C9_bsmumu"], [[1.1, 6.0]], "bsz")
     key = theory.jtable(["C9_bsmumu"], [[1.1, 6.0]]).key
     job = sw.StreamJob("deepsets_marginal", 5, (0.0,), unit=300, theory_key=key, form_factors="bsz",
-                       prior_scale=1.0, nuisance_key=ntable.key)
+                       prior_scale=1.0, nuisance_key=ntable.key, worlds=True)
     sets, _ = sw.make_chunk(job, sw.Chunk(0, sw.EPOCH_PHASE, 0, 0, 2, 2))
     from kernels.sampler import sample_array
 
@@ -126,7 +162,7 @@ def test_the_marginal_stream_draws_every_set_in_its_own_world(ff_tables_cache, m
     central = sw.StreamJob("deepsets_marginal", 5, (0.0,), unit=300, theory_key=key)
     assert not np.array_equal(sw.make_chunk(central, sw.Chunk(0, sw.EPOCH_PHASE, 0, 0, 2, 2))[0], sets)
     bad = sw.StreamJob("deepsets_marginal", 5, (0.0,), unit=300, theory_key=key, form_factors="bsz",
-                       nuisance_key="0" * 16)
+                       nuisance_key="0" * 16, worlds=True)
     sw._nuisance_table.cache_clear()
     with pytest.raises(Exception, match="nuisance tables"):
         sw.make_chunk(bad, sw.Chunk(0, sw.EPOCH_PHASE, 0, 0, 1, 1))
