@@ -191,15 +191,7 @@ def joint_score(table: JTable, true_events, d, norm: np.ndarray | None = None, i
 
 def scores_at(table: JTable, true_events, points, norm: np.ndarray | None = None, is_signal=None) -> np.ndarray:
     """Joint scores ``(n, K)`` of each event at each of the fixed shifts ``points`` (one coefficient): one projection
-    of the events, then the K scores; 0 for background events.
-
-    >>> import numpy as np
-    >>> from kernels.theory import jtable
-    >>> t = jtable(["C9_bsmumu"], [[1.1, 6.0]])
-    >>> z = np.array([[2.0, 0.1, -0.3, 1.0]])
-    >>> bool(np.allclose(scores_at(t, z, [-1.0, 0.5])[0], [joint_score(t, z, -1.0)[0], joint_score(t, z, 0.5)[0]]))
-    True
-    """
+    of the events, then the K scores (each :func:`joint_score` at its point); 0 for background events."""
     if table.n_shifts != 1:
         raise ConfigError("scores_at takes one coefficient; the table scans several")
     z = _events(true_events)
@@ -228,7 +220,6 @@ def voxel_score_sums(table: JTable, true_events, observed, points, bins: int, no
 def _voxel_sums(t: np.ndarray, observed, bins: int) -> np.ndarray:
     """Per-event values ``t`` ``(n, K)`` summed over the voxels of the events' ``observed`` values: ``(K, B, B, B)``."""
     from kernels.voxels import bin_index
-
     x = np.asarray(observed)
     ix = bin_index(x[:, 1], x[:, 2], x[:, 3], bins)
     flat = (ix[0] * bins + ix[1]) * bins + ix[2]
