@@ -120,14 +120,19 @@ def test_images_that_cannot_fit_on_the_disk_are_refused(capsys, tmp_path, tiny_d
     assert not (tmp_path / "o").exists()
 
 
-def test_a_resume_counts_the_bytes_already_there(tmp_path):
-    from orchestrator.config.services import check_storage
+def test_a_resume_counts_the_bytes_already_there(tmp_path, monkeypatch):
+    import shutil
 
+    from orchestrator.config import services
+
+    real = shutil.disk_usage  # a fixed free space: other tests write to the same disk meanwhile
+    monkeypatch.setattr(services.shutil, "disk_usage", lambda p: real(p)._replace(free=20_000))
     out = tmp_path / "o"
     out.mkdir()
     (out / "part").write_bytes(b"x" * 10_000)
-    free = __import__("shutil").disk_usage(tmp_path).free
-    assert check_storage(out, free + 5_000) == out  # 10 kB of it is there already
+    assert services.check_storage(out, 25_000) == out  # 10 kB of it is there already
+    with pytest.raises(ServiceError, match="has 20 kB free"):
+        services.check_storage(out, 35_000)
 
 
 # --- a disk that fills during generate ------------------------------------------------------------------
