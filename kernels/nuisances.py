@@ -30,11 +30,9 @@ byte. :meth:`NuisanceTable.local` gives J and its first and second derivatives
 in the whole vector ``(c, u)``: what the joint Fisher matrix and the profiled
 fit need.
 
-Power corrections: of the parameters flavio names for B0 -> K*0, the twelve
-``B0->K*0 delta_C7 {a,b}_{0,+,-} {Re,Im}`` change J (by 0.03% to 1.4% per 0.01
-here), the six ``deltaC9 c_*`` and the K* decay constants and Gegenbauer
-moments do not (0 to machine precision). They are not tabulated yet
-(:data:`POWER_CORRECTIONS`; ``power_corrections: true`` is refused with that reason).
+Power corrections (flavio's ``B0->K*0 delta_C7*`` at low q2 and ``deltaC9 c_*``
+at high q2) multiply the form factors, so J is not bi-quadratic in both: they are
+tabulated from the helicity amplitudes instead (:mod:`kernels.amplitudes`).
 
 >>> space = ParameterSpace(("C9_bsmumu",), ("u0", "u1"))
 >>> space.names, space.n_poi, space.poi_slice, space.nuisance_slice
@@ -83,13 +81,6 @@ FORM_FACTOR_PREFIX = "B->K* BSZ "
 FORM_FACTOR_SETS = ("none", "bsz")
 """``nuisances.form_factors`` values: none (fixed at flavio's central values) or flavio's 19 BSZ parameters."""
 
-POWER_CORRECTIONS = tuple(
-    f"B0->K*0 delta_C7{p} {ab}_{h} {ri}"
-    for h, p in (("0", ""), ("+", "p"), ("-", ""))
-    for ab in ("a", "b")
-    for ri in ("Re", "Im")
-)
-"""The power-correction parameters that change J in flavio 2.7.1 (the ``deltaC9 c_*`` ones do not)."""
 
 NUISANCE_SEED_OFFSET = 5 * 10**6
 """Worlds (nuisance draws) of a point are seed stream ``(seed, point, 5 * 10**6 + k)`` (:func:`draw_worlds`)."""
@@ -365,6 +356,41 @@ def _evaluate(args):
     return _flavio_j(flavio, coeffs, d, q2, par)
 
 
+def map_evaluations(fn, tasks, workers: int = 1, progress=None) -> list:
+    """``[fn(t) for t in tasks]``, in ``workers`` processes if > 1, calling ``progress(1)`` after each."""
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            out = []
+            for v in pool.map(fn, tasks, chunksize=4):
+                out.append(v)
+                if progress is not None:
+                    progress(1)
+            return out
+    out = []
+    for t in tasks:  # flavio evaluates one parameter point at a time: the theory calls, not an event loop
+        out.append(fn(t))
+        if progress is not None:
+            progress(1)
+    return out
+
+
+def form_factor_names(form_factors: str | Sequence[str]) -> tuple[str, ...] | None:
+    """``"bsz"``: None (all 19); a list: its distinct BSZ names. Anything else is a one-line ConfigError."""
+    if isinstance(form_factors, str):
+        if form_factors != "bsz":
+            raise ConfigError(f"unknown form-factor set {form_factors!r}; expected one of {', '.join(FORM_FACTOR_SETS)}")
+        return None
+    names = tuple(form_factors)
+    bad = [n for n in names if not n.startswith(FORM_FACTOR_PREFIX)]
+    if bad:
+        raise ConfigError(f"unknown nuisance parameter {bad[0]!r}; form factors are named '{FORM_FACTOR_PREFIX}...'")
+    if len(set(names)) != len(names) or not names:
+        raise ConfigError(f"need distinct form-factor names, got {list(names)}")
+    return names
+
+
 def nuisance_table(
     coefficients: Sequence[str] = ("C9_bsmumu",),
     windows=DEFAULT_WINDOWS,
@@ -385,17 +411,7 @@ def nuisance_table(
     coeffs = tuple(coefficient_for(c) for c in coefficients)
     if not coeffs or len(set(coeffs)) != len(coeffs):
         raise TheoryError(f"need distinct Wilson coefficients, got {list(coefficients)}")
-    if isinstance(form_factors, str):
-        if form_factors != "bsz":
-            raise ConfigError(f"unknown form-factor set {form_factors!r}; expected one of {', '.join(FORM_FACTOR_SETS)}")
-        names = None
-    else:
-        names = tuple(form_factors)
-        bad = [n for n in names if not n.startswith(FORM_FACTOR_PREFIX)]
-        if bad:
-            raise ConfigError(f"unknown nuisance parameter {bad[0]!r}; form factors are named '{FORM_FACTOR_PREFIX}...'")
-        if len(set(names)) != len(names) or not names:
-            raise ConfigError(f"need distinct form-factor names, got {list(names)}")
+    names = form_factor_names(form_factors)
     windows = validate_windows(windows)
     if not (0 < spacing <= 0.5):
         raise TheoryError(f"q2 node spacing {spacing} must be in (0, 0.5] GeV^2")
@@ -431,21 +447,7 @@ def nuisance_table(
 
     tasks = [(coeffs, c, q2, par_at(u)) for u in us for c in cs]
     tasks.append((coeffs, np.full(len(coeffs), -1.3), q2, par_at(np.linspace(-1.2, 0.9, len(prior.names)))))
-    if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers) as pool:
-            vals = []
-            for v in pool.map(_evaluate, tasks, chunksize=4):
-                vals.append(v)
-                if progress is not None:
-                    progress(1)
-    else:
-        vals = []
-        for t in tasks:  # flavio evaluates one parameter point at a time: the theory calls, not an event loop
-            vals.append(_evaluate(t))
-            if progress is not None:
-                progress(1)
+    vals = map_evaluations(_evaluate, tasks, workers, progress)
     check = vals.pop()
     per_u = [quadratic_coefficients(vals[i * len(cs):(i + 1) * len(cs)], len(coeffs)) for i in range(len(us))]
     coef = np.moveaxis(quadratic_coefficients(per_u, len(prior.names)), 0, 1)  # (P_c, P_u, K, 12)

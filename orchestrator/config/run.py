@@ -280,8 +280,8 @@ class NuisancesConfig(_Strict):
     @classmethod
     def _power(cls, v):
         if v:
-            raise ValueError("power corrections are not tabulated yet: flavio's delta_C7 parameters change J, "
-                             "but wcscan's tables hold the form factors only")
+            raise ValueError("power corrections are in the bounds only (wcscan bounds --power-corrections); "
+                             "the run's worlds, fits and estimators hold the form factors")
         return v
 
 

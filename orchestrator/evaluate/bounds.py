@@ -58,8 +58,9 @@ LOW_WINDOWS = ((1.1, 6.0),)
 HIGH_WINDOW = (15.0, 19.0)
 
 BOUNDS_COLUMNS = ("windows", "level", "dc9", "prior_scale", "n_events", "n_events_set", "sigma_crb", "sigma_crb_eff",
-                  "eff_over_fixed", "recovery")
-"""The CSV's columns, in order (``recovery`` is nan on the rows of ``[1.1, 6.0]`` alone)."""
+                  "eff_over_fixed", "recovery", "sigma_crb_eff_pc", "pc_over_fixed", "recovery_pc")
+"""The CSV's columns, in order (``recovery`` is nan on the rows of ``[1.1, 6.0]`` alone; the ``_pc`` columns,
+the power corrections profiled too, are nan unless they were asked for)."""
 
 
 def window_label(windows) -> str:
@@ -114,32 +115,49 @@ def _signal_rate(table, dc9: float, model) -> float:
     return table.scale * float(m @ normalisation(table, PdfModel(efficiency=model.efficiency)))
 
 
+def _table(windows, power_corrections: bool, progress):
+    """The theory tables of a window set: bi-quadratic over the form factors, or, with the power corrections,
+    built from the amplitudes (:mod:`kernels.amplitudes`)."""
+    label = window_label(windows)
+    if power_corrections:
+        from kernels import amplitudes as amp
+
+        n = amp.n_amplitude_evaluations(1, 19, len(amp.power_corrections(windows)))
+        with progress(f"amplitude tables {label}", n, "flavio calls") as adv:
+            return amp.amplitude_table(["C9_bsmumu"], windows, "bsz", workers=2, progress=adv or None)
+    from kernels import nuisances as nuis
+
+    with progress(f"theory tables {label}", nuis.n_evaluations(1, 19) + 1, "flavio calls") as adv:
+        return nuis.nuisance_table(["C9_bsmumu"], windows, "bsz", workers=2, progress=adv or None)
+
+
 def luminosity_bounds(n_events: Sequence[int] = LUMINOSITY_EVENTS, dc9: float = 0.0, prior_scale: float = 1.0,
                       high_q2: bool = True, level: str = "gen", progress=None,
-                      tables: Mapping | None = None) -> list[dict]:
+                      tables: Mapping | None = None, power_corrections: bool = False) -> list[dict]:
     """One row per (window set, N) of :data:`BOUNDS_COLUMNS`: the fixed and efficient bounds on delta C9.
 
-    ``tables``: window label -> :class:`~kernels.nuisances.NuisanceTable` to use instead of building
-    (or loading) them with :func:`kernels.nuisances.nuisance_table` (flavio's 19 BSZ form factors; cold,
-    631 flavio calls per window set, in 2 processes). ``progress`` is a factory
+    ``tables``: window label -> :class:`~kernels.nuisances.NuisanceTable` (or, with ``power_corrections``,
+    :class:`~kernels.amplitudes.AmplitudeTable`) to use instead of building (or loading) them (flavio's 19
+    BSZ form factors, and its power corrections; cold, 631 or 281 to 401 flavio calls per window set, in 2
+    processes). With ``power_corrections``, ``sigma_crb_eff`` has the form factors profiled and the power
+    corrections fixed, and ``sigma_crb_eff_pc`` both profiled. ``progress`` is a factory
     ``(description, total, unit)`` (:mod:`orchestrator.runtime.progress`). Every argument is checked
     before any table is built.
     """
     from kernels import likelihood
-    from kernels import nuisances as nuis
     from kernels.detector import DetectorConfig
 
     ns, dc9, s, level = check_options(n_events, dc9, prior_scale, level)
     progress = progress or no_progress
     sets = [LOW_WINDOWS] + ([LOW_WINDOWS + (HIGH_WINDOW,)] if high_q2 else [])
     det = DetectorConfig()
-    rows, eff_low, rate_low = [], {}, None
+    rows, eff_low, pc_low, rate_low = [], {}, {}, None
     for windows in sets:
         label = window_label(windows)
-        ntable = (tables or {}).get(label)
-        if ntable is None:
-            with progress(f"theory tables {label}", nuis.n_evaluations(1, 19) + 1, "flavio calls") as adv:
-                ntable = nuis.nuisance_table(["C9_bsmumu"], windows, "bsz", workers=2, progress=adv or None)
+        ntable = (tables or {}).get(label) or _table(windows, power_corrections, progress)
+        nf = getattr(ntable, "n_form_factors", ntable.n_nuisances)  # the rest are power corrections
+        if power_corrections and nf == ntable.n_nuisances:
+            raise ConfigError(f"the tables of {label} hold no power corrections")
         model = det.pdf_model(level, ntable.windows)
         central = ntable.at(np.zeros(ntable.n_nuisances))
         I = likelihood.fisher_information_nuisances(ntable, [dc9], model=model)
@@ -151,12 +169,16 @@ def luminosity_bounds(n_events: Sequence[int] = LUMINOSITY_EVENTS, dc9: float = 
         for n in ns:
             n_set = n if windows == LOW_WINDOWS else max(1, round(n * rate / rate_low))
             fixed = float(likelihood.sigma_crb(central, [dc9], n_set, model))
-            eff = float(likelihood.efficient_bound(I, 1, n_set, prior_precision)[0][0])
+            k = 1 + nf  # delta C9 and the form factors: the power corrections fixed
+            eff = float(likelihood.efficient_bound(I[:k, :k], 1, n_set, prior_precision[:nf, :nf])[0][0])
+            pc = float(likelihood.efficient_bound(I, 1, n_set, prior_precision)[0][0]) if power_corrections else math.nan
             if windows == LOW_WINDOWS:
-                eff_low[n] = eff
+                eff_low[n], pc_low[n] = eff, pc
+            high = windows != LOW_WINDOWS
             rows.append({"windows": label, "level": level, "dc9": dc9, "prior_scale": s, "n_events": n,
                          "n_events_set": n_set, "sigma_crb": fixed, "sigma_crb_eff": eff, "eff_over_fixed": eff / fixed,
-                         "recovery": eff_low[n] / eff if windows != LOW_WINDOWS else math.nan})
+                         "recovery": eff_low[n] / eff if high else math.nan, "sigma_crb_eff_pc": pc,
+                         "pc_over_fixed": pc / fixed, "recovery_pc": pc_low[n] / pc if high else math.nan})
     return rows
 
 

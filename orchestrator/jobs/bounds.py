@@ -40,17 +40,20 @@ def write_bounds(rows: list[dict], out_csv: Path, title: str = "") -> tuple[Path
 
 def bounds_job(n_events=LUMINOSITY_EVENTS, dc9: float = 0.0, prior_scale: float = 1.0, high_q2: bool = True,
                level: str = "gen", out: Path = Path("out/bounds.csv"), progress=no_progress,
-               stage=None) -> BoundsOutcome:
+               stage=None, power_corrections: bool = False) -> BoundsOutcome:
     """The bounds at every N, written to ``out`` and ``out.png``. Every option, and ``out``, is checked
     before the first flavio call, so a bad input writes nothing. ``stage(message)`` announces the tables."""
     out = check_csv_path(out)
     check_options(n_events, dc9, prior_scale, level)
     if stage is not None:
-        stage("bi-quadratic theory tables over delta C9 x the 19 BSZ form factors (cached after the first run)")
+        stage("amplitude tables over delta C9 x the power corrections x the 19 BSZ form factors (cached after the "
+              "first run)" if power_corrections else
+              "bi-quadratic theory tables over delta C9 x the 19 BSZ form factors (cached after the first run)")
     rows = luminosity_bounds(n_events, dc9=dc9, prior_scale=prior_scale, high_q2=high_q2, level=level,
-                             progress=progress)
+                             progress=progress, power_corrections=power_corrections)
     r = rows[0]
-    title = (f"Cramér–Rao bound on δC9 against luminosity: form factors fixed vs profiled\n"
-             f"(flavio's 19 BSZ parameters, prior × {r['prior_scale']:g}; δC9 = {r['dc9']:g}, level {r['level']})")
+    what = "19 BSZ parameters and power corrections" if power_corrections else "19 BSZ parameters"
+    title = (f"Cramér–Rao bound on δC9 against luminosity: hadronic inputs fixed vs profiled\n"
+             f"(flavio's {what}, prior × {r['prior_scale']:g}; δC9 = {r['dc9']:g}, level {r['level']})")
     csv_path, figure = write_bounds(rows, out, title=title)
     return BoundsOutcome(rows, csv_path, figure)

@@ -233,8 +233,8 @@ def plot_calibration(evaluations, path: Path) -> Path:
 
 
 def plot_luminosity_bounds(rows: Sequence[Mapping], path: Path, title: str = "") -> Path:
-    """σ_CRB (form factors fixed) and σ_CRB,eff (profiled) against N, log-log, for each window set, with a
-    1/√N guide through the first profiled bound. ``rows``: :func:`orchestrator.evaluate.bounds.luminosity_bounds`."""
+    """σ_CRB (form factors fixed) and σ_CRB,eff (profiled; with the power corrections too, where the rows have
+    them) against N, log-log, for each window set, with a 1/√N guide through the first profiled bound. ``rows``: :func:`orchestrator.evaluate.bounds.luminosity_bounds`."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     labels = list(dict.fromkeys(r["windows"] for r in rows))
@@ -245,7 +245,10 @@ def plot_luminosity_bounds(rows: Sequence[Mapping], path: Path, title: str = "")
         name = f"q² ∈ [{label.replace('-', ', ').replace('+', '] + [')}]"
         ax.plot(n, [r["sigma_crb"] for r in sel], "o--", color=color, lw=1.2, ms=4, label=f"{name}: form factors fixed")
         ax.plot(n, [r["sigma_crb_eff"] for r in sel], "s-", color=color, lw=1.8, ms=5,
-                label=f"{name}: profiled (flavio prior)")
+                label=f"{name}: form factors profiled (flavio prior)")
+        pc = np.array([r.get("sigma_crb_eff_pc", np.nan) for r in sel], dtype=float)
+        if np.all(np.isfinite(pc)) and pc.size:
+            ax.plot(n, pc, "^-", color=color, lw=2.4, ms=5, alpha=0.7, label=f"{name}: and power corrections")
         if i == 0 and n.size:  # through the first profiled point: the fixed bounds lie on such lines
             grid = np.geomspace(n.min(), n.max(), 50)
             ax.plot(grid, sel[0]["sigma_crb_eff"] * np.sqrt(n[0] / grid), ":", color="0.4", lw=1.2,

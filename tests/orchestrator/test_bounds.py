@@ -1,11 +1,13 @@
 """`wcscan bounds`: the luminosity study of the hadronic bounds, on three form factors and a coarse q2 grid."""
 
 import csv
+import math
 
 import numpy as np
 import pytest
 
 from kernels import nuisances
+from kernels.errors import ConfigError
 from orchestrator.cli import main
 from orchestrator.evaluate.bounds import BOUNDS_COLUMNS, LOW_WINDOWS, HIGH_WINDOW, luminosity_bounds, window_label
 
@@ -142,3 +144,62 @@ def test_help_explains_the_command_with_examples(capsys):
     assert "Examples:" in out and "wcscan bounds --events 1000,10000,100000" in out and "recovery" in out
     assert main(["--help"]) == 0
     assert "wcscan bounds --out out/bounds.csv" in capsys.readouterr().out
+
+
+# --- the power corrections profiled too -----------------------------------------------------------------------------
+
+PC = ("B0->K*0 delta_C7 a_0 Re", "B0->K*0 delta_C7 b_- Re", "B0->K*0 deltaC9 c_- Re")
+
+
+@pytest.fixture(scope="module")
+def small_amplitudes(tmp_path_factory):
+    """``amplitude_table`` with three form factors and the given power corrections that act in the windows."""
+    from kernels import amplitudes
+
+    cache, real = tmp_path_factory.mktemp("amp-cache"), amplitudes.amplitude_table
+
+    def build(c, w, ff, **kw):
+        return real(c, w, FF, [p for p in PC if p in amplitudes.power_corrections(w)], spacing=0.25, cache=cache)
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def pc_rows(small_amplitudes):
+    tables = {label: small_amplitudes(["C9_bsmumu"], w, "bsz") for label, w in
+              ((LOW, LOW_WINDOWS), (BOTH, LOW_WINDOWS + (HIGH_WINDOW,)))}
+    return luminosity_bounds(N, tables=tables, power_corrections=True)
+
+
+def test_profiling_the_power_corrections_too_widens_the_bound_further(pc_rows, rows):
+    for r, plain in zip(pc_rows, rows):
+        assert r["sigma_crb_eff_pc"] > r["sigma_crb_eff"] >= r["sigma_crb"]
+        assert r["pc_over_fixed"] == pytest.approx(r["sigma_crb_eff_pc"] / r["sigma_crb"])
+        # the form-factor bound is the same from the amplitude tables as from the bi-quadratic ones
+        assert r["sigma_crb_eff"] == pytest.approx(plain["sigma_crb_eff"], rel=1e-6)
+        assert r["sigma_crb"] == pytest.approx(plain["sigma_crb"], rel=1e-6)
+    assert np.all(np.isnan(_series(pc_rows, LOW, "recovery_pc")))
+    assert np.allclose(_series(pc_rows, BOTH, "recovery_pc"),
+                       _series(pc_rows, LOW, "sigma_crb_eff_pc") / _series(pc_rows, BOTH, "sigma_crb_eff_pc"))
+
+
+def test_without_power_corrections_their_columns_are_nan(rows):
+    assert all(math.isnan(r[c]) for r in rows for c in ("sigma_crb_eff_pc", "pc_over_fixed", "recovery_pc"))
+
+
+def test_form_factor_tables_are_refused_for_power_corrections(tables):
+    with pytest.raises(ConfigError, match="hold no power corrections"):
+        luminosity_bounds((2000,), tables=tables, power_corrections=True)
+
+
+def test_the_command_profiles_the_power_corrections(tmp_path, monkeypatch, small_amplitudes, capsys):
+    from kernels import amplitudes
+
+    monkeypatch.setattr(amplitudes, "amplitude_table", small_amplitudes)
+    out = tmp_path / "pc" / "bounds.csv"
+    assert main(["bounds", "--events", "2000,24000", "--power-corrections", "--out", str(out), "--quiet"]) == 0
+    with open(out, newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert all(float(r["sigma_crb_eff_pc"]) > float(r["sigma_crb_eff"]) for r in got)
+    shown = capsys.readouterr().out
+    assert "σ eff+pc" in shown and "…" not in shown

@@ -196,7 +196,7 @@ def test_the_worlds_of_the_test_sets_are_recorded(ff_run):
 @pytest.mark.parametrize("field, value, message", [
     ("prior_scale", "0", "prior_scale must be a finite number > 0"),
     ("form_factors", "lcsr", "nuisances.form_factors"),
-    ("power_corrections", "true", "power corrections are not tabulated yet"),
+    ("power_corrections", "true", "power corrections are in the bounds only"),
 ])
 def test_bad_nuisance_settings_are_one_line_errors(tmp_path, capsys, field, value, message):
     cfg = tmp_path / "bad.yaml"
