@@ -200,24 +200,52 @@ class AmplitudeTable:
         coef = quadratic_coefficients([self.j(c, u) for c in stencil(self.n_shifts)], self.n_shifts)
         return self._jtable(coef, f"{self.key}-u{hashlib.sha256(u.tobytes()).hexdigest()[:12]}")
 
-    def local(self, c, u) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """J ``(K, 12)``, its gradient ``(n, K, 12)`` and Hessian ``(n, n, K, 12)`` in ``(c, u, v)``, exact."""
+    def _parts(self, c, u):
+        """The amplitudes ``r (2, K, R)``, their derivatives ``D (n, 2, K, R)`` in the vector's order (c, u, v),
+        ``M r (2, K, 12, R)``, and where (c, v) sit in the vector."""
         w, a = self._wa(c, u)
-        nc, nf = self.n_shifts, self.n_form_factors
+        nc = self.n_shifts
         H = self.H
         r = np.einsum("i,j,sijkr->skr", w, a, H)
         dw = np.einsum("j,sijkr->iskr", a, H)[1:]  # d r / d (c, v)
         da = np.einsum("i,sijkr->jskr", w, H)[1:]  # d r / d u
-        D = np.concatenate([dw[:nc], da, dw[nc:]])  # the vector's order: c, u, v
-        n = D.shape[0]
+        D = np.concatenate([dw[:nc], da, dw[nc:]])
         Mr = np.einsum("ktrq,skq->sktr", self.M, r)
+        x_side = np.r_[np.arange(nc), nc + self.n_form_factors + np.arange(D.shape[0] - nc - self.n_form_factors)]
+        return r, D, Mr, x_side
+
+    def node_values(self, c, u) -> tuple[np.ndarray, np.ndarray]:
+        """J ``(K, 12)`` and its gradient ``(n, K, 12)`` in ``(c, u, v)``, exact."""
+        r, D, Mr, _ = self._parts(c, u)
+        return np.einsum("skr,sktr->kt", r, Mr) / (2 * self.scale), np.einsum("pskr,sktr->pkt", D, Mr) / self.scale
+
+    def contracted_hessians(self, c, u, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``sum_kt W_kt d2 J_kt`` ``(n, n)`` for each ``W (K, 12)`` of ``weights``, without forming the
+        ``(n, n, K, 12)`` Hessian: each W first folds the angular forms, ``Q_k = sum_t W_kt M_kt``."""
+        r, D, _, x_side = self._parts(c, u)
+        nf, u_side = self.n_form_factors, self.n_shifts + np.arange(self.n_form_factors)
+        out = []
+        for W in weights:
+            Q = np.einsum("kt,ktrq->krq", np.asarray(W, dtype=np.float64), self.M)
+            QD = np.einsum("krq,xskq->xskr", Q, D)
+            hess = np.einsum("pskr,xskr->px", D, QD)
+            cross = np.einsum("sijkr,skr->ij", self.H[:, 1:, 1:], np.einsum("krq,skq->skr", Q, r))
+            hess[np.ix_(x_side, u_side)] += cross
+            hess[np.ix_(u_side, x_side)] += cross.T
+            out.append(hess / self.scale)
+        return out
+
+    def local(self, c, u) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """J ``(K, 12)``, its gradient ``(n, K, 12)`` and Hessian ``(n, n, K, 12)`` in ``(c, u, v)``, exact."""
+        r, D, Mr, x_side = self._parts(c, u)
+        nf = self.n_form_factors
         J = np.einsum("skr,sktr->kt", r, Mr) / 2
         grad = np.einsum("pskr,sktr->pkt", D, Mr)
         hess = np.einsum("pskr,ktrq,xskq->pxkt", D, self.M, D, optimize=True)
-        x_side = np.r_[np.arange(nc), nc + nf + np.arange(n - nc - nf)]  # (c, v) in the vector
-        cross = np.einsum("sijkr,sktr->ijkt", H[:, 1:, 1:], Mr)  # d2 r / d(c, v)_i du_j = H_ij
-        hess[np.ix_(x_side, nc + np.arange(nf))] += cross
-        hess[np.ix_(nc + np.arange(nf), x_side)] += cross.transpose(1, 0, 2, 3)
+        cross = np.einsum("sijkr,sktr->ijkt", self.H[:, 1:, 1:], Mr)  # d2 r / d(c, v)_i du_j = H_ij
+        u_side = self.n_shifts + np.arange(nf)
+        hess[np.ix_(x_side, u_side)] += cross
+        hess[np.ix_(u_side, x_side)] += cross.transpose(1, 0, 2, 3)
         return J / self.scale, grad / self.scale, hess / self.scale
 
 

@@ -44,7 +44,7 @@ from kernels.likelihood import GEN, EventBasis, FitResult, PdfModel, normalisati
 from kernels.nuisances import NuisanceTable, check_prior_scale
 from kernels.set_likelihood import bilinear_forms
 from kernels.set_likelihood import fit_set as fit_set_profiled
-from kernels.theory import monomial_gradient, monomial_hessian, monomials
+from kernels.theory import JTable, monomial_gradient, monomial_hessian, monomials
 
 
 
@@ -70,13 +70,18 @@ class _SetLikelihood:
         self.shape = table.flat.coef.shape[1:]
         self.norm = np.asarray(norm, dtype=np.float64).reshape(P_c, P_u)
         self.hc, self.hu = monomial_hessian(table.n_shifts), monomial_hessian(table.n_nuisances)
-        self.basis = EventBasis(table.flat, events)
+        self._events(table.flat, events, mix, table.n_shifts, table.n_nuisances, prior_scale)
+
+    def _events(self, table, events, mix, nc: int, nu: int, prior_scale: float) -> None:
+        self.basis = EventBasis(table, events)
         self.mix = None if mix is None else (mix[0][self.basis.order], mix[1][self.basis.order])
-        self.nc, self.nu = table.n_shifts, table.n_nuisances
+        self.nc, self.nu = nc, nu
         self.lam = 1.0 / prior_scale**2
 
-    def __call__(self, phi: np.ndarray, hessian: bool = True):
-        """``(nll, gradient, Hessian or None)`` at ``phi``; nll is inf where the pdf is not positive."""
+    def _tables(self, phi: np.ndarray, hessian: bool):
+        """``(Gamma, grad Gamma, a, sums)``: the rate, the events' G (``a[:, 0]``, with their gradients in
+        ``a[:, 1:]`` for the Hessian), and ``sums(H(r))`` giving ``sum_e r_e (G_e, grad G_e, hess G_e)`` from the
+        weighted events on the nodes, and hess Gamma (None without the Hessian)."""
         c, u = phi[: self.nc], phi[self.nc :]
         mc, gc, mu, gu = monomials(c), monomial_gradient(c), monomials(u), monomial_gradient(u)
         forms = lambda X, hess: bilinear_forms(X, mc, gc, self.hc, mu, gu, self.hu, hess)  # noqa: E731
@@ -89,9 +94,17 @@ class _SetLikelihood:
             W[1 + self.nc :] = gu @ np.einsum("p,pqr->qr", mc, self.C3)
             rows = (W @ self.V).reshape(-1, K, T).transpose(1, 2, 0)  # (K, 12, 1 + n): J and its gradient
             a = self.basis.cell_apply(np.ascontiguousarray(rows))
-            G = a[:, 0]
         else:
-            G = self.basis.cell_apply(((mc @ Cu) @ self.V).reshape(K, T, 1))[:, 0]
+            a = self.basis.cell_apply(((mc @ Cu) @ self.V).reshape(K, T, 1))
+        # sum_e r_e (monomial tables at the events), then its forms: sum_e r_e (G_e, grad G_e, hess G_e)
+        sums = lambda Hr: (*forms((self.C @ (self.V @ Hr.ravel())).reshape(self.norm.shape), hessian), d2Gam)  # noqa: E731
+        return Gam, dGam, a, sums
+
+    def __call__(self, phi: np.ndarray, hessian: bool = True):
+        """``(nll, gradient, Hessian or None)`` at ``phi``; nll is inf where the pdf is not positive."""
+        u = phi[self.nc :]
+        Gam, dGam, a, sums = self._tables(phi, hessian)
+        G = a[:, 0]
         if self.mix is None:
             if Gam <= 0 or np.any(G <= 0):
                 return np.inf, None, None
@@ -104,8 +117,7 @@ class _SetLikelihood:
                 return np.inf, None, None
             r = w / (p_over * Gam)
         nll = float(-np.sum(np.log(p_over)) + 0.5 * self.lam * (u @ u))
-        Hc = self.C @ (self.V @ self.basis.cell_adjoint(r).ravel())  # (P,): sum_e r_e (monomial tables at the events)
-        S, A, sum_hess = forms(Hc.reshape(self.norm.shape), hessian)  # sum_e r_e (G_e, grad G_e, hess G_e)
+        S, A, sum_hess, d2Gam = sums(self.basis.cell_adjoint(r))  # sum_e r_e (G_e, grad G_e, hess G_e)
         grad = -(A - dGam * S / Gam)
         grad[self.nc :] += self.lam * u
         if not hessian:
@@ -125,6 +137,53 @@ class _SetLikelihood:
         return nll, grad, hess + prior
 
 
+class _AmplitudeSetLikelihood(_SetLikelihood):
+    """The same -ln L with the power corrections (:class:`kernels.amplitudes.AmplitudeTable`): J and its
+    gradient on the nodes come from the amplitudes, and every Hessian sum is contracted on the nodes first
+    (:meth:`~kernels.amplitudes.AmplitudeTable.contracted_hessians`). ``norm``: :func:`node_normalisation`."""
+
+    def __init__(self, table, norm: np.ndarray, events: np.ndarray, mix, prior_scale: float):
+        self.table, self.node_norm = table, np.asarray(norm, dtype=np.float64)
+        self._events(table.at(np.zeros(table.n_nuisances)), events, mix, table.n_shifts, table.n_nuisances,
+                     prior_scale)
+
+    def _tables(self, phi: np.ndarray, hessian: bool):
+        c, u = phi[: self.nc], phi[self.nc :]
+        J, dJ = self.table.node_values(c, u)
+        N = self.node_norm
+        Gam, dGam = float(np.sum(N * J)), np.einsum("pkt,kt->p", dJ, N)
+        rows = np.concatenate([J[..., None], dJ.transpose(1, 2, 0)], axis=2) if hessian else J[..., None]
+        a = self.basis.cell_apply(np.ascontiguousarray(rows))
+
+        def sums(Hr):
+            S, A = float(np.sum(Hr * J)), np.einsum("pkt,kt->p", dJ, Hr)
+            if not hessian:
+                return S, A, None, None
+            return (S, A, *self.table.contracted_hessians(c, u, [Hr, N]))
+
+        return Gam, dGam, a, sums
+
+
+def node_normalisation(table, model: PdfModel = GEN) -> np.ndarray:
+    """``N (K, 12)`` with ``Gamma = sum_kt N_kt J_kt`` for any J on ``table``'s nodes (the rate, times the
+    acceptance at detector level): :func:`kernels.likelihood.normalisation` of the node-and-term unit tables."""
+    base = table.at(np.zeros(table.n_nuisances))
+    K = base.q2.size
+    unit = JTable(base.coefficients, base.windows, base.q2, base.window_of_node,
+                  np.eye(K * 12).reshape(K * 12, K, 12), base.scale, f"{base.key}-nodes", base.flavio_version)
+    return np.asarray(normalisation(unit, model), dtype=np.float64).reshape(K, 12)
+
+
+def _has_amplitudes(table) -> bool:
+    return hasattr(table, "contracted_hessians")  # a kernels.amplitudes.AmplitudeTable: the power corrections too
+
+
+def profile_normalisation(table, model: PdfModel = GEN) -> np.ndarray:
+    """The ``norm`` of :func:`fit_sets_profiled` for ``table``: the joint monomials' normalisation of a
+    NuisanceTable, or :func:`node_normalisation` of an AmplitudeTable."""
+    return node_normalisation(table, model) if _has_amplitudes(table) else normalisation(table.flat, model)
+
+
 def fit_sets_profiled(
     table: NuisanceTable,
     sets: np.ndarray,
@@ -135,8 +194,10 @@ def fit_sets_profiled(
 ) -> ProfiledFitResult:
     """Profiled fit of every set of ``sets`` ``(M, N, 4)``: estimates of c with their profiled errors.
 
-    ``norm``: the joint monomials' normalisation (:func:`kernels.likelihood.normalisation` of
-    ``table.flat`` under ``model``); computed when not given (a quadrature at detector level).
+    ``table``: a :class:`~kernels.nuisances.NuisanceTable`, or an :class:`~kernels.amplitudes.AmplitudeTable`
+    (the power corrections profiled too). ``norm``: the joint monomials' normalisation
+    (:func:`kernels.likelihood.normalisation` of ``table.flat`` under ``model``; for amplitude tables
+    :func:`node_normalisation`); computed when not given (a quadrature at detector level).
     ``progress(k)`` is called after each set.
     """
     sets = np.asarray(sets)
@@ -144,14 +205,15 @@ def fit_sets_profiled(
         raise ConfigError(f"sets must have shape (M, N, 4), got {sets.shape}")
     s = check_prior_scale(prior_scale)
     if norm is None:
-        norm = normalisation(table.flat, model)
+        norm = profile_normalisation(table, model)
+    likelihood_of = _AmplitudeSetLikelihood if _has_amplitudes(table) else _SetLikelihood
     M, nc, nu = sets.shape[0], table.n_shifts, table.n_nuisances
     values, errors = np.empty((M, nc)), np.empty((M, nc))
     nuis, valid, iters = np.empty((M, nu)), np.empty(M, dtype=bool), np.empty(M, dtype=int)
     mixes = model.mixture(sets)
     for j in range(M):  # one iteration per *set*; events are vectorised
         mix = None if mixes is None else (mixes[0][j], mixes[1][j])
-        lik = _SetLikelihood(table, norm, sets[j], mix, s)
+        lik = likelihood_of(table, norm, sets[j], mix, s)
         phi, cov, ok, it = fit_set_profiled(lik)
         values[j], nuis[j], valid[j], iters[j] = phi[:nc], phi[nc:], ok, it
         errors[j] = np.sqrt(np.diag(cov)[:nc]) if ok else np.nan

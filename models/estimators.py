@@ -255,8 +255,9 @@ class MLFitEstimator:
 
 
 class ProfiledFitEstimator(MLFitEstimator):
-    """The profiled ML fit (:func:`kernels.profile.fit_sets_profiled`): delta C9 with the form factors of
-    ``ntable`` (a :class:`kernels.nuisances.NuisanceTable`) fitted too, constrained by their prior."""
+    """The profiled ML fit (:func:`kernels.profile.fit_sets_profiled`): delta C9 with the nuisances of
+    ``ntable`` (a :class:`kernels.nuisances.NuisanceTable`, or a :class:`kernels.amplitudes.AmplitudeTable`
+    with the power corrections) fitted too, constrained by their prior."""
 
     def __init__(self, ntable, pdf_model=None, prior_scale: float = 1.0, name: str = "ml_fit_profiled") -> None:
         super().__init__(ntable, pdf_model, 0, name)
@@ -264,12 +265,12 @@ class ProfiledFitEstimator(MLFitEstimator):
         self._norm = None
 
     def fit(self, sets):
-        from kernels.likelihood import GEN, normalisation
-        from kernels.profile import fit_sets_profiled
+        from kernels.likelihood import GEN
+        from kernels.profile import fit_sets_profiled, profile_normalisation
 
         model = self.pdf_model if self.pdf_model is not None else GEN
-        if self._norm is None:  # the joint monomials' normalisation, once (a quadrature at detector level)
-            self._norm = normalisation(self.table.flat, model)
+        if self._norm is None:  # the normalisation, once (a quadrature at detector level)
+            self._norm = profile_normalisation(self.table, model)
         return fit_sets_profiled(self.table, check_sets(sets), model, self.prior_scale, norm=self._norm)
 
 

@@ -63,20 +63,26 @@ def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc
     from kernels import likelihood, sampler, theory
 
     table = theory.jtable(["C9_bsmumu"])
-    if nuisances not in ("none", "bsz"):
+    if nuisances not in ("none", "bsz", "bsz+pc"):
         from kernels.errors import ConfigError
 
-        raise ConfigError(f"--nuisances must be none or bsz, got {nuisances!r}")
+        raise ConfigError(f"--nuisances must be none, bsz or bsz+pc, got {nuisances!r}")
     if nuisances == "none":
         arr = sampler.sample_array(table, [dc9], events_per_set * sets, (2,)).T.reshape(sets, events_per_set, 4)
     else:
         from kernels import nuisances as nuis
         from kernels import profile
 
-        ntable = nuis.nuisance_table(["C9_bsmumu"], workers=2)
+        ff_table = nuis.nuisance_table(["C9_bsmumu"], workers=2)
+        if nuisances == "bsz":
+            ntable, norm = ff_table, likelihood.normalisation(ff_table.flat)
+        else:
+            from kernels.amplitudes import amplitude_table
+
+            ntable = amplitude_table(["C9_bsmumu"], workers=2)
+            norm = profile.node_normalisation(ntable)
         worlds = nuis.draw_worlds(sets, ntable.n_nuisances, prior_scale, seed=2, point=0)
         arr = np.stack([sampler.sample_array(ntable.at(u), [dc9], events_per_set, (2, k)).T for k, u in enumerate(worlds)])
-        norm = likelihood.normalisation(ntable.flat)
     with one_thread():
         likelihood.fit_sets(table, arr[:2])  # warm-up (imports iminuit)
         if nuisances == "none":
@@ -120,6 +126,16 @@ def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc
             "fixed_fit_coverage_68": float(np.mean(np.abs(np.asarray(res.values) - dc9) <= np.asarray(res.errors))),
             "profiled_coverage_68": float(np.mean(np.abs(pr.values - dc9) <= pr.errors)),
         })
+        if nuisances == "bsz+pc":  # the form factors alone profiled, on the same sets: what ignoring the corrections costs
+            ff = profile.fit_sets_profiled(ff_table, arr, prior_scale=prior_scale)
+            out.update({
+                "sigma_crb_eff_form_factors_only": float(likelihood.efficient_bound(
+                    I[:1 + ntable.n_form_factors, :1 + ntable.n_form_factors], 1, events_per_set,
+                    np.eye(ntable.n_form_factors) / prior_scale**2)[0][0]),
+                "form_factor_fit_sigma_over_crb_eff": float(np.std(ff.values, ddof=1)) / eff,
+                "form_factor_fit_median_error_over_crb_eff": float(np.nanmedian(ff.errors)) / eff,
+                "form_factor_fit_coverage_68": float(np.mean(np.abs(ff.values - dc9) <= ff.errors)),
+            })
         for n in LUMINOSITY_EVENTS:  # the bounds at the seeds' luminosities (about 100 events per ab^-1)
             b_fix = float(likelihood.sigma_crb(table, [dc9], n))
             b_eff = float(likelihood.efficient_bound(I, 1, n, np.eye(ntable.n_nuisances) / prior_scale**2)[0][0])

@@ -15,6 +15,7 @@ Examples:
   wcscan bench generate          # a table of timings
   wcscan bench fit --json        # machine-readable
   wcscan bench fit --nuisances bsz --json   # the profiled fit beside the fixed one, and sigma/sigma_CRB,eff
+  wcscan bench fit --nuisances bsz+pc       # the same with the power corrections, and the form-factor-only fit
   wcscan bench images --json     # voxel images vs scipy binned_statistic_dd
   wcscan bench scan --json       # Ray generation, 1 worker vs 2, seed-study projection
   wcscan bench resnet --json     # ResNet-34, 50^3, batch 32, AMP: training images/s (a GPU node)
@@ -35,8 +36,9 @@ Every figure is a median of repeats; ratios are measured side by side in one run
 @click.option("--repeats", type=int, default=3, show_default=True, metavar="N", help="resnet: repeats (median).")
 @click.option("--no-amp", "amp", is_flag=True, flag_value=False, default=True, help="resnet: full precision.")
 @click.option("--device", default=None, metavar="DEV", help="resnet: torch device (default: cuda if available).")
-@click.option("--nuisances", type=click.Choice(["none", "bsz"]), default="none", show_default=True,
-              help="fit: bsz times the profiled fit (delta C9 and flavio's 19 form factors) beside the fixed one.")
+@click.option("--nuisances", type=click.Choice(["none", "bsz", "bsz+pc"]), default="none", show_default=True,
+              help="fit: bsz times the profiled fit (delta C9 and flavio's 19 form factors) beside the fixed one; "
+                   "bsz+pc profiles flavio's 12 power corrections too, on sets drawn with them.")
 @common_options
 def bench(what, as_json, depth, width, bins, batch, steps, repeats, amp, device, nuisances, quiet, verbose):
     """Time a kernel on a fixed workload and report the timings."""

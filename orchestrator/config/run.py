@@ -262,7 +262,9 @@ class NuisancesConfig(_Strict):
     """Hadronic nuisances (:mod:`kernels.nuisances`): ``form_factors: bsz`` draws every test set's world from
     flavio's prior on the 19 BSZ form factors (``worlds: per_set``, or one world per point: ``per_point``),
     widened by ``prior_scale``, and adds the profiled fit and sigma_CRB,eff. ``none`` (the default) is the
-    idealised study with the form factors fixed."""
+    idealised study with the form factors fixed. ``power_corrections: true`` adds flavio's power corrections
+    to the worlds, the bound and the profiled fit (:mod:`kernels.amplitudes`); the networks then marginalise
+    the form factors alone, and ``ml_fit_profiled_ff`` is the fit that profiles the form factors only."""
 
     form_factors: Literal["none", "bsz"] = "none"
     power_corrections: bool = False
@@ -276,13 +278,12 @@ class NuisancesConfig(_Strict):
 
         return check_prior_scale(v, "prior_scale")
 
-    @field_validator("power_corrections")
-    @classmethod
-    def _power(cls, v):
-        if v:
-            raise ValueError("power corrections are in the bounds only (wcscan bounds --power-corrections); "
-                             "the run's worlds, fits and estimators hold the form factors")
-        return v
+    @model_validator(mode="after")
+    def _power(self):
+        if self.power_corrections and self.form_factors == "none":
+            raise ValueError("power_corrections: true needs form_factors: bsz (the corrections multiply the "
+                             "form factors)")
+        return self
 
 
 class MLflowConfig(_Strict):

@@ -196,13 +196,22 @@ def run_job(
     det = detector.DetectorConfig.from_dict(cfg.scan.detector)
 
     nc = cfg.nuisances
-    ntable = None
+    ntable = wtable = None  # the form factors' tables (the networks), and the worlds' (with the power corrections)
     if nc.form_factors != "none":  # before Ray starts: the table's flavio processes fork from this one
         from kernels import nuisances
 
         stage("bi-quadratic theory tables over delta C9 x the BSZ form factors (cached after the first run)")
         with progress("theory tables", nuisances.n_evaluations(1, 19) + 1, "flavio calls") as adv:
-            ntable = nuisances.nuisance_table(["C9_bsmumu"], windows, nc.form_factors, workers=2, progress=adv or None)
+            ntable = wtable = nuisances.nuisance_table(["C9_bsmumu"], windows, nc.form_factors, workers=2,
+                                                       progress=adv or None)
+        if nc.power_corrections:
+            from kernels import amplitudes
+
+            stage("amplitude tables over delta C9 x the power corrections x the form factors (cached after the first run)")
+            n_pc = len(amplitudes.power_corrections(windows))
+            with progress("amplitude tables", amplitudes.n_amplitude_evaluations(1, 19, n_pc), "flavio calls") as adv:
+                wtable = amplitudes.amplitude_table(["C9_bsmumu"], windows, nc.form_factors, workers=2,
+                                                    progress=adv or None)
     stage(f"generating {len(grid)} points x {cfg.scan.events_per_point} events at level {level}")
     events_dir = out / "events"
     with progress("generate", len(grid) * cfg.scan.events_per_point, "events") as adv:
@@ -228,10 +237,10 @@ def run_job(
         with progress("test MC", len(ec.dc9), "points") as adv:
             if ntable is None:
                 sets, crb = evaluation_sets(table, pdf, ec.dc9, ec.events_per_set, ec.sets, cfg.seed, level, det, adv or None)
-            else:  # every test set in a world drawn from the form factors' prior
-                sets, crb, crb_eff, worlds = evaluation_worlds(ntable, pdf, ec.dc9, ec.events_per_set, ec.sets, cfg.seed,
+            else:  # every test set in a world drawn from the prior of the hadronic inputs
+                sets, crb, crb_eff, worlds = evaluation_worlds(wtable, pdf, ec.dc9, ec.events_per_set, ec.sets, cfg.seed,
                                                                level, det, nc.prior_scale, nc.worlds, adv or None)
-                _write_worlds(out / "evaluation" / "worlds.csv", worlds, ntable.prior.names)
+                _write_worlds(out / "evaluation" / "worlds.csv", worlds, wtable.prior.names)
 
         mc = cfg.models
         need_pools = (mc.deepsets and mc.deepsets.enabled and not (mc.deepsets.summary == "score"
@@ -259,7 +268,10 @@ def run_job(
             jobs.append(("ml_fit", mc.ml_fit, None, lambda net: estimators.MLFitEstimator(table, pdf, name="ml_fit")))
             if ntable is not None:
                 jobs.append(("ml_fit_profiled", mc.ml_fit, None, lambda net: estimators.ProfiledFitEstimator(
-                    ntable, pdf, nc.prior_scale, name="ml_fit_profiled")))
+                    wtable, pdf, nc.prior_scale, name="ml_fit_profiled")))
+            if wtable is not ntable:  # the power corrections: the fit that profiles the form factors alone
+                jobs.append(("ml_fit_profiled_ff", mc.ml_fit, None, lambda net: estimators.ProfiledFitEstimator(
+                    ntable, pdf, nc.prior_scale, name="ml_fit_profiled_ff")))
         if mc.resnet3d and mc.resnet3d.enabled:
             ic = cfg.images
             rn_name = "resnet3d" if ntable is None else "resnet3d_marginal"  # with nuisances, marginalised

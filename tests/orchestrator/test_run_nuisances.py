@@ -196,7 +196,7 @@ def test_the_worlds_of_the_test_sets_are_recorded(ff_run):
 @pytest.mark.parametrize("field, value, message", [
     ("prior_scale", "0", "prior_scale must be a finite number > 0"),
     ("form_factors", "lcsr", "nuisances.form_factors"),
-    ("power_corrections", "true", "power corrections are in the bounds only"),
+    ("power_corrections", "maybe", "power_corrections"),
 ])
 def test_bad_nuisance_settings_are_one_line_errors(tmp_path, capsys, field, value, message):
     cfg = tmp_path / "bad.yaml"
@@ -206,3 +206,66 @@ def test_bad_nuisance_settings_are_one_line_errors(tmp_path, capsys, field, valu
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+# --- the power corrections in the run -------------------------------------------------------------------------------
+
+TINY_PC = """
+name: tiny-pc
+seed: 4
+nuisances: {form_factors: bsz, power_corrections: true}
+scan: {dc9: [-1.0, 0.0], events_per_point: 2000, level: gen}
+models:
+  ml_fit: {enabled: true}
+evaluation: {dc9: [-0.5], sets: 40, events_per_set: 3000}
+"""
+PC = ("B0->K*0 delta_C7 b_- Re", "B0->K*0 delta_C7 a_0 Re")
+
+
+@pytest.fixture(scope="module")
+def pc_run(tmp_path_factory, ff_tables_cache):
+    """The job with 3 form factors and 2 power corrections (the strongest): 40 sets in worlds drawn with both."""
+    from kernels import amplitudes
+
+    tmp = tmp_path_factory.mktemp("pc")
+    real_ff, real_amp = nuisances.nuisance_table, amplitudes.amplitude_table
+    mp = pytest.MonkeyPatch()
+    mp.setattr(nuisances, "nuisance_table", lambda c, w, ff, **kw: real_ff(c, w, FF, cache=ff_tables_cache, workers=1))
+    mp.setattr(amplitudes, "amplitude_table", lambda c, w, ff, **kw: real_amp(c, w, FF, PC, cache=ff_tables_cache))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = tmp / "tiny-pc.yaml"
+    cfg.write_text(TINY_PC)
+    try:
+        code = main(["run", "--config", str(cfg), "--out", str(tmp / "out"), "--workers", "0", "--quiet"])
+    finally:
+        mp.undo()
+    return code, tmp / "out"
+
+
+def test_with_power_corrections_the_worlds_and_the_profiled_fit_carry_them(pc_run, ff_tables_cache):
+    from kernels import amplitudes, likelihood
+
+    code, out = pc_run
+    assert code == 0
+    with open(out / "evaluation" / "worlds.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert all(any(n in h for h in header) for n in FF + PC)
+    table = amplitudes.amplitude_table(["C9_bsmumu"], [(1.1, 6.0)], FF, PC, cache=ff_tables_cache)
+    I = likelihood.fisher_information_nuisances(table, [-0.5])
+    eff = likelihood.efficient_bound(I, 1, 3000, np.eye(5))[0][0]
+    ff_only = likelihood.efficient_bound(I[:4, :4], 1, 3000, np.eye(3))[0][0]
+    prof, ff, fixed = (_rows(out, n)[0] for n in ("ml_fit_profiled", "ml_fit_profiled_ff", "ml_fit"))
+    for row in (prof, ff, fixed):  # every estimator against the bound with the power corrections
+        assert float(row["sigma_crb_eff"]) == pytest.approx(eff, rel=1e-9)
+    assert ff_only < 0.85 * eff
+    assert 0.65 < float(prof["sigma_over_crb_eff"]) < 1.4  # 40 sets: sigma known to about 11%
+    assert float(prof["coverage_68"]) > float(ff["coverage_68"])  # the form factors alone are not enough
+
+
+def test_power_corrections_need_the_form_factors(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(TINY_PC.replace("form_factors: bsz", "form_factors: none"))
+    assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "power_corrections: true needs form_factors: bsz" in err
+    assert not (tmp_path / "o").exists()
