@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from kernels import angular
-from kernels.errors import TheoryError
+from kernels.errors import ConfigError, TheoryError
 from kernels.files import atomic_path
-from kernels.errors import ConfigError
 from kernels.nuisances import NuisanceTable, Prior, flavio_prior, form_factor_names, map_evaluations
 from kernels.theory import (
     DEFAULT_WINDOWS,
@@ -202,34 +201,49 @@ class AmplitudeTable:
 
     def _parts(self, c, u):
         """The amplitudes ``r (2, K, R)``, their derivatives ``D (n, 2, K, R)`` in the vector's order (c, u, v),
-        ``M r (2, K, 12, R)``, and where (c, v) sit in the vector."""
+        ``M r (2, K, 12, R)``, and where (c, v) sit in the vector. The last point's are kept: a Newton step
+        asks for the values and the Hessians at the same point."""
+        key = (np.asarray(c, dtype=np.float64).tobytes(), np.asarray(u, dtype=np.float64).tobytes())
+        cached = self.__dict__.get("_last")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         w, a = self._wa(c, u)
         nc = self.n_shifts
-        H = self.H
-        r = np.einsum("i,j,sijkr->skr", w, a, H)
-        dw = np.einsum("j,sijkr->iskr", a, H)[1:]  # d r / d (c, v)
-        da = np.einsum("i,sijkr->jskr", w, H)[1:]  # d r / d u
-        D = np.concatenate([dw[:nc], da, dw[nc:]])
-        Mr = np.einsum("ktrq,skq->sktr", self.M, r)
+        Hw = np.tensordot(w, self.H, axes=(0, 1))  # (s, j, k, r)
+        r = np.tensordot(a, Hw, axes=(0, 1))  # (s, k, r)
+        dw = np.tensordot(a, self.H, axes=(0, 2)).transpose(1, 0, 2, 3)[1:]  # d r / d (c, v): (i, s, k, r)
+        da = Hw.transpose(1, 0, 2, 3)[1:]  # d r / d u
+        D = np.ascontiguousarray(np.concatenate([dw[:nc], da, dw[nc:]]))
+        Mr = np.matmul(self.M[None], r[:, :, None, :, None])[..., 0]  # (s, k, t, r)
         x_side = np.r_[np.arange(nc), nc + self.n_form_factors + np.arange(D.shape[0] - nc - self.n_form_factors)]
-        return r, D, Mr, x_side
+        parts = (r, D, Mr, x_side)
+        object.__setattr__(self, "_last", (key, parts))
+        return parts
 
     def node_values(self, c, u) -> tuple[np.ndarray, np.ndarray]:
         """J ``(K, 12)`` and its gradient ``(n, K, 12)`` in ``(c, u, v)``, exact."""
         r, D, Mr, _ = self._parts(c, u)
-        return np.einsum("skr,sktr->kt", r, Mr) / (2 * self.scale), np.einsum("pskr,sktr->pkt", D, Mr) / self.scale
+        n, S, K, R = D.shape
+        J = np.einsum("skr,sktr->kt", r, Mr)
+        # per node: (n, s r) @ (s r, 12)
+        grad = np.matmul(D.transpose(2, 0, 1, 3).reshape(K, n, S * R), Mr.transpose(1, 0, 3, 2).reshape(K, S * R, 12))
+        return J / (2 * self.scale), grad.transpose(1, 0, 2) / self.scale
 
     def contracted_hessians(self, c, u, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
         """``sum_kt W_kt d2 J_kt`` ``(n, n)`` for each ``W (K, 12)`` of ``weights``, without forming the
         ``(n, n, K, 12)`` Hessian: each W first folds the angular forms, ``Q_k = sum_t W_kt M_kt``."""
         r, D, _, x_side = self._parts(c, u)
-        nf, u_side = self.n_form_factors, self.n_shifts + np.arange(self.n_form_factors)
+        n, S, K, R = D.shape
+        u_side = self.n_shifts + np.arange(self.n_form_factors)
+        M2 = self.M.reshape(K, 12, R * R)
+        Hx = self.H[:, 1:, 1:]  # d2 r / d(c, v)_i du_j
         out = []
         for W in weights:
-            Q = np.einsum("kt,ktrq->krq", np.asarray(W, dtype=np.float64), self.M)
-            QD = np.einsum("krq,xskq->xskr", Q, D)
-            hess = np.einsum("pskr,xskr->px", D, QD)
-            cross = np.einsum("sijkr,skr->ij", self.H[:, 1:, 1:], np.einsum("krq,skq->skr", Q, r))
+            Q = np.matmul(np.asarray(W, dtype=np.float64)[:, None, :], M2).reshape(K, R, R)
+            QD = np.matmul(Q, D[..., None])[..., 0]  # (n, s, k, r)
+            hess = D.reshape(n, -1) @ QD.reshape(n, -1).T
+            Qr = np.matmul(Q, r[..., None])[..., 0]  # (s, k, r)
+            cross = np.tensordot(Hx, Qr, axes=([0, 3, 4], [0, 1, 2]))
             hess[np.ix_(x_side, u_side)] += cross
             hess[np.ix_(u_side, x_side)] += cross.T
             out.append(hess / self.scale)

@@ -167,7 +167,7 @@ def fit_point(
     ).reshape(sets, events_per_set, len(COLUMNS))
 
     log.info("%s (dc9=%g): fitting %d sets x %d events%s", label, dc9_true, sets, events_per_set,
-             "" if profiled is None else f", {profiled.table.n_nuisances} form factors profiled")
+             "" if profiled is None else f", {profiled.table.n_nuisances} nuisances profiled")
     if profiled is None:
         result = likelihood.fit_sets(table, arr, model, progress=progress)
     else:
@@ -214,15 +214,20 @@ class Profiled:
         return float(likelihood.efficient_bound(I, 1, n_events, prec)[0][0])
 
 
-def check_nuisances(nuisances: str, prior_scale: float | None) -> float:
-    """The fit's nuisance options: ``nuisances`` is ``none`` or ``bsz``; ``prior_scale`` (None: 1) only with ``bsz``."""
-    from kernels.nuisances import FORM_FACTOR_SETS, check_prior_scale
+FIT_NUISANCES = ("none", "bsz", "bsz+pc")
+"""``wcscan fit --nuisances``: none, flavio's 19 BSZ form factors, or those and its power corrections."""
 
-    if nuisances not in FORM_FACTOR_SETS:
-        raise ConfigError(f"unknown --nuisances {nuisances!r}; expected one of {', '.join(FORM_FACTOR_SETS)}")
+
+def check_nuisances(nuisances: str, prior_scale: float | None) -> float:
+    """The fit's nuisance options: ``nuisances`` is one of :data:`FIT_NUISANCES`; ``prior_scale`` (None: 1)
+    only with nuisances."""
+    from kernels.nuisances import check_prior_scale
+
+    if nuisances not in FIT_NUISANCES:
+        raise ConfigError(f"unknown --nuisances {nuisances!r}; expected one of {', '.join(FIT_NUISANCES)}")
     if nuisances == "none":
         if prior_scale is not None:
-            raise ConfigError("--prior-scale goes with --nuisances bsz (the form factors' prior)")
+            raise ConfigError("--prior-scale goes with --nuisances bsz or bsz+pc (the hadronic inputs' prior)")
         return 1.0
     return check_prior_scale(1.0 if prior_scale is None else prior_scale, "--prior-scale")
 
@@ -233,12 +238,12 @@ def profiled_theory(ntable: Any, prior_scale: float) -> Callable[[list, Any, Any
     and adds the normalisation under the events' pdf."""
 
     def theory(coefficients, windows, model) -> Profiled:
-        from kernels import likelihood
+        from kernels.profile import profile_normalisation
 
         if tuple(coefficients) != tuple(ntable.coefficients) or tuple(map(tuple, windows)) != tuple(ntable.windows):
             raise ConfigError(f"the form-factor tables are over {list(ntable.coefficients)} in {list(ntable.windows)}, "
                               f"the events over {list(coefficients)} in {[tuple(w) for w in windows]}")
-        return Profiled(ntable, prior_scale, likelihood.normalisation(ntable.flat, model))
+        return Profiled(ntable, prior_scale, profile_normalisation(ntable, model))
 
     return theory
 

@@ -63,8 +63,15 @@ def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_
             m = read_event_manifest(dataset)
             refuse_short_points(dataset, m.points, events_per_set, sets)
             coefficients, tables_windows = list(m.coefficients), th.validate_windows(m.windows)
-        with progress("theory tables", nuis.n_evaluations(len(coefficients), 19) + 1, "flavio calls") as adv:
-            ntable = nuis.nuisance_table(coefficients, tables_windows, nuisances, workers=2, progress=adv or None)
+        if nuisances == "bsz+pc":  # the power corrections too: tables from the helicity amplitudes
+            from kernels import amplitudes as amp
+
+            n = amp.n_amplitude_evaluations(len(coefficients), 19, len(amp.power_corrections(tables_windows)))
+            with progress("amplitude tables", n, "flavio calls") as adv:
+                ntable = amp.amplitude_table(coefficients, tables_windows, "bsz", workers=2, progress=adv or None)
+        else:
+            with progress("theory tables", nuis.n_evaluations(len(coefficients), 19) + 1, "flavio calls") as adv:
+                ntable = nuis.nuisance_table(coefficients, tables_windows, nuisances, workers=2, progress=adv or None)
         theory = profiled_theory(ntable, scale)
     if points is not None:
         with progress("fit", sets * len(points), "sets") as advance:
@@ -81,7 +88,8 @@ def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_
         outcome.csv = write_points_csv(rows, out)
         known = [r for r in rows if math.isfinite(r["dc9_true"])]  # the figure plots against the truth
         if known:
-            what = "ML fit" if nuisances == "none" else "Profiled ML fit (BSZ form factors)"
+            what = {"none": "ML fit", "bsz": "Profiled ML fit (BSZ form factors)",
+                    "bsz+pc": "Profiled ML fit (BSZ form factors and power corrections)"}[nuisances]
             outcome.figure = plot_fit_summary(known, out.with_suffix(".png"),
                                               title=f"{what}, {sets} sets x {events_per_set} events")
     return outcome

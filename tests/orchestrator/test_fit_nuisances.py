@@ -121,3 +121,25 @@ def test_the_profiled_fit_of_a_dataset(small_tables, tmp_path):
     with open(out, newline="") as fh:
         row = next(csv.DictReader(fh))
     assert float(row["sigma_crb_eff"]) > float(row["sigma_crb"]) > 0
+
+
+def test_the_power_corrections_profiled_on_a_users_events(world_events, tmp_path, ff_tables_cache, monkeypatch):
+    from kernels import amplitudes
+
+    pc = ("B0->K*0 delta_C7 b_- Re",)
+    real = amplitudes.amplitude_table
+    monkeypatch.setattr(amplitudes, "amplitude_table", lambda c, w, ff, **kw: real(c, w, FF, pc, cache=ff_tables_cache))
+    path, arr = world_events
+    out = tmp_path / "fit-pc.csv"
+    code = _run("--events-file", path, "--level", "gen", "--dc9-true", DC9, "--nuisances", "bsz+pc",
+                "--events-per-set", N, "--sets", M, "--out", out)
+    assert code == 0
+    with open(out, newline="") as fh:
+        row = list(csv.DictReader(fh))[0]
+    at = real(["C9_bsmumu"], ((1.1, 6.0),), FF, pc, cache=ff_tables_cache)
+    ref = profile.fit_sets_profiled(at, arr.astype(np.float32).astype(np.float64), prior_scale=1.0)
+    assert float(row["mean"]) == pytest.approx(float(np.mean(ref.values)), abs=1e-6)
+    I = likelihood.fisher_information_nuisances(at, [DC9])
+    eff = float(likelihood.efficient_bound(I, 1, N, np.eye(at.n_nuisances))[0][0])
+    ff_only = float(likelihood.efficient_bound(I[:4, :4], 1, N, np.eye(3))[0][0])
+    assert float(row["sigma_crb_eff"]) == pytest.approx(eff, rel=1e-9) and eff > ff_only
