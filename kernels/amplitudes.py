@@ -199,6 +199,17 @@ class AmplitudeTable:
         coef = quadratic_coefficients([self.j(c, u) for c in stencil(self.n_shifts)], self.n_shifts)
         return self._jtable(coef, f"{self.key}-u{hashlib.sha256(u.tobytes()).hexdigest()[:12]}")
 
+    def linear_table(self) -> JTable:
+        """J and its exact gradient in the nuisances at the prior's centre, as quadratics in c: the JTable of
+        ``P_c (1 + n)`` tables ``m(c) (x) (1, u_1 .. u_n)`` (:func:`kernels.joint.nuisance_linear_table`)."""
+        zero, nc = np.zeros(self.n_nuisances), self.n_shifts
+        vals = []
+        for c in stencil(nc):
+            J, dJ = self.node_values(c, zero)
+            vals.append(np.concatenate([J[None], dJ[nc:]]))
+        coef = quadratic_coefficients(vals, nc)  # (P_c, 1 + n, K, 12)
+        return self._jtable(np.ascontiguousarray(coef.reshape(-1, *coef.shape[2:])), f"{self.key}-linear")
+
     def _parts(self, c, u):
         """The amplitudes ``r (2, K, R)``, their derivatives ``D (n, 2, K, R)`` in the vector's order (c, u, v),
         ``M r (2, K, 12, R)``, and where (c, v) sit in the vector. The last point's are kept: a Newton step

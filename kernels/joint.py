@@ -34,8 +34,7 @@ events do not depend on d: their joint score and log-ratio are 0. Regressing t o
 x with a squared loss learns ``E[t | x] = d/dd ln p(x|d)``, the score of the
 observed event (Brehmer, Cranmer, Louppe and Pavez 2018).
 
-:func:`sample_joint` draws a training sample with d spread continuously over a
-range, each event with its truth and its joint score.
+:func:`sample_joint` draws events with d spread over a range, each with its truth and joint score.
 
 >>> import numpy as np
 >>> a = np.array([[1.0, 0.5, 0.25]])                     # G(z; d) = 1 + d/2 + d^2/4
@@ -56,7 +55,7 @@ import numpy as np
 from kernels import detector as _detector
 from kernels import likelihood
 from kernels.errors import ConfigError
-from kernels.theory import JTable, monomial_gradient, monomials
+from kernels.theory import JTable, monomial_gradient, monomials, n_monomials
 
 __all__ = [
     "JointSample",
@@ -410,14 +409,15 @@ def nuisance_linear_table(ntable) -> JTable:
     """The bi-quadratic tables of :mod:`kernels.nuisances` cut to the terms of degree 0 and 1 in the
     whitened nuisances u: ``m(c) (x) (1, u_1 .. u_n)``, a JTable of ``P_c (1 + n_u)`` tables. At u = 0
     they give G and its exact u-gradient, ``G(z; c, u) = G(z; c, 0) + u . grad_u G(z; c, 0) + O(u^2)``."""
-    n_u = ntable.n_nuisances
-    coef = np.ascontiguousarray(ntable.coef[:, : 1 + n_u]).reshape(-1, *ntable.coef.shape[2:])
+    if hasattr(ntable, "linear_table"):  # a kernels.amplitudes.AmplitudeTable: the power corrections too
+        return ntable.linear_table()
+    coef = np.ascontiguousarray(ntable.coef[:, : 1 + ntable.n_nuisances]).reshape(-1, *ntable.coef.shape[2:])
     return ntable._jtable(coef, f"{ntable.key}-linear")
 
 
 def _linear_parts(ntable, a: np.ndarray, d: np.ndarray):
     """``G`` (E,) and ``grad_u G`` (E, n_u) at u = 0 from linear-table projections ``a`` (E, P_c (1 + n_u))."""
-    P_c = ntable.coef.shape[0]
+    P_c = n_monomials(ntable.n_shifts)
     a = a.reshape(a.shape[0], P_c, -1)
     m = monomials(d)  # (E, P_c)
     both = np.einsum("epq,ep->eq", a, m)
@@ -433,7 +433,7 @@ def nuisance_scores(ntable, true_events, d, norm: np.ndarray, is_signal=None) ->
     z = _events(true_events)
     dd = _shifts(ntable.at(np.zeros(ntable.n_nuisances)), d, z.shape[0])
     sig = _signal(is_signal, z.shape[0])
-    nrm = np.asarray(norm, dtype=np.float64).reshape(ntable.coef.shape[0], -1)
+    nrm = np.asarray(norm, dtype=np.float64).reshape(n_monomials(ntable.n_shifts), -1)
     gam = monomials(dd) @ nrm  # (n, 1 + n_u)
     out = np.zeros((z.shape[0], ntable.n_nuisances))
     if sig.any():
@@ -474,7 +474,7 @@ def nuisance_quadratic(ntable, true_events, d_ref: float, norm: np.ndarray, is_s
     """
     z = _events(true_events)
     r = float(d_ref)
-    P_c = ntable.coef.shape[0]
+    P_c = n_monomials(ntable.n_shifts)
     nrm = np.asarray(norm, dtype=np.float64).reshape(P_c, -1)  # (P_c, 1 + n_u) in powers of d
     mean = normalisation_slopes(nrm, r)
     sig = _signal(is_signal, z.shape[0])

@@ -263,8 +263,9 @@ class NuisancesConfig(_Strict):
     flavio's prior on the 19 BSZ form factors (``worlds: per_set``, or one world per point: ``per_point``),
     widened by ``prior_scale``, and adds the profiled fit and sigma_CRB,eff. ``none`` (the default) is the
     idealised study with the form factors fixed. ``power_corrections: true`` adds flavio's power corrections
-    to the worlds, the bound and the profiled fit (:mod:`kernels.amplitudes`); the networks then marginalise
-    the form factors alone, and ``ml_fit_profiled_ff`` is the fit that profiles the form factors only."""
+    to the worlds, the bound, the profiled fit and the profiled event posterior (:mod:`kernels.amplitudes`);
+    Deep Sets and the ResNet then marginalise the form factors alone, and ``ml_fit_profiled_ff`` is the fit
+    that profiles the form factors only."""
 
     form_factors: Literal["none", "bsz"] = "none"
     power_corrections: bool = False

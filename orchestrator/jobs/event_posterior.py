@@ -74,8 +74,9 @@ NUISANCE_REFERENCE_EVENTS = 300_000
 
 def train_nuisance_posterior(cfg, ntable, base, det, level: str, train_config, on_epoch, progress):
     """Train and calibrate the u-slopes of the event posterior (:class:`models.nuisance_posterior.NuisanceScoreNet`)
-    beside the trained ``base`` (frozen): score regression in the 19 whitened form factors at u = 0 on fresh
-    joint MC over the base's training range. Returns ``(net, history)``."""
+    beside the trained ``base`` (frozen): score regression in the whitened nuisances of ``ntable`` (the 19 form
+    factors, and with an amplitude table the power corrections) at u = 0 on fresh joint MC over the base's
+    training range. Returns ``(net, history)``."""
     import numpy as np
 
     from kernels import joint

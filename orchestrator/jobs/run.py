@@ -299,7 +299,7 @@ def run_job(
                          lambda net: estimators.EventPosteriorEstimator(net, name="event_posterior")))
             if ntable is not None and mc.event_classifier.head == "score":
                 jobs.append(("event_posterior_profiled", mc.event_classifier,
-                             lambda: train_nuisance_posterior(cfg, ntable, trained["net"], det, level, _train_config(
+                             lambda: train_nuisance_posterior(cfg, wtable, trained["net"], det, level, _train_config(
                                  mc.event_classifier.train, cfg, loss="mse"), lambda adv: _EpochLogger(tracker, adv),
                                  progress),
                              lambda net: estimators.NuisanceEventPosteriorEstimator(net, nc.prior_scale,

@@ -151,3 +151,14 @@ def test_the_node_normalisation_is_the_rate(atable):
     u = np.linspace(-1, 1, atable.n_nuisances)
     world = atable.at(u)
     assert float(np.sum(N * atable.j([0.4], u))) == pytest.approx(float(theory.monomials([0.4]) @ world.rate_integral()), rel=1e-12)
+
+
+def test_the_linear_table_is_j_and_its_nuisance_gradient_at_the_centre(atable):
+    from kernels import joint
+
+    lin = joint.nuisance_linear_table(atable)
+    n = atable.n_nuisances
+    for c in (-0.7, 0.4):
+        J, dJ = atable.node_values([c], np.zeros(n))
+        got = np.tensordot(theory.monomials([c]), lin.coef.reshape(3, 1 + n, *lin.coef.shape[1:]), axes=(0, 0))
+        assert np.allclose(got[0], J, rtol=0, atol=1e-13) and np.allclose(got[1:], dJ[1:], rtol=0, atol=1e-12)

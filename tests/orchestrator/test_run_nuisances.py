@@ -217,6 +217,14 @@ nuisances: {form_factors: bsz, power_corrections: true}
 scan: {dc9: [-1.0, 0.0], events_per_point: 2000, level: gen}
 models:
   ml_fit: {enabled: true}
+  event_classifier:
+    head: score
+    hidden: 16
+    layers: 2
+    events_per_point: 1000
+    train_events: 30000
+    reference_events: 50000
+    train: {epochs: 2, batch_size: 512, lr: 0.003, weight_decay: 0.0, patience: 2}
 evaluation: {dc9: [-0.5], sets: 40, events_per_set: 3000}
 """
 PC = ("B0->K*0 delta_C7 b_- Re", "B0->K*0 delta_C7 a_0 Re")
@@ -269,3 +277,12 @@ def test_power_corrections_need_the_form_factors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "power_corrections: true needs form_factors: bsz" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_with_power_corrections_the_event_posterior_profiles_them_too(pc_run):
+    code, out = pc_run
+    assert code == 0
+    naive, aware = _rows(out, "event_posterior")[0], _rows(out, "event_posterior_profiled")[0]
+    assert aware["sigma_crb_eff"] == _rows(out, "ml_fit_profiled")[0]["sigma_crb_eff"]
+    assert float(aware["pull_width"]) < float(naive["pull_width"])  # its errors carry the 5 nuisances
+    assert float(aware["coverage_68"]) > float(naive["coverage_68"])
