@@ -97,11 +97,10 @@ class DeepSets(nn.Module):
             if not score_points:
                 raise ConfigError("summary 'score' needs score_points, the reference shifts of phi's joint scores")
             score_points = tuple(float(d) for d in score_points)
-            nuisance_points = tuple(float(d) for d in (nuisance_points or ()))
-            if int(nuisance_scores) < 0 or bool(nuisance_scores) != bool(nuisance_points):
-                raise ConfigError("nuisance scores need both their number (nuisance_scores > 0) and the shifts "
-                                  f"where they are taken (nuisance_points), got {nuisance_scores}, {nuisance_points}")
-            latent = len(score_points) + int(nuisance_scores) * len(nuisance_points)
+            from models.score_summary import check_nuisance_scores
+
+            nuisance_scores, nuisance_points = check_nuisance_scores(nuisance_scores, nuisance_points)
+            latent = len(score_points) + nuisance_scores * len(nuisance_points)
         elif nuisance_scores:
             raise ConfigError("nuisance scores are a score summary's: they need summary='score'")
         if pool not in POOLS:

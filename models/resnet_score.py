@@ -75,10 +75,7 @@ class ScoreResNet3d(nn.Module):
         if width < 1 or blocks < 0:
             raise ConfigError(f"width must be >= 1 and blocks >= 0, got {width}, {blocks}")
         bins = check_bins(bins)
-        u_points = tuple(float(d) for d in (nuisance_points or ()))
-        if int(nuisance_scores) < 0 or bool(nuisance_scores) != bool(u_points):
-            raise ConfigError("nuisance scores need both their number (nuisance_scores > 0) and the shifts where "
-                              f"they are taken (nuisance_points), got {nuisance_scores}, {nuisance_points}")
+        nuisance_scores, u_points = score_summary.check_nuisance_scores(nuisance_scores, nuisance_points)
         self.hparams = dict(score_points=points, bins=bins, width=width, blocks=blocks, rho_hidden=rho_hidden,
                             rho_layers=rho_layers, head=check_head(head))
         if nuisance_scores:

@@ -17,7 +17,23 @@ from torch.utils.data import TensorDataset
 from models.heads import finish_output
 from models.training import TrainConfig, train
 
-__all__ = ["train_rho"]
+__all__ = ["check_nuisance_scores", "train_rho"]
+
+
+def check_nuisance_scores(nuisance_scores, nuisance_points) -> tuple[int, tuple[float, ...]]:
+    """``(n_u, points)``: the number of nuisances whose joint scores a score summary also regresses, and the shifts
+    where it takes them; both given or neither (0, ()). Anything else is a one-line ConfigError.
+
+    >>> check_nuisance_scores(3, [0.5]), check_nuisance_scores(0, None)
+    ((3, (0.5,)), (0, ()))
+    """
+    from kernels.errors import ConfigError
+
+    points = tuple(float(d) for d in (nuisance_points or ()))
+    if int(nuisance_scores) < 0 or bool(nuisance_scores) != bool(points):
+        raise ConfigError("nuisance scores need both their number (nuisance_scores > 0) and the shifts where they "
+                          f"are taken (nuisance_points), got {nuisance_scores}, {nuisance_points}")
+    return int(nuisance_scores), points
 
 
 class _Rho(nn.Module):

@@ -49,6 +49,15 @@ def rho_range(section, grid, evaluation) -> tuple[float, float]:
     return widened_range(section.rho_range, grid, evaluation, 0.5)
 
 
+def nuisance_score_points(span) -> tuple[float, ...]:
+    """Where stage 1 takes the nuisances' joint scores (Deep Sets and the score ResNet): the middle of ``span``.
+
+    >>> nuisance_score_points((-2.0, 1.0))
+    (-0.5,)
+    """
+    return (0.5 * (float(span[0]) + float(span[1])),)
+
+
 def _phi_data(table, det, level: str, span, points, n: int, seed: int, ntable=None, nuisance_points=()):
     """phi's training and validation events and targets: the joint scores at ``points``, then (with
     ``ntable``) the nuisances' joint scores at u = 0 at each of ``nuisance_points``."""
@@ -120,7 +129,7 @@ def train_score_deepsets(cfg, table, det, level: str, phi_config, rho_config, po
     points = tuple(float(d) for d in np.linspace(*span, dc.score_points))
     if ntable is not None and dc.data != "stream":
         raise ConfigError("Deep Sets with nuisances draws each of rho's sets in its own world: it needs data: stream")
-    u_points = () if ntable is None else (0.5 * (span[0] + span[1]),)
+    u_points = () if ntable is None else nuisance_score_points(span)
     x_tr, t_tr, x_va, t_va = _phi_data(table, det, level, span, points, dc.score_events, cfg.seed, ntable, u_points)
     seed_everything(cfg.seed)
     net = DeepSets(hidden=dc.hidden, phi_layers=dc.phi_layers, rho_layers=dc.rho_layers, pool="mean", head=dc.head,

@@ -59,7 +59,7 @@ def train_score_resnet(cfg, phi_config, rho_config, on_epoch, progress, address:
     from models.training import seed_everything
     from orchestrator.build.stream import StreamSource
     from orchestrator.build.stream_work import EPOCH_PHASE, VAL_PHASE, default_chunk_units
-    from orchestrator.jobs.deepsets_score import rho_range
+    from orchestrator.jobs.deepsets_score import nuisance_score_points, rho_range
     from orchestrator.jobs.event_posterior import train_range
 
     rc = cfg.models.resnet3d
@@ -69,7 +69,7 @@ def train_score_resnet(cfg, phi_config, rho_config, on_epoch, progress, address:
     score_grid = tuple(float(d) for d in np.linspace(*span, SCORE_GRID_POINTS))
     per_point = math.ceil(rc.score_images / SCORE_GRID_POINTS)
     n_val = max(1, per_point // 5)
-    u_points = () if ntable is None else (0.5 * (span[0] + span[1]),)
+    u_points = () if ntable is None else nuisance_score_points(span)
     source = StreamSource(_job(cfg, "resnet3d_score", score_grid, points, ntable, nuisance_points=u_points),
                           rc.stream_workers, rc.stream_in_flight, address)
     units = default_chunk_units(source.job)
