@@ -14,8 +14,15 @@ No Geant4 here (``physics.md``, "Detector level and background"):
   flagged by ``is_signal``.
 
 The likelihood (:mod:`kernels.likelihood`) includes the acceptance in the pdf
-and its normalisation, and the background as a second component; it neglects
-the resolution, which is small against the variation of the pdf.
+and its normalisation, and the background as a second component. Of the
+resolution it keeps one effect, the loss at the q2 window edges: smeared events
+leave the windows and none come in from outside (the generator has none there),
+so near an edge the observed density is ``eps G kappa`` with ``kappa`` of the
+observed q2, to first order in ``sigma_q2`` (:meth:`DetectorConfig.window_efficiency`).
+Without it a fit that also profiles the form factors reads the edge's missing
+events as a shift of the q2 shape, and is biased (``README``, the detector level
+with hadronic uncertainties). The rest of the resolution it neglects: small
+against the variation of the pdf.
 
 >>> DetectorConfig().check(((1.1, 6.0),))
 >>> DetectorConfig(efficiency_scale=2.0).check(((1.1, 6.0),))
@@ -166,9 +173,10 @@ class DetectorConfig:
         if level == "gen":
             return GEN
         self.check(windows)
+        eff = self.true_efficiency(windows)  # the acceptance times the window edges' loss (module docstring)
         if level == "det":
-            return PdfModel(efficiency=self.efficiency)
-        return PdfModel(efficiency=self.efficiency, background=self.background_pdf(windows), bkg_fraction=self.bkg_fraction)
+            return PdfModel(efficiency=eff)
+        return PdfModel(efficiency=eff, background=self.background_pdf(windows), bkg_fraction=self.bkg_fraction)
 
     # --- resolution ------------------------------------------------------------------
 
@@ -321,7 +329,8 @@ def sample_level_truth(table: JTable, shifts, n: int, seed, level: str = "gen",
 
 
 def mean_efficiency(table: JTable, shifts, det: DetectorConfig) -> float:
-    """The acceptance averaged over generator-level signal at ``shifts`` (by quadrature)."""
+    """The fraction of generator-level signal at ``shifts`` that the detector keeps: the acceptance times the
+    window edges' loss, averaged by quadrature."""
     from kernels import likelihood
     from kernels.theory import monomials
 

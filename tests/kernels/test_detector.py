@@ -126,3 +126,24 @@ def test_ignoring_the_acceptance_biases_the_fit(c9_table):
     sets = _arr(detector.sample_level(c9_table, [d], M * N, (13,), "det")).reshape(M, N, 4)
     naive = likelihood.fit_sets(c9_table, sets)
     assert abs(naive.values.mean() - d) > 10 * naive.values.std() / np.sqrt(M)
+
+
+def test_the_pdf_keeps_the_events_the_q2_smearing_loses_at_the_window_edges(c9_table):
+    """Smeared events leave the q2 windows and none come in, so the observed density falls to half at an
+    edge. The detector-level pdf carries that loss (kappa of the observed q2); the acceptance alone does not."""
+    det = detector.DetectorConfig()
+    lo, hi = c9_table.windows[0]
+    q2 = _arr(detector.sample_level(c9_table, [0.0], 1_000_000, (21,), "det", det))[:, 0]
+    band = lambda x: ((x < lo + 0.05) | (x > hi - 0.05)).astype(np.float64)  # noqa: E731
+    m = np.array([1.0])  # the monomials at delta C9 = 0: only the constant term
+
+    def predicted(eff):
+        in_band = likelihood.PdfModel(efficiency=lambda q, *a: eff(q, *a) * band(q))
+        return float(likelihood.normalisation(c9_table, in_band)[:1] @ m
+                     / (likelihood.normalisation(c9_table, likelihood.PdfModel(efficiency=eff))[:1] @ m))
+
+    seen = np.mean(band(q2))
+    err = np.sqrt(seen * (1 - seen) / q2.size)
+    model = det.pdf_model("det", c9_table.windows)
+    assert abs(predicted(model.efficiency) - seen) < 5 * err
+    assert predicted(det.efficiency) - seen > 20 * err  # the acceptance alone over-predicts the edges
