@@ -173,10 +173,11 @@ class DetectorConfig:
         if level == "gen":
             return GEN
         self.check(windows)
-        eff = self.true_efficiency(windows)  # the acceptance times the window edges' loss (module docstring)
+        # the acceptance times the window edges' loss (module docstring), the loss also named on its own
+        edges = dict(efficiency=self.true_efficiency(windows), q2_factor=self.window_efficiency(windows))
         if level == "det":
-            return PdfModel(efficiency=eff)
-        return PdfModel(efficiency=eff, background=self.background_pdf(windows), bkg_fraction=self.bkg_fraction)
+            return PdfModel(**edges)
+        return PdfModel(**edges, background=self.background_pdf(windows), bkg_fraction=self.bkg_fraction)
 
     # --- resolution ------------------------------------------------------------------
 

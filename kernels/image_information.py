@@ -127,11 +127,13 @@ def _lagrange(q, lo: float, hi: float, n: int) -> np.ndarray:
     return V(y, n - 1) @ np.linalg.inv(V(cheb, n - 1))
 
 
-def _q2_rule(table: JTable, n_q2: int):
+def _q2_rule(table: JTable, n_q2: int, q2_factor=None):
     """Chebyshev nodes t (Q,) per window, ``Lam[k, r, p, i] = int q2^k l_r J_p,i`` and ``lam[k, r] = int q2^k l_r``.
 
     Exact: per table cell J is linear, and Gauss–Legendre with n_q2 // 2 + 2 nodes
-    integrates the degree n_q2 + 2 polynomial exactly.
+    integrates the degree n_q2 + 2 polynomial exactly. ``q2_factor`` (the signal's fast q2 factor,
+    :attr:`kernels.likelihood.PdfModel.q2_factor`) weights ``Lam`` alone, on the table cells' own nodes
+    (the background has no such factor).
     """
     cells = table.cells
     a, b = table.q2[cells], table.q2[cells + 1]
@@ -146,7 +148,8 @@ def _q2_rule(table: JTable, n_q2: int):
         nodes.append((lo + hi) / 2 + (hi - lo) / 2 * np.cos(np.pi * (np.arange(n_q2) + 0.5) / n_q2))
         ell[win == j, :, j * n_q2 : (j + 1) * n_q2] = _lagrange(q[win == j], lo, hi, n_q2)
     wk = np.stack([wq * q**k for k in range(3)])  # (3, C, m)
-    Lam = np.einsum("kcj,cjr,pcji->krpi", wk, ell, J)
+    ws = wk if q2_factor is None else wk * q2_factor(q)[None]
+    Lam = np.einsum("kcj,cjr,pcji->krpi", ws, ell, J)
     lam = np.einsum("kcj,cjr->kr", wk, ell)
     return np.concatenate(nodes), Lam, lam
 
@@ -203,10 +206,13 @@ def _quadrature(table, bins, model: PdfModel, n_sub: int, n_q2: int, signal: boo
     The weight (eps or B) is evaluated on the q2 nodes x the tensor grid of angle nodes;
     the f_i, being products, are applied one axis at a time (:func:`_contract`).
     """
-    t, Lam, lam = _q2_rule(table, n_q2)
+    t, Lam, lam = _q2_rule(table, n_q2, model.q2_factor if signal else None)
     Q, P = t.size, Lam.shape[2]
+    eff = model.efficiency
+    if signal and model.q2_factor is not None:  # interpolate the smooth rest; the factor is in Lam's weights
+        eff = lambda q2, *ang: model.efficiency(q2, *ang) / model.q2_factor(q2)  # noqa: E731
     if signal:
-        _check_q2_resolution(model.efficiency, "efficiency", table.windows, t, n_q2)
+        _check_q2_resolution(eff, "efficiency", table.windows, t, n_q2)
     if model.has_background:
         _check_q2_resolution(model.background, "background", table.windows, t, n_q2)
     (cl, wl), (ck, wk), (ch, wc) = (_angle_rule(ax, bins, n_sub) for ax in voxels.AXES)
@@ -227,7 +233,7 @@ def _quadrature(table, bins, model: PdfModel, n_sub: int, n_q2: int, signal: boo
             ch.reshape(1, 1, 1, -1),
         )
         if signal:
-            E = _on_grid(model.efficiency, *grid).reshape(shape)
+            E = _on_grid(eff, *grid).reshape(shape)
             Ev = _contract(E, U[:, s : s + k], V, X)  # (Q, 12, k, B, B)
             S[:, :, s : s + k] = angular.PREFACTOR * np.tensordot(Lam, Ev, axes=([1, 3], [0, 1]))
         if b is not None:

@@ -50,12 +50,17 @@ class PdfModel:
 
     ``p(x|d) = (1 - f) eps(x) G(x; d) / Gamma_eps(d) + f B(x)``: ``efficiency`` is eps
     (None: 1), ``background`` the normalised B (None: no background) and
-    ``bkg_fraction`` is f. The default is the generator level.
+    ``bkg_fraction`` is f. The default is the generator level. ``q2_factor``, when given, is a
+    factor of eps that depends on q2 alone and may vary fast (the window edges' loss of the q2
+    smearing, :meth:`kernels.detector.DetectorConfig.window_efficiency`): eps stays the whole
+    efficiency, and quadratures that interpolate eps in q2 (:mod:`kernels.image_information`)
+    take this factor into their q2 weights instead.
     """
 
     efficiency: Efficiency | None = None
     background: Efficiency | None = None
     bkg_fraction: float = 0.0
+    q2_factor: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def has_background(self) -> bool:
