@@ -133,14 +133,15 @@ def _table(windows, power_corrections: bool, progress):
 
 def luminosity_bounds(n_events: Sequence[int] = LUMINOSITY_EVENTS, dc9: float = 0.0, prior_scale: float = 1.0,
                       high_q2: bool = True, level: str = "gen", progress=None,
-                      tables: Mapping | None = None, power_corrections: bool = False) -> list[dict]:
+                      tables: Mapping | None = None, power_corrections: bool = False, detector=None) -> list[dict]:
     """One row per (window set, N) of :data:`BOUNDS_COLUMNS`: the fixed and efficient bounds on delta C9.
 
     ``tables``: window label -> :class:`~kernels.nuisances.NuisanceTable` (or, with ``power_corrections``,
     :class:`~kernels.amplitudes.AmplitudeTable`) to use instead of building (or loading) them (flavio's 19
     BSZ form factors, and its power corrections; cold, 631 or 281 to 401 flavio calls per window set, in 2
     processes). With ``power_corrections``, ``sigma_crb_eff`` has the form factors profiled and the power
-    corrections fixed, and ``sigma_crb_eff_pc`` both profiled. ``progress`` is a factory
+    corrections fixed, and ``sigma_crb_eff_pc`` both profiled. ``detector``: the
+    :class:`~kernels.detector.DetectorConfig` of ``det`` and ``det_bkg`` (default: the toy's). ``progress`` is a factory
     ``(description, total, unit)`` (:mod:`orchestrator.runtime.progress`). Every argument is checked
     before any table is built.
     """
@@ -150,7 +151,7 @@ def luminosity_bounds(n_events: Sequence[int] = LUMINOSITY_EVENTS, dc9: float = 
     ns, dc9, s, level = check_options(n_events, dc9, prior_scale, level)
     progress = progress or no_progress
     sets = [LOW_WINDOWS] + ([LOW_WINDOWS + (HIGH_WINDOW,)] if high_q2 else [])
-    det = DetectorConfig()
+    det = detector or DetectorConfig()
     rows, eff_low, pc_low, rate_low = [], {}, {}, None
     for windows in sets:
         label = window_label(windows)

@@ -164,6 +164,25 @@ def _write_worlds(path: Path, worlds: dict, names) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _luminosity(out: Path, fig_dir: Path, windows, wtable, ntable, level: str, det, prior_scale: float, evaluations):
+    """The luminosity study's bounds at δC9 = 0 under the run's level, detector and prior, with every estimator's
+    σ measured at δC9 = 0 beside them: ``(rows, csv, figure)``, or None where the run's windows are not
+    [1.1, 6.0] (``wcscan bounds`` covers the rest, and the high-q2 window)."""
+    from orchestrator.evaluate.bounds import LOW_WINDOWS, luminosity_bounds, window_label, write_bounds_csv
+    from orchestrator.report import plots
+
+    if tuple(windows) != LOW_WINDOWS:
+        log.info("luminosity bounds: only for windows %s (this run: %s); see wcscan bounds", LOW_WINDOWS, windows)
+        return None
+    rows = luminosity_bounds(high_q2=False, level=level, prior_scale=prior_scale, detector=det,
+                             tables={window_label(LOW_WINDOWS): wtable}, power_corrections=wtable is not ntable)
+    measured = {ev.name: (r["n_events"], r["sigma"]) for ev in evaluations for r in ev.rows if r["dc9_true"] == 0.0}
+    csv_path = write_bounds_csv(rows, out / "evaluation" / "bounds.csv")
+    title = (f"Cramér–Rao bound on δC9 against luminosity, δC9 = 0, level {level}, prior × {prior_scale:g}\n"
+             "(the estimators at this run's set size)")
+    return rows, csv_path, plots.plot_luminosity_bounds(rows, fig_dir / "luminosity_bounds.png", title, measured)
+
+
 def _manifest_checksum(events_dir: Path) -> str:
     return sha256_file(events_dir / MANIFEST)
 
@@ -348,13 +367,20 @@ def run_job(
             figures["calibration"] = plots.plot_calibration(evaluations, fig_dir / "calibration.png")
         if histories:
             figures["training_curves"] = plots.plot_training_curves(histories, fig_dir / "training_curves.png")
+        lum = None if ntable is None else _luminosity(out, fig_dir, windows, wtable, ntable, level, det,
+                                                      nc.prior_scale, evaluations)
+        if lum is not None:
+            figures["luminosity_bounds"] = lum[2]
+            tracker.artifact(lum[1], "evaluation")
+            tracker.metrics({f"{k}_{r['n_events']}": r[k] for r in lum[0]
+                             for k in ("sigma_crb", "sigma_crb_eff", "sigma_crb_eff_pc") if np.isfinite(r[k])})
         if mc.resnet3d and mc.resnet3d.enabled:
             from kernels.image_store import open_images
 
             ex = [open_images(out / "images", "train", p)[0] for p in (0, len(grid) // 2, len(grid) - 1)]
             figures["image_slices"] = plots.plot_image_slices(np.stack(ex), [grid[0], grid[len(grid) // 2], grid[-1]], fig_dir / "image_slices.png")
         report_path = report.write_report(out, cfg, evaluations, figures, checksum, tracker.uri,
-                                          tracker.run_id or "(not logged)")
+                                          tracker.run_id or "(not logged)", luminosity=lum and lum[0])
         for f in figures.values():
             tracker.artifact(f, "figures")
         tracker.artifact(report_path)

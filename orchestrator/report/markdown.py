@@ -105,8 +105,36 @@ def calibration_section(evaluations) -> list[str]:
     return parts + [""]
 
 
-def write_report(out: Path, cfg, evaluations, figures: Mapping[str, Path], checksum: str, tracking_uri: str, run_id: str) -> Path:
-    """Write ``out/report.md`` atomically and return its path."""
+def luminosity_section(rows, evaluations) -> list[str]:
+    """The bounds against N (:func:`orchestrator.evaluate.bounds.luminosity_bounds`), with the estimators' σ at
+    δC9 = 0 where this run measured them (at its one set size)."""
+    pc = any(_finite(r.get("sigma_crb_eff_pc")) for r in rows)
+    header = ["N", "σ_CRB, fixed", "σ_CRB,eff, form factors profiled", "ratio"]
+    header += ["σ_CRB,eff, and power corrections", "ratio"] if pc else []
+    table = []
+    for r in rows:
+        cells = [f"{r['n_events']:,}", f"{r['sigma_crb']:.4f}", f"{r['sigma_crb_eff']:.4f}", f"{r['eff_over_fixed']:.2f}"]
+        table.append(cells + ([f"{r['sigma_crb_eff_pc']:.4f}", f"{r['pc_over_fixed']:.2f}"] if pc else []))
+    r0 = rows[0]
+    parts = ["## The bound against luminosity", "",
+             f"At δC9 = {r0['dc9']:g}, level `{r0['level']}`, windows {r0['windows']}, prior × {r0['prior_scale']:g} "
+             "(`evaluation/bounds.csv`; `wcscan bounds` adds the high-q² window). N counts the events of a set.", "",
+             markdown_table(header, table), ""]
+    at_zero = [(ev.name, r) for ev in evaluations for r in ev.rows if r["dc9_true"] == 0.0]
+    if at_zero:
+        ref = "sigma_crb_eff_pc" if pc else "sigma_crb_eff"
+        bound = {r["n_events"]: r[ref] for r in rows}
+        lines = [f"- `{name}` at N = {r['n_events']:,}: σ = {r['sigma']:.4f}"
+                 + (f", {r['sigma'] / bound[r['n_events']]:.3f} × the profiled bound" if r["n_events"] in bound else "")
+                 for name, r in at_zero]
+        parts += ["The estimators, measured at δC9 = 0 at this run's set size only:", "", *lines, ""]
+    return parts
+
+
+def write_report(out: Path, cfg, evaluations, figures: Mapping[str, Path], checksum: str, tracking_uri: str, run_id: str,
+                 luminosity=None) -> Path:
+    """Write ``out/report.md`` atomically and return its path. ``luminosity``: the rows of
+    :func:`orchestrator.evaluate.bounds.luminosity_bounds` for its section (None: no section)."""
     out = Path(out)
     ev0 = evaluations[0]
     n_sets, n_events = ev0.rows[0]["n_sets"], ev0.rows[0]["n_events"]
@@ -144,6 +172,7 @@ def write_report(out: Path, cfg, evaluations, figures: Mapping[str, Path], check
                        + [ev.name for ev in evaluations], rows),
         "",
         *calibration_section(evaluations),
+        *(luminosity_section(luminosity, evaluations) if luminosity else []),
         "## Figures",
         "",
     ]

@@ -232,9 +232,11 @@ def plot_calibration(evaluations, path: Path) -> Path:
     return out
 
 
-def plot_luminosity_bounds(rows: Sequence[Mapping], path: Path, title: str = "") -> Path:
+def plot_luminosity_bounds(rows: Sequence[Mapping], path: Path, title: str = "",
+                           estimators: Mapping[str, tuple[float, float]] | None = None) -> Path:
     """σ_CRB (form factors fixed) and σ_CRB,eff (profiled; with the power corrections too, where the rows have
-    them) against N, log-log, for each window set, with a 1/√N guide through the first profiled bound. ``rows``: :func:`orchestrator.evaluate.bounds.luminosity_bounds`."""
+    them) against N, log-log, for each window set, with a 1/√N guide through the first profiled bound. ``rows``: :func:`orchestrator.evaluate.bounds.luminosity_bounds`.
+    ``estimators``: name -> (N, σ) of estimators measured at the rows' δC9, drawn as points beside the bounds."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     labels = list(dict.fromkeys(r["windows"] for r in rows))
@@ -253,6 +255,10 @@ def plot_luminosity_bounds(rows: Sequence[Mapping], path: Path, title: str = "")
             grid = np.geomspace(n.min(), n.max(), 50)
             ax.plot(grid, sel[0]["sigma_crb_eff"] * np.sqrt(n[0] / grid), ":", color="0.4", lw=1.2,
                     label="∝ 1/√N (guide)")
+    markers = "xP*Dv<>"
+    for j, (name, (n_est, sigma)) in enumerate((estimators or {}).items()):
+        ax.plot([n_est], [sigma], markers[j % len(markers)], color=f"C{len(labels) + j}", ms=7, mew=1.6, ls="none",
+                label=f"{name} (measured)")
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     ax.set_xscale("log")

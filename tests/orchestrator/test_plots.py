@@ -40,3 +40,22 @@ def test_each_sigma_has_its_statistical_error_as_an_error_bar(sensitivity_axes):
 
 def test_the_title_gives_the_events_per_set_and_the_number_of_sets(sensitivity_axes):
     assert sensitivity_axes.get_title() == "sensitivity: N = 2000 events per set, M = 51 sets per point"
+
+
+def test_the_luminosity_section_puts_each_estimator_beside_the_bound_at_its_set_size(tmp_path):
+    from types import SimpleNamespace
+
+    from orchestrator.report import plots
+    from orchestrator.report.markdown import luminosity_section
+
+    rows = [{"windows": "1.1-6.0", "level": "gen", "dc9": 0.0, "prior_scale": 1.0, "n_events": n,
+             "sigma_crb": 1 / np.sqrt(n), "sigma_crb_eff": 2 / np.sqrt(n), "eff_over_fixed": 2.0,
+             "sigma_crb_eff_pc": float("nan"), "pc_over_fixed": float("nan")} for n in (2000, 24000)]
+    fit = SimpleNamespace(name="ml_fit_profiled", rows=[{"dc9_true": 0.0, "n_events": 24000, "sigma": 2.2 / np.sqrt(24000)},
+                                                         {"dc9_true": 1.0, "n_events": 24000, "sigma": 9.0}])
+    text = "\n".join(luminosity_section(rows, [fit]))
+    assert "| 24,000 | 0.0065 | 0.0129 | 2.00 |" in text
+    assert "`ml_fit_profiled` at N = 24,000: σ = 0.0142, 1.100 × the profiled bound" in text
+    assert "9.0" not in text  # only the point at δC9 = 0
+    png = plots.plot_luminosity_bounds(rows, tmp_path / "l.png", estimators={"ml_fit_profiled": (24000, 0.0142)})
+    assert png.stat().st_size > 0

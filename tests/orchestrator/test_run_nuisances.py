@@ -286,3 +286,20 @@ def test_with_power_corrections_the_event_posterior_profiles_them_too(pc_run):
     assert aware["sigma_crb_eff"] == _rows(out, "ml_fit_profiled")[0]["sigma_crb_eff"]
     assert float(aware["pull_width"]) < float(naive["pull_width"])  # its errors carry the 5 nuisances
     assert float(aware["coverage_68"]) > float(naive["coverage_68"])
+
+
+def test_the_report_has_the_bound_against_luminosity(ff_run, pc_run):
+    from orchestrator.evaluate.bounds import BOUNDS_COLUMNS, LUMINOSITY_EVENTS
+
+    for (code, out), pc in ((ff_run, False), (pc_run, True)):
+        assert code == 0
+        with open(out / "evaluation" / "bounds.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert tuple(rows[0]) == BOUNDS_COLUMNS
+        assert [int(r["n_events"]) for r in rows] == list(LUMINOSITY_EVENTS)
+        eff, fixed = (np.array([float(r[k]) for r in rows]) for k in ("sigma_crb_eff", "sigma_crb"))
+        assert np.all(eff > fixed) and np.all(np.diff(eff / fixed) > 0)  # the prior does not tighten with N
+        assert np.isfinite(float(rows[0]["sigma_crb_eff_pc"])) == pc
+        text = (out / "report.md").read_text()
+        assert "## The bound against luminosity" in text and "figures/luminosity_bounds.png" in text
+        assert (out / "figures" / "luminosity_bounds.png").stat().st_size > 0
