@@ -18,6 +18,12 @@ For M independent sets at one true point d with estimates x_j and widths s_j:
 - **Expected coverage** (sbi, TARP): the fraction of sets whose credibility is <= L, against L;
   on the diagonal for a calibrated estimator, below it for an over-confident one.
 - **Uniformity**: the KS test of u against U(0, 1) and the chi-square of its histogram.
+- **Joint regions** (several coefficients at once): with an estimate vector ``x_j`` and its
+  covariance ``C_j`` per set, the truth lies in the level-L ellipsoid iff the squared Mahalanobis
+  distance ``D_j^2 = (x_j - d)^T C_j^{-1} (x_j - d)`` is at most the chi-square quantile
+  ``chi2_n^-1(L)`` (n coefficients); ``F_chi2_n(D_j^2)`` is U(0, 1) for honest covariances, the
+  joint analogue of the PIT. Covariances without their off-diagonal fail this where the
+  estimates are correlated (``tests/kernels/test_coverage.py``).
 
 >>> rng = np.random.default_rng(0)
 >>> x = rng.normal(size=4000)                      # estimates of truth 0 with width 1
@@ -268,3 +274,69 @@ def uniformity(values, *, n_draws: int | None = None, n_bins: int | None = None,
         "chi2_pvalue": chi2_p,
         "verdict": verdict,
     }
+
+
+def _joint_inputs(estimates, covariances, truth):
+    """``(x (M, n), C (M, n, n), d (M, n))`` as floats, sets with a non-finite estimate or a covariance that is
+    not positive definite dropped."""
+    x = np.asarray(estimates, dtype=np.float64)
+    x = x[:, None] if x.ndim == 1 else x
+    if x.ndim != 2:
+        raise ConfigError(f"estimates must have shape (M, n), got {np.shape(estimates)}")
+    M, n = x.shape
+    C = np.asarray(covariances, dtype=np.float64).reshape(M, n, n) if np.size(covariances) == M * n * n else None
+    if C is None:
+        raise ConfigError(f"covariances must have shape ({M}, {n}, {n}) for {M} estimates of {n}, "
+                          f"got {np.shape(covariances)}")
+    d = np.broadcast_to(np.asarray(truth, dtype=np.float64), (M, n)) if np.size(truth) in (n, M * n) else None
+    if d is None:
+        raise ConfigError(f"truth must have shape ({n},) or ({M}, {n}), got {np.shape(truth)}")
+    ok = np.isfinite(x).all(1) & np.isfinite(C).all((1, 2)) & np.isfinite(d).all(1)
+    ok[ok] &= np.linalg.eigvalsh(C[ok]).min(axis=1) > 0  # only finite matrices reach eigvalsh
+    if not ok.any():
+        raise ConfigError("no set with a finite estimate and a positive-definite covariance")
+    return x[ok], C[ok], d[ok]
+
+
+def mahalanobis2(estimates, covariances, truth) -> np.ndarray:
+    """``D^2 = (x - d)^T C^-1 (x - d)`` per set (:func:`_joint_inputs` drops the sets it cannot use)."""
+    x, C, d = _joint_inputs(estimates, covariances, truth)
+    r = x - d
+    return np.einsum("mi,mi->m", r, np.linalg.solve(C, r[..., None])[..., 0])
+
+
+def joint_coverage(estimates, covariances, truth, level: float = 0.68) -> tuple[float, float]:
+    """Fraction of sets whose level-``level`` ellipsoid ``D^2 <= chi2_n^-1(level)`` holds the truth, and its binomial error.
+
+    >>> rng = np.random.default_rng(1)
+    >>> C = np.array([[1.0, 0.9], [0.9, 1.0]])
+    >>> x = rng.multivariate_normal([0, 0], C, size=4000)
+    >>> round(joint_coverage(x, np.broadcast_to(C, (4000, 2, 2)), [0, 0], 0.95)[0], 2)
+    0.95
+    """
+    if not 0 < level < 1:
+        raise ConfigError(f"confidence level must be in (0, 1), got {level}")
+    n = np.asarray(estimates).shape[-1] if np.ndim(estimates) == 2 else 1
+    return _ellipsoid_coverage(mahalanobis2(estimates, covariances, truth), n, level)
+
+
+def _ellipsoid_coverage(D2: np.ndarray, n: int, level: float) -> tuple[float, float]:
+    c = float(np.mean(D2 <= stats.chi2.ppf(level, n)))
+    return c, float(np.sqrt(c * (1 - c) / D2.size))
+
+
+def joint_point_coverage(estimates, covariances, truth, n_sigma: float = DEFAULT_N_SIGMA) -> dict:
+    """The joint analogue of :func:`point_coverage`: ``joint_coverage_68``, ``joint_coverage_68_err``,
+    ``joint_coverage_95``, ``joint_coverage_95_err``, ``n_sets``, ``joint_ks_pvalue`` (of ``F_chi2_n(D^2)``
+    against U(0, 1)) and ``calibration``."""
+    n = np.asarray(estimates).shape[-1] if np.ndim(estimates) == 2 else 1
+    D2 = mahalanobis2(estimates, covariances, truth)
+    row: dict = {"n_sets": int(D2.size)}
+    verdicts = []
+    for key, level in LEVELS.items():
+        c, row[f"joint_coverage_{key}_err"] = _ellipsoid_coverage(D2, n, level)
+        row[f"joint_coverage_{key}"] = c
+        verdicts.append(coverage_check(c, D2.size, level, n_sigma))
+    row["joint_ks_pvalue"] = float(stats.kstest(stats.chi2.cdf(D2, n), "uniform").pvalue)
+    row["calibration"] = "calibrated" if all(v == "calibrated" for v in verdicts) else "miscalibrated"
+    return row

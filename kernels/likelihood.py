@@ -267,11 +267,14 @@ def _newton(a: np.ndarray, norm: np.ndarray, d0: np.ndarray, mix=None, iters: in
 
 @dataclass
 class FitResult:
-    """ML fits of many sets: estimates (M, n), HESSE errors (M, n) and validity (M,)."""
+    """ML fits of many sets: estimates (M, n), HESSE errors (M, n), validity (M,) and the per-set covariance
+    of the estimates (M, n, n; NaN where a fit failed), which the joint coverage of several coefficients
+    needs (:func:`kernels.coverage.joint_coverage`)."""
 
     values: np.ndarray
     errors: np.ndarray
     valid: np.ndarray
+    covariances: np.ndarray | None = None
 
     def __post_init__(self):
         if self.values.ndim == 2 and self.values.shape[1] == 1:  # one coefficient: flat arrays
@@ -282,7 +285,7 @@ class FitResult:
 def fit_set(a: np.ndarray, norm: np.ndarray, mix=None, start=None, limits: float = 15.0):
     """Fit one set from its projections with iminuit (MIGRAD, then HESSE).
 
-    Returns ``(values (n,), errors (n,), valid)``.
+    Returns ``(values (n,), errors (n,), valid, covariance (n, n))``.
     """
     from iminuit import Minuit
 
@@ -301,7 +304,8 @@ def fit_set(a: np.ndarray, norm: np.ndarray, mix=None, start=None, limits: float
     m.errors = step
     m.migrad()
     m.hesse()
-    return np.array(m.values), np.array(m.errors), bool(m.valid and m.accurate)
+    cov = np.array(m.covariance, dtype=np.float64) if m.covariance is not None else np.full((n, n), np.nan)
+    return np.array(m.values), np.array(m.errors), bool(m.valid and m.accurate), cov
 
 
 def fit_sets(table: JTable, sets: np.ndarray, model: PdfModel = GEN, progress=None) -> FitResult:
@@ -320,6 +324,7 @@ def fit_sets(table: JTable, sets: np.ndarray, model: PdfModel = GEN, progress=No
     values = np.empty((M, n))
     errors = np.empty((M, n))
     valid = np.empty(M, dtype=bool)
+    covariances = np.empty((M, n, n))
     per_batch = max(1, PROJECT_BATCH_EVENTS // max(1, sets.shape[1]))
     for s0 in range(0, M, per_batch):  # project a batch of sets at once: the per-cell work amortises
         batch = sets[s0 : s0 + per_batch]
@@ -327,10 +332,10 @@ def fit_sets(table: JTable, sets: np.ndarray, model: PdfModel = GEN, progress=No
         mix_batch = model.mixture(batch)
         for j in range(a_batch.shape[0]):  # one iteration per *set*; events are vectorised
             mix = None if mix_batch is None else (mix_batch[0][j], mix_batch[1][j])
-            values[s0 + j], errors[s0 + j], valid[s0 + j] = fit_set(a_batch[j], norm, mix)
+            values[s0 + j], errors[s0 + j], valid[s0 + j], covariances[s0 + j] = fit_set(a_batch[j], norm, mix)
             if progress is not None:
                 progress(1)
-    return FitResult(values, errors, valid)
+    return FitResult(values, errors, valid, covariances)
 
 
 class _Quadrature:

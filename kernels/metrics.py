@@ -25,7 +25,8 @@ import math
 
 import numpy as np
 
-from kernels.coverage import point_coverage
+from kernels.coverage import joint_point_coverage, point_coverage
+from kernels.errors import ConfigError
 
 POINT_COLUMNS = (
     "dc9_true",
@@ -110,6 +111,67 @@ def point_metrics(
         if math.isfinite(truth) and (ok & np.isfinite(x)).any():
             cov = point_coverage(x, e, truth)
             row["coverage_68"], row["coverage_95"] = cov["coverage_68"], cov["coverage_95"]
+    return row
+
+
+PER_COEFFICIENT = ("mean", "bias", "sigma", "sigma_left", "sigma_right", "sigma_crb", "sigma_over_crb", "mse",
+                   "pull_mean", "pull_width", "coverage_68", "coverage_95")
+"""The columns of :func:`point_metrics` that :func:`joint_point_metrics` reports per coefficient, as ``<column>_<shift>``."""
+
+
+def joint_point_metrics(values, covariances, *, truth, crb_covariance, n_events: int, shifts) -> dict:
+    """One row for an estimator of several coefficients at one point: each coefficient's :func:`point_metrics`
+    (``mean_dc10``, ``sigma_over_crb_dc10``, ...; its marginal bound ``sqrt(diag)`` of ``crb_covariance``,
+    the other coefficients free), the truth per coefficient (``dc9_true``, ``dc10_true``), for each pair the
+    estimates' correlation beside the bound's (``corr_dc9_dc10``, ``corr_crb_dc9_dc10``), and the joint
+    coverage of the estimator's own 68% and 95% ellipsoids with the KS p-value of their chi-square PIT
+    (:func:`kernels.coverage.joint_point_coverage`; NaN without covariances).
+
+    ``values`` ``(M, n)``, ``covariances`` ``(M, n, n)`` or None, ``truth`` ``(n,)``, ``crb_covariance``
+    ``(n, n)`` (the bound's covariance for sets of ``n_events``), ``shifts``: the n column names.
+
+    >>> rng = np.random.default_rng(0)
+    >>> C = np.array([[0.04, -0.03], [-0.03, 0.09]])
+    >>> x = rng.multivariate_normal([-1.0, 0.5], C, size=2000)
+    >>> row = joint_point_metrics(x, np.broadcast_to(C, (2000, 2, 2)), truth=[-1.0, 0.5], crb_covariance=C,
+    ...                           n_events=100, shifts=("dc9", "dc10"))
+    >>> round(row["sigma_over_crb_dc10"], 2), round(row["corr_dc9_dc10"], 2), row["corr_crb_dc9_dc10"]
+    (0.99, -0.52, -0.5)
+    >>> round(row["joint_coverage_95"], 2)
+    0.95
+    """
+    x = np.asarray(values, dtype=np.float64)
+    d = np.asarray(truth, dtype=np.float64).ravel()
+    B = np.asarray(crb_covariance, dtype=np.float64)
+    shifts = tuple(shifts)
+    n = len(shifts)
+    if x.ndim != 2 or x.shape[1] != n or d.shape != (n,) or B.shape != (n, n):
+        raise ValueError(f"expected values (M, {n}), truth ({n},) and crb_covariance ({n}, {n}) for {shifts}, got "
+                         f"{x.shape}, {d.shape} and {B.shape}")
+    C = None if covariances is None else np.asarray(covariances, dtype=np.float64)
+    errors = None if C is None else np.sqrt(np.clip(np.diagonal(C, axis1=1, axis2=2), 0, None))
+    row: dict = {f"{s}_true": float(d[i]) for i, s in enumerate(shifts)}
+    row.update(n_sets=int(x.shape[0]), n_events=int(n_events))
+    crb = np.sqrt(np.diag(B))
+    for i, s in enumerate(shifts):
+        one = point_metrics(x[:, i], None if errors is None else errors[:, i], truth=d[i], sigma_crb=crb[i],
+                            n_events=n_events)
+        row.update({f"{k}_{s}": one[k] for k in PER_COEFFICIENT})
+    ok = np.isfinite(x).all(axis=1)
+    corr = np.corrcoef(x[ok].T) if ok.sum() > 2 else np.full((n, n), np.nan)
+    corr_crb = B / np.outer(crb, crb)
+    for i in range(n):
+        for j in range(i + 1, n):
+            row[f"corr_{shifts[i]}_{shifts[j]}"] = float(corr[i, j])
+            row[f"corr_crb_{shifts[i]}_{shifts[j]}"] = float(corr_crb[i, j])
+    row.update(joint_coverage_68=math.nan, joint_coverage_95=math.nan, joint_ks_pvalue=math.nan)
+    if C is not None and np.isfinite(d).all():
+        try:
+            cov = joint_point_coverage(x, C, d)
+        except ConfigError:  # no set with a usable covariance: the coverage stays NaN
+            cov = None
+        if cov is not None:
+            row.update({k: cov[k] for k in ("joint_coverage_68", "joint_coverage_95", "joint_ks_pvalue")})
     return row
 
 

@@ -50,7 +50,8 @@ from kernels.theory import JTable, monomial_gradient, monomial_hessian, monomial
 
 @dataclass
 class ProfiledFitResult(FitResult):
-    """:class:`~kernels.likelihood.FitResult` plus the fitted whitened nuisances ``(M, n_u)`` and iterations."""
+    """:class:`~kernels.likelihood.FitResult` (covariances: the c-block of the inverse Hessian, profiled) plus the
+    fitted whitened nuisances ``(M, n_u)`` and iterations."""
 
     nuisances: np.ndarray | None = None
     iterations: np.ndarray | None = None
@@ -210,13 +211,14 @@ def fit_sets_profiled(
     M, nc, nu = sets.shape[0], table.n_shifts, table.n_nuisances
     values, errors = np.empty((M, nc)), np.empty((M, nc))
     nuis, valid, iters = np.empty((M, nu)), np.empty(M, dtype=bool), np.empty(M, dtype=int)
+    covs = np.empty((M, nc, nc))
     mixes = model.mixture(sets)
     for j in range(M):  # one iteration per *set*; events are vectorised
         mix = None if mixes is None else (mixes[0][j], mixes[1][j])
         lik = likelihood_of(table, norm, sets[j], mix, s)
         phi, cov, ok, it = fit_set_profiled(lik)
-        values[j], nuis[j], valid[j], iters[j] = phi[:nc], phi[nc:], ok, it
+        values[j], nuis[j], valid[j], iters[j], covs[j] = phi[:nc], phi[nc:], ok, it, cov[:nc, :nc]
         errors[j] = np.sqrt(np.diag(cov)[:nc]) if ok else np.nan
         if progress is not None:
             progress(1)
-    return ProfiledFitResult(values, errors, valid, nuis, iters)
+    return ProfiledFitResult(values, errors, valid, covs, nuisances=nuis, iterations=iters)

@@ -210,7 +210,8 @@ def fit_set(lik, start=None, max_iter: int = 40, tol: float = 5e-4, trust: float
 
 @dataclass
 class BilinearFitResult(FitResult):
-    """:class:`~kernels.likelihood.FitResult` plus the fitted nuisances ``(M, n_u)`` and iterations ``(M,)``."""
+    """:class:`~kernels.likelihood.FitResult` (covariances: the c-block, profiled) plus the fitted nuisances
+    ``(M, n_u)`` and iterations ``(M,)``."""
 
     nuisances: np.ndarray | None = None
     iterations: np.ndarray | None = None
@@ -231,10 +232,11 @@ def fit_sets(coefficients, norm: np.ndarray, n_c: int, n_u: int, degree: int = 1
         get, M = (lambda j: arr[j]), arr.shape[0]
     values, errors = np.empty((M, n_c)), np.empty((M, n_c))
     nuis, valid, iters = np.empty((M, n_u)), np.empty(M, dtype=bool), np.empty(M, dtype=int)
+    covs = np.empty((M, n_c, n_c))
     for j in range(M):  # one iteration per set; the events are vectorised
         phi, cov, ok, it = fit_set(SetLikelihood(get(j), norm, n_c, n_u, degree, prior_scale))
-        values[j], nuis[j], valid[j], iters[j] = phi[:n_c], phi[n_c:], ok, it
+        values[j], nuis[j], valid[j], iters[j], covs[j] = phi[:n_c], phi[n_c:], ok, it, cov[:n_c, :n_c]
         errors[j] = np.sqrt(np.diag(cov)[:n_c]) if ok else np.nan
         if progress is not None:
             progress(1)
-    return BilinearFitResult(values, errors, valid, nuis, iters)
+    return BilinearFitResult(values, errors, valid, covs, nuisances=nuis, iterations=iters)
