@@ -194,8 +194,23 @@ class EventManifest:
     raw: dict
 
     @property
+    def shift_columns(self) -> tuple[str, ...]:
+        """The scanned shifts, in the coefficients' order (``('dc9',)``, ``('dc9', 'dc10')``, ...)."""
+        from kernels.theory import SHIFT_COLUMNS
+
+        return tuple(SHIFT_COLUMNS.get(c, c) for c in self.coefficients)
+
+    def shifts(self) -> np.ndarray:
+        """The shift vector of each point, (P, n) in index order and :attr:`shift_columns` order."""
+        return np.array([[float(p["shifts"][c]) for c in self.shift_columns] for p in self.points], dtype=np.float64)
+
+    @property
     def dc9(self) -> list[float]:
-        """delta C9 of each point, in index order."""
+        """delta C9 of each point, in index order; a DatasetError when the dataset scans other coefficients
+        too (the stages that read this scan delta C9 alone)."""
+        if self.shift_columns != ("dc9",):
+            raise DatasetError(f"{self.root}: this dataset scans {', '.join(self.shift_columns)}; this stage takes "
+                               "a delta C9-only dataset (several coefficients: wcscan fit and wcscan bounds)")
         return [float(p["shifts"]["dc9"]) for p in self.points]
 
     @property

@@ -119,6 +119,29 @@ PER_COEFFICIENT = ("mean", "bias", "sigma", "sigma_left", "sigma_right", "sigma_
 """The columns of :func:`point_metrics` that :func:`joint_point_metrics` reports per coefficient, as ``<column>_<shift>``."""
 
 
+JOINT_NUISANCE = ("sigma_crb_eff", "sigma_over_crb_eff")
+"""Per coefficient, as ``<column>_<shift>``, when the hadronic inputs are profiled: the efficient bound (the other
+coefficients and the nuisances free) and sigma over it."""
+
+
+def joint_columns(shifts, nuisances: bool = False) -> tuple[str, ...]:
+    """The per-point table's columns for several coefficients (the rows of :func:`joint_point_metrics`): the
+    truths, ``n_sets, n_events``, each coefficient's metrics, the pairs' correlations beside the bound's, and
+    the joint coverage; with ``nuisances``, each coefficient's efficient bound too.
+
+    >>> joint_columns(("dc9", "dc10"))[:4], joint_columns(("dc9", "dc10"))[-5:]
+    (('dc9_true', 'dc10_true', 'n_sets', 'n_events'), ('corr_dc9_dc10', 'corr_crb_dc9_dc10', 'joint_coverage_68', 'joint_coverage_95', 'joint_ks_pvalue'))
+    """
+    shifts = tuple(shifts)
+    cols = [f"{s}_true" for s in shifts] + ["n_sets", "n_events"]
+    for s in shifts:
+        cols += [f"{k}_{s}" for k in PER_COEFFICIENT + (JOINT_NUISANCE if nuisances else ())]
+    for i, a in enumerate(shifts):
+        for b in shifts[i + 1:]:
+            cols += [f"corr_{a}_{b}", f"corr_crb_{a}_{b}"]
+    return tuple(cols + ["joint_coverage_68", "joint_coverage_95", "joint_ks_pvalue"])
+
+
 def joint_point_metrics(values, covariances, *, truth, crb_covariance, n_events: int, shifts) -> dict:
     """One row for an estimator of several coefficients at one point: each coefficient's :func:`point_metrics`
     (``mean_dc10``, ``sigma_over_crb_dc10``, ...; its marginal bound ``sqrt(diag)`` of ``crb_covariance``,

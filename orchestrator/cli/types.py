@@ -40,6 +40,9 @@ WINDOW = GrammarType("LO,HI", grammar.parse_window)
 COLUMN_MAP = GrammarType("NAME=COL,...", grammar.parse_column_map)
 FINITE = GrammarType("VALUE", grammar.parse_finite)
 COUNTS = GrammarType("N,N,...", grammar.parse_counts)
+SHIFT = GrammarType("NAME=VALUES", grammar.parse_shift)
+COEFFICIENTS = GrammarType("C9,C10,...", grammar.parse_coefficients)
+DESIGN = GrammarType("grid|sobol:N|lhs:N", grammar.parse_design)
 
 
 def _config(where: tuple[str, ...], kind: str) -> Callable[[str], str]:

@@ -13,7 +13,8 @@ import math
 
 from kernels.errors import ConfigError
 
-__all__ = ["parse_finite", "parse_dc9", "parse_window", "parse_column_map", "parse_counts", "distinct"]
+__all__ = ["parse_finite", "parse_dc9", "parse_window", "parse_column_map", "parse_counts", "distinct",
+           "parse_shift", "parse_coefficients", "parse_design", "scan_design"]
 
 
 def parse_finite(text: str, what: str = "value") -> float:
@@ -140,3 +141,87 @@ def parse_column_map(text: str) -> dict[str, str]:
             raise ConfigError(f"column {column!r} is mapped twice")
         mapping[column] = name
     return mapping
+
+
+def parse_shift(text: str) -> tuple[str, str]:
+    """``NAME=VALUES`` of ``--shift``: a coefficient (``dc10``, ``C10`` or ``C10_bsmumu``) and its values as
+    typed (a grid's ``START:STOP:NUM`` or list; a space-filling design's ``LO:HI``), read by :func:`scan_design`.
+
+    >>> parse_shift("dc10=-1:1:5")
+    ('dc10', '-1:1:5')
+    """
+    from kernels.design import shift_column
+
+    name, sep, values = (s.strip() for s in str(text).partition("="))
+    if not sep or not name or not values:
+        raise ConfigError(f"{str(text).strip()!r}: expected NAME=VALUES, e.g. dc10=-1:1:5")
+    return shift_column(name), values
+
+
+def parse_coefficients(text: str) -> list[str]:
+    """Wilson coefficients ``A,B,...`` by any name :func:`kernels.design.shift_column` reads, as shift columns.
+
+    >>> parse_coefficients("C9,C10_bsmumu,dc9p")
+    ['dc9', 'dc10', 'dc9p']
+    """
+    from kernels.design import shift_columns
+
+    items = str(text).split(",")
+    if any(not item.strip() for item in items):
+        raise ConfigError(f"{text!r}: empty name in the comma list")
+    return list(shift_columns(items))
+
+
+def parse_design(text: str) -> tuple[str, int | None]:
+    """``grid``, ``sobol:N`` or ``lhs:N`` (``N`` points in the box the ``--shift`` bounds give).
+
+    >>> parse_design("grid"), parse_design("sobol:16")
+    (('grid', None), ('sobol', 16))
+    """
+    kind, sep, count = (s.strip() for s in str(text).strip().partition(":"))
+    if kind == "grid" and not sep:
+        return "grid", None
+    if kind not in ("sobol", "lhs") or not sep:
+        raise ConfigError(f"{str(text).strip()!r}: expected grid, sobol:N or lhs:N")
+    try:
+        n = int(count)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{str(text).strip()!r}: N must be a positive whole number of points, got {count!r}")
+    return kind, n
+
+
+def _bounds(name: str, text: str) -> tuple[float, float]:
+    fields = text.split(":")
+    if len(fields) != 2:
+        raise ConfigError(f"--shift {name}={text}: a space-filling design takes LO:HI bounds, e.g. {name}=-2:1")
+    return parse_finite(fields[0], f"--shift {name} LO"), parse_finite(fields[1], f"--shift {name} HI")
+
+
+def scan_design(shifts, design: str | tuple = "grid", seed: int = 0):
+    """The :class:`kernels.design.Design` of ``--shift`` values (``[(name, text), ...]`` or ``NAME=VALUES``
+    strings, in order) and ``--design`` (``grid``: the product of the values; ``sobol:N`` / ``lhs:N``: N seeded
+    points within LO:HI bounds).
+
+    >>> scan_design(["dc9=-1:0:2", "dc10=0,1"]).rows()
+    [[-1.0, 0.0], [-1.0, 1.0], [0.0, 0.0], [0.0, 1.0]]
+    """
+    from kernels import design as dsg
+
+    pairs = [parse_shift(s) if isinstance(s, str) else (dsg.shift_column(s[0]), str(s[1])) for s in shifts]
+    kind, n = parse_design(design) if isinstance(design, str) else design
+    seen: dict = {}
+    for name, _ in pairs:
+        if name in seen:
+            raise ConfigError(f"--shift {name} is given twice; each coefficient takes one --shift")
+        seen[name] = True
+    if kind == "grid":
+        axes = {}
+        for name, text in pairs:
+            try:
+                axes[name] = parse_dc9(text)
+            except ConfigError as err:
+                raise ConfigError(f"--shift {name}: {err}") from None
+        return dsg.grid(axes)
+    return dsg.space_filling({name: _bounds(name, text) for name, text in pairs}, n, seed, kind)

@@ -48,8 +48,9 @@ from orchestrator.runtime.progress import no_progress
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LUMINOSITY_EVENTS", "LOW_WINDOWS", "HIGH_WINDOW", "BOUNDS_COLUMNS", "window_label", "check_events",
-           "check_options", "luminosity_bounds", "write_bounds_csv"]
+__all__ = ["LUMINOSITY_EVENTS", "LOW_WINDOWS", "HIGH_WINDOW", "BOUNDS_COLUMNS", "JOINT_BOUNDS_COLUMNS", "window_label",
+           "check_events", "check_options", "check_coefficients", "luminosity_bounds", "joint_bounds",
+           "write_bounds_csv"]
 
 LUMINOSITY_EVENTS = (2_000, 6_000, 24_000, 70_000)
 """Set sizes of the luminosity study (the seeds' 1 to 100 ab^-1 and the seed study's 24,000)."""
@@ -106,29 +107,31 @@ def check_options(n_events, dc9, prior_scale, level) -> tuple[tuple[int, ...], f
     return check_events(n_events), _finite(dc9, "--dc9"), check_prior_scale(prior_scale, "--prior-scale"), level
 
 
-def _signal_rate(table, dc9: float, model) -> float:
-    """The absolute signal rate in the table's windows at ``dc9`` (times the acceptance at detector level)."""
+def _signal_rate(table, dc9, model) -> float:
+    """The absolute signal rate in the table's windows at ``dc9`` (a shift vector when the table scans several
+    coefficients; times the acceptance at detector level)."""
     from kernels.likelihood import PdfModel, normalisation
     from kernels.theory import monomials
 
-    m = monomials(table.shifts_array([dc9]))
+    m = monomials(table.shifts_array(np.atleast_1d(dc9)))
     return table.scale * float(m @ normalisation(table, PdfModel(efficiency=model.efficiency)))
 
 
-def _table(windows, power_corrections: bool, progress):
-    """The theory tables of a window set: bi-quadratic over the form factors, or, with the power corrections,
-    built from the amplitudes (:mod:`kernels.amplitudes`)."""
+def _table(windows, power_corrections: bool, progress, coefficients=("C9_bsmumu",)):
+    """The theory tables of a window set over ``coefficients``: bi-quadratic over the form factors, or, with
+    the power corrections, built from the amplitudes (:mod:`kernels.amplitudes`)."""
     label = window_label(windows)
+    k = len(coefficients)
     if power_corrections:
         from kernels import amplitudes as amp
 
-        n = amp.n_amplitude_evaluations(1, 19, len(amp.power_corrections(windows)))
+        n = amp.n_amplitude_evaluations(k, 19, len(amp.power_corrections(windows)))
         with progress(f"amplitude tables {label}", n, "flavio calls") as adv:
-            return amp.amplitude_table(["C9_bsmumu"], windows, "bsz", workers=2, progress=adv or None)
+            return amp.amplitude_table(list(coefficients), windows, "bsz", workers=2, progress=adv or None)
     from kernels import nuisances as nuis
 
-    with progress(f"theory tables {label}", nuis.n_evaluations(1, 19) + 1, "flavio calls") as adv:
-        return nuis.nuisance_table(["C9_bsmumu"], windows, "bsz", workers=2, progress=adv or None)
+    with progress(f"theory tables {label}", nuis.n_evaluations(k, 19) + 1, "flavio calls") as adv:
+        return nuis.nuisance_table(list(coefficients), windows, "bsz", workers=2, progress=adv or None)
 
 
 def luminosity_bounds(n_events: Sequence[int] = LUMINOSITY_EVENTS, dc9: float = 0.0, prior_scale: float = 1.0,
@@ -183,13 +186,99 @@ def luminosity_bounds(n_events: Sequence[int] = LUMINOSITY_EVENTS, dc9: float = 
     return rows
 
 
+JOINT_BOUNDS_COLUMNS = ("windows", "level", "coefficients", "at", "prior_scale", "n_events", "n_events_set",
+                        "coefficient", "sigma_crb_alone", "sigma_crb", "sigma_crb_eff", "eff_over_fixed", "recovery",
+                        "sigma_crb_eff_pc", "pc_over_fixed", "recovery_pc")
+"""The columns of :func:`joint_bounds`, then ``corr_crb_<a>_<b>`` and ``corr_crb_eff_<a>_<b>`` for each pair."""
+
+
+def check_coefficients(coefficients) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(shift columns, flavio names)`` of the coefficients of a joint bound (any names
+    :func:`kernels.design.shift_column` reads; none twice)."""
+    from kernels.design import shift_columns
+    from kernels.theory import coefficient_for
+
+    cols = shift_columns(coefficients)
+    return tuple(cols), tuple(coefficient_for(c) for c in cols)
+
+
+def joint_bounds(coefficients: Sequence[str], at=None, n_events: Sequence[int] = LUMINOSITY_EVENTS,
+                 prior_scale: float = 1.0, high_q2: bool = True, level: str = "gen", progress=None,
+                 power_corrections: bool = False, detector=None, tables: Mapping | None = None) -> list[dict]:
+    """The bounds on several coefficients at once, from one Fisher matrix per window set: one row per
+    (window set, N, coefficient) of :data:`JOINT_BOUNDS_COLUMNS` and the pairs' correlations.
+
+    ``sigma_crb_alone``: that coefficient alone (the others fixed at ``at``); ``sigma_crb``: its marginal bound,
+    the other coefficients free, form factors fixed; ``sigma_crb_eff``: and flavio's 19 BSZ form factors
+    profiled under their prior (``sigma_crb_eff_pc``: the power corrections too, with ``power_corrections``).
+    ``at``: the shift vector (default 0). N is counted as in :func:`luminosity_bounds`. ``tables``: window
+    label -> the tables over exactly these coefficients, to use instead of building them. Every argument is
+    checked before any table is built.
+    """
+    from kernels import likelihood
+    from kernels.detector import DetectorConfig
+
+    cols, names = check_coefficients(coefficients)
+    k = len(cols)
+    d = np.zeros(k) if at is None else np.array([_finite(v, "--at") for v in np.atleast_1d(at)])
+    if d.shape != (k,):
+        raise ConfigError(f"--at gives {d.size} value(s) for {k} coefficients ({', '.join(cols)})")
+    ns, _, s, level = check_options(n_events, 0.0, prior_scale, level)
+    progress = progress or no_progress
+    sets = [LOW_WINDOWS] + ([LOW_WINDOWS + (HIGH_WINDOW,)] if high_q2 else [])
+    det = detector or DetectorConfig()
+    rows, low, rate_low = [], {}, None
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    for windows in sets:
+        label = window_label(windows)
+        ntable = (tables or {}).get(label) or _table(windows, power_corrections, progress, names)
+        if tuple(ntable.coefficients) != names:
+            raise ConfigError(f"the tables of {label} are over {list(ntable.coefficients)}, not {list(names)}")
+        nf = getattr(ntable, "n_form_factors", ntable.n_nuisances)
+        model = det.pdf_model(level, ntable.windows)
+        central = ntable.at(np.zeros(ntable.n_nuisances))
+        I = likelihood.fisher_information_nuisances(ntable, d, model=model)
+        I_c = likelihood.fisher_information(central, d, model)
+        prec = np.eye(ntable.n_nuisances) / s**2
+        rate = _signal_rate(central, d, model)
+        rate_low = rate if rate_low is None else rate_low
+        high = windows != LOW_WINDOWS
+        for n in ns:
+            n_set = n if not high else max(1, round(n * rate / rate_low))
+            fixed_cov = np.linalg.inv(I_c) / n_set
+            eff_sig, eff_cov = likelihood.efficient_bound(I[: k + nf, : k + nf], k, n_set, prec[:nf, :nf])
+            pc_sig = likelihood.efficient_bound(I, k, n_set, prec)[0] if power_corrections else np.full(k, math.nan)
+            fixed = np.sqrt(np.diag(fixed_cov))
+            if not high:
+                low[n] = (eff_sig, pc_sig)
+            corr = {}
+            for i, j in pairs:
+                corr[f"corr_crb_{cols[i]}_{cols[j]}"] = float(fixed_cov[i, j] / (fixed[i] * fixed[j]))
+                corr[f"corr_crb_eff_{cols[i]}_{cols[j]}"] = float(eff_cov[i, j] / (eff_sig[i] * eff_sig[j]))
+            for i, c in enumerate(cols):
+                rows.append({"windows": label, "level": level, "coefficients": ",".join(cols),
+                             "at": ",".join(f"{v:g}" for v in d), "prior_scale": s, "n_events": n,
+                             "n_events_set": n_set, "coefficient": c,
+                             "sigma_crb_alone": float(1.0 / np.sqrt(n_set * I_c[i, i])), "sigma_crb": float(fixed[i]),
+                             "sigma_crb_eff": float(eff_sig[i]), "eff_over_fixed": float(eff_sig[i] / fixed[i]),
+                             "recovery": float(low[n][0][i] / eff_sig[i]) if high else math.nan,
+                             "sigma_crb_eff_pc": float(pc_sig[i]), "pc_over_fixed": float(pc_sig[i] / fixed[i]),
+                             "recovery_pc": float(low[n][1][i] / pc_sig[i]) if high else math.nan, **corr})
+    return rows
+
+
 def write_bounds_csv(rows: Iterable[Mapping], path: Path) -> Path:
-    """The rows as CSV with exactly :data:`BOUNDS_COLUMNS`, written atomically."""
+    """The rows as CSV with exactly :data:`BOUNDS_COLUMNS` (or, for :func:`joint_bounds`' rows,
+    :data:`JOINT_BOUNDS_COLUMNS` and the correlations), written atomically."""
+    rows = list(rows)
+    columns = BOUNDS_COLUMNS
+    if rows and "coefficient" in rows[0]:
+        columns = JOINT_BOUNDS_COLUMNS + tuple(c for c in rows[0] if c.startswith("corr_crb"))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(BOUNDS_COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow([csv_cell(row[c]) for c in BOUNDS_COLUMNS])
+        writer.writerow([csv_cell(row[c]) for c in columns])
     out = atomic_write_text(Path(path), buf.getvalue())
     log.info("wrote %s", out)
     return Path(out)

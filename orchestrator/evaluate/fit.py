@@ -39,6 +39,7 @@ from kernels.files import atomic_write_text
 from kernels.metrics import NUISANCE_COLUMNS, POINT_COLUMNS
 from kernels.theory import SCAN_COEFFICIENTS
 from orchestrator.config.checks import positive_int
+from orchestrator.evaluate.joint import fitted_coefficients
 
 __all__ = [
     "POINT_COLUMNS",
@@ -75,8 +76,14 @@ def fit_dataset(
     level: str | None = None,
     progress: Callable[[int], None] | None = None,
     profiled: Callable[[list, Any, Any], Profiled] | None = None,
+    coefficients: Sequence[str] | None = None,
 ) -> list[dict]:
     """Fit ``sets`` sets of ``events_per_set`` events at each point of ``dataset``.
+
+    ``coefficients``: those fitted (default: the dataset's). They must include every coefficient the dataset
+    scans; one it does not scan was 0 in its events, and that is its truth. With one coefficient the rows
+    have the keys :data:`POINT_COLUMNS`; with several, :func:`kernels.metrics.joint_columns` (the joint fit,
+    each coefficient's marginal bound, the correlations and the joint coverage).
 
     ``profiled(coefficients, windows, model)``: returns the :class:`Profiled` theory (after every
     check has passed) for fits with the form factors profiled.
@@ -96,8 +103,8 @@ def fit_dataset(
     level = m.level if level is None else level
     if level not in LEVELS:
         raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    manifest, coefficients, windows, points = m.raw, list(m.coefficients), list(m.windows), m.points
-
+    manifest, windows, points = m.raw, list(m.windows), m.points
+    coefficients = fitted_coefficients(m, coefficients)
     refuse_short_points(dataset, points, events_per_set, sets)
 
     from kernels import detector, theory
@@ -107,12 +114,13 @@ def fit_dataset(
     prof = None if profiled is None else profiled(coefficients, table.windows, model)
     rows = []
     for p in points:
-        index, dc9_true = p["index"], float(p["shifts"]["dc9"])
+        index = p["index"]
+        truth = [float(p["shifts"].get(c, 0.0)) for c in table.shift_columns]
         source = f"{dataset}/level={level}/point={index:03d}"
         events = read_point(dataset, manifest, level, index)
         validate_events(events, source, q2_windows=windows)
         rows.append(
-            fit_point(table, model, events, dc9_true, events_per_set, sets,
+            fit_point(table, model, events, truth[0] if len(truth) == 1 else truth, events_per_set, sets,
                       label=f"point {index}", source=source, progress=progress, profiled=prof)
         )
     return rows
@@ -123,8 +131,9 @@ def refuse_short_points(dataset: Path, points: Sequence[Mapping], events_per_set
     need = events_per_set * sets
     for p in points:  # refuse before any fitting
         if p["events"] < need:
+            where = ", ".join(f"{c}={v:g}" for c, v in sorted(p["shifts"].items()))
             raise DatasetError(
-                f"{dataset}: point {p['index']} (dc9={p['shifts']['dc9']:g}) has {p['events']} events, "
+                f"{dataset}: point {p['index']} ({where}) has {p['events']} events, "
                 f"needs {need} ({sets} sets x {events_per_set} events)"
             )
 
@@ -133,7 +142,7 @@ def fit_point(
     table: Any,
     model: Any,
     events: pa.Table,
-    dc9_true: float,
+    dc9_true: float | Sequence[float],
     events_per_set: int,
     sets: int,
     *,
@@ -152,6 +161,9 @@ def fit_point(
     ``profiled``: fit delta C9 and the form factors together (:func:`kernels.profile.fit_sets_profiled`,
     prior-constrained); the errors, pulls and coverage are then the profiled ones, and the row adds
     :data:`NUISANCE_COLUMNS` (``sigma_crb_eff`` at the prior's centre, the same point as ``sigma_crb``).
+
+    Several coefficients (``table`` over them, ``dc9_true`` the truth vector): the joint fit's row,
+    :func:`kernels.metrics.joint_columns`, with each coefficient's efficient bound when ``profiled``.
     """
     from kernels import likelihood, metrics
 
@@ -166,8 +178,9 @@ def fit_point(
         [used.column(c).to_numpy().astype(np.float64, copy=False) for c in COLUMNS], axis=-1
     ).reshape(sets, events_per_set, len(COLUMNS))
 
-    log.info("%s (dc9=%g): fitting %d sets x %d events%s", label, dc9_true, sets, events_per_set,
-             "" if profiled is None else f", {profiled.table.n_nuisances} nuisances profiled")
+    truth = np.atleast_1d(np.asarray(dc9_true, dtype=np.float64))  # one value per fitted coefficient
+    log.info("%s (truth %s): fitting %d sets x %d events%s", label, ", ".join(f"{v:g}" for v in truth), sets,
+             events_per_set, "" if profiled is None else f", {profiled.table.n_nuisances} nuisances profiled")
     if profiled is None:
         result = likelihood.fit_sets(table, arr, model, progress=progress)
     else:
@@ -178,6 +191,10 @@ def fit_point(
     n_invalid = int(np.count_nonzero(~np.asarray(result.valid, dtype=bool)))
     if n_invalid:
         log.warning("%s: %d of %d fits did not converge", label, n_invalid, sets)
+    if truth.size > 1:
+        from orchestrator.evaluate.joint import joint_row
+
+        return joint_row(table, model, result, truth, events_per_set, label, profiled)
     at = dc9_true
     if not math.isfinite(at):
         finite = values[np.isfinite(values)]
@@ -206,12 +223,18 @@ class Profiled:
     prior_scale: float
     norm: np.ndarray
 
-    def sigma_crb_eff(self, dc9: float, n_events: int, model: Any) -> float:
+    def bound(self, shifts, n_events: int, model: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The efficient bound at ``shifts`` (one value per coefficient) for sets of ``n_events``: each
+        coefficient's sigma_CRB,eff and their covariance (:func:`kernels.likelihood.efficient_bound`)."""
         from kernels import likelihood
 
-        I = likelihood.fisher_information_nuisances(self.table, [dc9], model=model)
+        shifts = np.atleast_1d(np.asarray(shifts, dtype=np.float64))
+        I = likelihood.fisher_information_nuisances(self.table, shifts, model=model)
         prec = np.eye(self.table.n_nuisances) / self.prior_scale**2
-        return float(likelihood.efficient_bound(I, 1, n_events, prec)[0][0])
+        return likelihood.efficient_bound(I, shifts.size, n_events, prec)
+
+    def sigma_crb_eff(self, dc9: float, n_events: int, model: Any) -> float:
+        return float(self.bound([dc9], n_events, model)[0][0])
 
 
 FIT_NUISANCES = ("none", "bsz", "bsz+pc")
@@ -425,6 +448,8 @@ def write_points_csv(rows: Iterable[Mapping], path: Path) -> Path:
     path = Path(path)
     rows = list(rows)
     columns = POINT_COLUMNS + (NUISANCE_COLUMNS if rows and all(NUISANCE_COLUMNS[0] in r for r in rows) else ())
+    if rows and "mean" not in rows[0]:  # a joint fit of several coefficients: its rows' own columns, in order
+        columns = tuple(rows[0])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)

@@ -35,7 +35,6 @@ from pathlib import Path
 from kernels.errors import ConfigError
 from kernels.event_store import LEVELS, MANIFEST, part_path, point_checksum, write_manifest
 from kernels.files import sha256_file
-from kernels.theory import SCAN_COEFFICIENTS
 from orchestrator.config.checks import non_negative_int, positive_int
 from orchestrator.config.grammar import distinct
 from orchestrator.generate import journal
@@ -67,9 +66,7 @@ class GenerateResult:
 
 
 def _check_config(dc9, events, seed, chunk_size) -> list[float]:
-    positive_int(events, "--events")
-    positive_int(chunk_size, "--chunk-size")
-    non_negative_int(seed, "--seed")
+    _check_counts(events, seed, chunk_size)
     values = [float(v) for v in dc9]
     if not values:
         raise ConfigError("--dc9 gives no scan point")
@@ -80,6 +77,27 @@ def _check_config(dc9, events, seed, chunk_size) -> list[float]:
         return distinct(values)
     except ConfigError as err:
         raise ConfigError(f"--dc9: {err}") from None
+
+
+def _check_counts(events, seed, chunk_size) -> None:
+    positive_int(events, "--events")
+    positive_int(chunk_size, "--chunk-size")
+    non_negative_int(seed, "--seed")
+
+
+def _scan(dc9, design, events, seed, chunk_size) -> tuple[tuple[str, ...], list[list[float]], dict | None]:
+    """``(shift columns, points, design spec)`` of a scan given as delta C9 values or as a Design (not both)."""
+    if (dc9 is None) == (design is None):
+        raise ConfigError("give the scan points once: --dc9 (delta C9 alone) or --shift (any coefficients)")
+    if design is None:
+        return ("dc9",), [[v] for v in _check_config(dc9, events, seed, chunk_size)], None
+    from kernels.design import check
+
+    _check_counts(events, seed, chunk_size)
+    design = check(design)
+    if design.columns == ("dc9",):  # delta C9 alone: recorded as --dc9 records it, so the bytes are the same
+        return ("dc9",), design.rows(), None
+    return design.columns, design.rows(), design.spec
 
 
 def _check_workers(workers, address) -> None:
@@ -207,8 +225,10 @@ def generate(
     workers: int | None = 0,
     address: str | None = None,
     pool=None,
+    design=None,
 ) -> GenerateResult:
-    """Generate (or complete) the dataset ``out``: ``events`` events at each ``dc9`` scan point.
+    """Generate (or complete) the dataset ``out``: ``events`` events at each ``dc9`` scan point, or at each
+    point of ``design`` (a :class:`kernels.design.Design` over any coefficients; ``dc9`` is then None).
 
     ``level`` is ``gen``, ``det`` or ``det_bkg``; ``detector`` a
     ``DetectorConfig`` or its dict (default config when None; ignored at
@@ -226,16 +246,16 @@ def generate(
     from kernels import theory
 
     out = Path(out)
-    values = _check_config(dc9, events, seed, chunk_size)
+    columns, points, spec = _scan(dc9, design, events, seed, chunk_size)
     windows = [tuple(w) for w in theory.validate_windows(windows)]
     detector_config = _detector_config(level, detector, windows)
     if pool is None:
         _check_workers(workers, address)
     existing, old_manifest = _existing_identity(out)
 
-    table = theory.jtable(list(SCAN_COEFFICIENTS), windows)
-    if table.shift_columns != ("dc9",):
-        raise ConfigError(f"theory table scans {table.shift_columns}, expected ('dc9',)")
+    table = theory.jtable([theory.coefficient_for(c) for c in columns], windows)
+    if table.shift_columns != columns:
+        raise ConfigError(f"theory table scans {table.shift_columns}, expected {columns}")
     config = {
         "coefficients": list(table.coefficients),
         "windows": [list(w) for w in windows],
@@ -243,8 +263,12 @@ def generate(
         "seed": seed,
         "chunk_size": chunk_size,
         "level": level,
-        "dc9": values,
     }
+    if spec is None:  # delta C9 alone: the config of every dataset before several coefficients
+        config["dc9"] = [p[0] for p in points]
+    else:
+        config["shifts"] = points
+        config["design"] = spec
     if detector_config is not None:
         config["detector"] = detector_config
     identity = _json_normal({"format": FORMAT, "generator_version": generator_version(),
@@ -252,7 +276,7 @@ def generate(
     if existing is not None:
         _check_same(out, _json_normal(existing), identity)
 
-    items = list(work_items(values, events, seed, chunk_size))
+    items = list(work_items(points, events, seed, chunk_size))
     known = journal.recorded_parts(out) if existing is not None else {}
     if old_manifest is not None:
         for p in old_manifest.get("points", ()):
@@ -280,11 +304,11 @@ def generate(
         "config": config,
         "points": [],
     }
-    for i, v in enumerate(values):
+    for i, v in enumerate(points):
         parts = [done[key] for key in sorted(done) if key[0] == i]
         manifest["points"].append({
             "index": i,
-            "shifts": {"dc9": v},
+            "shifts": dict(zip(columns, v)),
             "events": events,
             "seed": [seed, i],
             "parts": parts,
@@ -297,7 +321,7 @@ def generate(
         return result
     write_manifest(out, manifest)
     log.info("wrote %s: %d points x %d events (%d parts made, %d kept)",
-             out, len(values), events, result.parts_made, result.parts_kept)
+             out, len(points), events, result.parts_made, result.parts_kept)
     return result
 
 
@@ -335,10 +359,12 @@ def _make_parts(out, identity, level, table, detector_config, todo, done, result
         journal.write_identity(out, identity)
         _remove_stale_temporaries(out, level)
         if pool is None:
+            job_columns = table.shift_columns
             maker = PartMaker({(job.coefficients, job.windows): table})
             for item in todo:
                 if item.part == 0:
-                    log.info("point %d (dc9=%g): sampling", item.point, item.dc9)
+                    log.info("point %d (%s): sampling", item.point,
+                             ", ".join(f"{c}={v:g}" for c, v in zip(job_columns, item.shifts)))
                 on_done(item, maker(job, item))
         else:
             pool.run(job, todo, lambda item, r: on_done(

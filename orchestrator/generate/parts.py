@@ -25,11 +25,12 @@ WORKER = "orchestrator.generate.parts:PartMaker"
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One unit of generation: ``events`` events of scan point ``point``, part ``part``."""
+    """One unit of generation: ``events`` events of scan point ``point`` (its coefficient shifts ``shifts``),
+    part ``part``."""
 
     point: int
     part: int
-    dc9: float
+    shifts: tuple[float, ...]
     events: int
     seed: tuple[int, int, int]
 
@@ -52,15 +53,19 @@ def _chunks(events: int, chunk_size: int) -> list[int]:
     return [chunk_size] * full + ([rest] if rest else [])
 
 
-def work_items(dc9: Sequence[float], events: int, seed: int, chunk_size: int) -> Iterator[WorkItem]:
-    """The (point, chunk) work items of a scan, in point-major order.
+def work_items(points: Sequence, events: int, seed: int, chunk_size: int) -> Iterator[WorkItem]:
+    """The (point, chunk) work items of a scan, in point-major order. ``points``: one shift vector per point
+    (or one number per point when delta C9 alone is scanned).
 
     >>> [(w.point, w.part, w.events, w.seed) for w in work_items([0.0, 1.0], 5, 7, 3)]
     [(0, 0, 3, (7, 0, 0)), (0, 1, 2, (7, 0, 1)), (1, 0, 3, (7, 1, 0)), (1, 1, 2, (7, 1, 1))]
+    >>> next(work_items([[0.5, -1.0]], 5, 7, 3)).shifts
+    (0.5, -1.0)
     """
-    for i, v in enumerate(dc9):
+    for i, v in enumerate(points):
+        shifts = tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
         for k, n in enumerate(_chunks(events, chunk_size)):
-            yield WorkItem(point=i, part=k, dc9=float(v), events=n, seed=(seed, i, k))
+            yield WorkItem(point=i, part=k, shifts=shifts, events=n, seed=(seed, i, k))
 
 
 def generate_part(out: Path, table, item: WorkItem, level: str = "gen", detector=None) -> dict:
@@ -73,11 +78,11 @@ def generate_part(out: Path, table, item: WorkItem, level: str = "gen", detector
     if level == "gen":
         from kernels import sampler
 
-        events = sampler.sample(table, shifts=[item.dc9], n=item.events, seed=item.seed)
+        events = sampler.sample(table, shifts=list(item.shifts), n=item.events, seed=item.seed)
     else:
         from kernels import detector as detector_module
 
-        events = detector_module.sample_level(table, [item.dc9], item.events, item.seed, level, detector)
+        events = detector_module.sample_level(table, list(item.shifts), item.events, item.seed, level, detector)
     if events.num_rows != item.events:
         raise DatasetError(
             f"{level} sampler returned {events.num_rows} events for point {item.point} "

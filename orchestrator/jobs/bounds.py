@@ -7,7 +7,8 @@ from pathlib import Path
 
 from kernels.errors import ConfigError
 from orchestrator.config.checks import output_file
-from orchestrator.evaluate.bounds import LUMINOSITY_EVENTS, check_options, luminosity_bounds, write_bounds_csv
+from orchestrator.evaluate.bounds import (LUMINOSITY_EVENTS, check_coefficients, check_options, joint_bounds,
+                                         luminosity_bounds, write_bounds_csv)
 from orchestrator.runtime.progress import no_progress
 
 __all__ = ["BoundsOutcome", "bounds_job", "check_csv_path", "write_bounds"]
@@ -40,11 +41,22 @@ def write_bounds(rows: list[dict], out_csv: Path, title: str = "") -> tuple[Path
 
 def bounds_job(n_events=LUMINOSITY_EVENTS, dc9: float = 0.0, prior_scale: float = 1.0, high_q2: bool = True,
                level: str = "gen", out: Path = Path("out/bounds.csv"), progress=no_progress,
-               stage=None, power_corrections: bool = False) -> BoundsOutcome:
+               stage=None, power_corrections: bool = False, coefficients=None, at=None) -> BoundsOutcome:
     """The bounds at every N, written to ``out`` and ``out.png``. Every option, and ``out``, is checked
-    before the first flavio call, so a bad input writes nothing. ``stage(message)`` announces the tables."""
+    before the first flavio call, so a bad input writes nothing. ``stage(message)`` announces the tables.
+
+    ``coefficients`` (several): the joint bounds (:func:`~orchestrator.evaluate.bounds.joint_bounds`) at the
+    shift vector ``at`` (default 0; ``dc9`` is then not used)."""
     out = check_csv_path(out)
     check_options(n_events, dc9, prior_scale, level)
+    if coefficients is not None and len(coefficients) > 1:
+        return _joint_job(coefficients, at, n_events, prior_scale, high_q2, level, out, progress, stage,
+                          power_corrections)
+    if at is not None:
+        raise ConfigError("--at goes with --coefficients (several); for delta C9 alone use --dc9")
+    if coefficients is not None and check_coefficients(coefficients)[0] != ("dc9",):
+        raise ConfigError("--coefficients with one coefficient: only delta C9's bound is studied alone; "
+                          "list several (e.g. C9,C10) for the joint bounds")
     if stage is not None:
         stage("amplitude tables over delta C9 x the power corrections x the 19 BSZ form factors (cached after the "
               "first run)" if power_corrections else
@@ -57,3 +69,22 @@ def bounds_job(n_events=LUMINOSITY_EVENTS, dc9: float = 0.0, prior_scale: float 
              f"(flavio's {what}, prior × {r['prior_scale']:g}; δC9 = {r['dc9']:g}, level {r['level']})")
     csv_path, figure = write_bounds(rows, out, title=title)
     return BoundsOutcome(rows, csv_path, figure)
+
+
+def _joint_job(coefficients, at, n_events, prior_scale, high_q2, level, out, progress, stage,
+               power_corrections) -> BoundsOutcome:
+    from orchestrator.report.plots import plot_joint_bounds
+
+    cols, names = check_coefficients(coefficients)
+    if stage is not None:
+        what = "the power corrections x " if power_corrections else ""
+        stage(f"tables over {' x '.join(cols)} x {what}the 19 BSZ form factors (cached after the first run)")
+    rows = joint_bounds(names, at, n_events, prior_scale=prior_scale, high_q2=high_q2, level=level,
+                        progress=progress, power_corrections=power_corrections)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    csv_path = write_bounds_csv(rows, out)
+    r = rows[0]
+    title = (f"Marginal Cramér–Rao bounds of {', '.join(cols)} against luminosity\n"
+             f"(at {r['at']}; flavio's 19 BSZ parameters{' and power corrections' if power_corrections else ''}, "
+             f"prior × {r['prior_scale']:g}; level {r['level']})")
+    return BoundsOutcome(rows, csv_path, plot_joint_bounds(rows, out.with_suffix(".png"), title=title))

@@ -6,12 +6,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernels.design import shift_column
 from kernels.errors import ConfigError
 from kernels.event_store import read_event_manifest
 from kernels.theory import SCAN_COEFFICIENTS
 from orchestrator.config.checks import output_file, positive_int
-from orchestrator.evaluate.fit import (check_nuisances, fit_dataset, fit_events_points, profiled_theory, read_events_file,
-                                       refuse_short_events, refuse_short_points, write_points_csv)
+from orchestrator.evaluate.fit import (check_nuisances, fit_dataset, fit_events_points, profiled_theory,
+                                       read_events_file, refuse_short_events, refuse_short_points, write_points_csv)
+from orchestrator.evaluate.joint import fitted_coefficients
 from orchestrator.runtime.progress import no_progress
 
 
@@ -25,12 +27,16 @@ class FitOutcome:
 def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_file: str | None = None,
             level: str | None = None, column_map: dict | None = None, dc9_column: str | None = None,
             dc9_true: float | None = None, windows=None, out: Path | None = None, progress=no_progress,
-            nuisances: str = "none", prior_scale: float | None = None) -> FitOutcome:
+            nuisances: str = "none", prior_scale: float | None = None,
+            coefficients: list[str] | None = None) -> FitOutcome:
     """Fit every point; with ``out``, write the per-point CSV and its figure (``.png`` beside it).
 
     ``nuisances="bsz"``: the profiled fit (delta C9 and flavio's 19 BSZ form factors, their prior
     scaled by ``prior_scale``), with ``sigma_crb_eff`` beside ``sigma_crb``. A user's events must then
     say their ``level``: the profiled pdf, and the bound, depend on it.
+    ``coefficients``: fit these jointly (default: the dataset's; a dataset's scanned coefficients must be among
+    them, and one it does not scan has truth 0). With several, the rows are the joint fit's
+    (:func:`kernels.metrics.joint_columns`) and the figure shows each pair's 68% regions beside the bound's.
     Every option is checked, and ``out`` proved writable, before the first fit (and before any table is built).
     """
     if (dataset is None) == (events_file is None):
@@ -43,6 +49,9 @@ def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_
     positive_int(events_per_set, "--events-per-set")
     positive_int(sets, "--sets")
     scale = check_nuisances(nuisances, prior_scale)
+    if coefficients is not None and events_file is not None and [shift_column(c) for c in coefficients] != ["dc9"]:
+        raise ConfigError("--coefficients with --events-file: a user's events are fitted for delta C9 alone so "
+                          "far; several coefficients need a dataset from 'wcscan generate --shift'")
     if nuisances != "none" and events_file is not None and level is None:
         raise ConfigError("--nuisances on --events-file needs --level (gen, det or det_bkg): the profiled fit's "
                           "pdf and its bound depend on the events' level")
@@ -62,7 +71,7 @@ def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_
         else:
             m = read_event_manifest(dataset)
             refuse_short_points(dataset, m.points, events_per_set, sets)
-            coefficients, tables_windows = list(m.coefficients), th.validate_windows(m.windows)
+            coefficients, tables_windows = fitted_coefficients(m, coefficients), th.validate_windows(m.windows)
         if nuisances == "bsz+pc":  # the power corrections too: tables from the helicity amplitudes
             from kernels import amplitudes as amp
 
@@ -78,11 +87,21 @@ def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_
             rows = fit_events_points(points, events_per_set, sets, windows, level=level or "gen",
                                      progress=advance, source=events_file, profiled=theory)
     else:
-        n_points = len(read_event_manifest(dataset).points)
-        with progress("fit", sets * n_points, "sets") as advance:
-            rows = fit_dataset(dataset, events_per_set, sets, level=level, progress=advance, profiled=theory)
+        m = read_event_manifest(dataset)
+        coefficients = fitted_coefficients(m, coefficients)
+        with progress("fit", sets * len(m.points), "sets") as advance:
+            rows = fit_dataset(dataset, events_per_set, sets, level=level, progress=advance, profiled=theory,
+                               coefficients=coefficients)
     outcome = FitOutcome(rows)
-    if out is not None:
+    if out is not None and rows and "mean" not in rows[0]:  # a joint fit of several coefficients
+        from orchestrator.report.plots import plot_joint_fit
+
+        outcome.csv = write_points_csv(rows, out)
+        shifts = [shift_column(c) for c in coefficients]
+        what = "Joint ML fit" if nuisances == "none" else f"Joint profiled ML fit ({nuisances})"
+        outcome.figure = plot_joint_fit(rows, shifts, out.with_suffix(".png"),
+                                        title=f"{what} of {', '.join(shifts)}: {sets} sets x {events_per_set} events")
+    elif out is not None:
         from orchestrator.report.plots import plot_fit_summary
 
         outcome.csv = write_points_csv(rows, out)

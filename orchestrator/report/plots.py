@@ -63,6 +63,56 @@ def plot_fit_summary(rows: Sequence[Mapping], path: Path, title: str = "") -> Pa
     return out
 
 
+def _ellipse(ax, centre, sx, sy, rho, level: float = 0.68, **kw):
+    """The ``level`` region of a 2D Gaussian (widths sx, sy, correlation rho) around ``centre``."""
+    if not all(np.isfinite([sx, sy, rho, *centre])):
+        return
+    cov = np.array([[sx * sx, rho * sx * sy], [rho * sx * sy, sy * sy]])
+    w, v = np.linalg.eigh(cov)
+    r = np.sqrt(-2.0 * np.log(1.0 - level))  # the chi-square quantile for 2 degrees of freedom, sqrt
+    t = np.linspace(0, 2 * np.pi, 121)
+    xy = (v @ (np.sqrt(np.clip(w, 0, None))[:, None] * np.stack([np.cos(t), np.sin(t)]))) * r
+    ax.plot(centre[0] + xy[0], centre[1] + xy[1], **kw)
+
+
+def plot_joint_fit(rows: Sequence[Mapping], shifts: Sequence[str], path: Path, title: str = "") -> Path:
+    """A joint fit of several coefficients, one panel per pair: at each point the truth, the bound's 68%
+    region around it (sigma_CRB and its correlation), and the estimates' mean with their own 68% region (the
+    spread and correlation over sets). Drawn from the rows alone (``points.csv``)."""
+    plt = _pyplot()
+    shifts = list(shifts)
+    pairs = [(i, j) for j in range(len(shifts)) for i in range(j)]
+    n = len(shifts) - 1
+    fig, axes = plt.subplots(n, n, figsize=(4.6 * n + 0.6, 4.2 * n), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for i, j in pairs:
+        a, b = shifts[i], shifts[j]
+        ax = axes[j - 1, i]
+        ax.set_visible(True)
+        for k, r in enumerate(rows):
+            t = (float(r[f"{a}_true"]), float(r[f"{b}_true"]))
+            m = (float(r[f"mean_{a}"]), float(r[f"mean_{b}"]))
+            first = k == 0
+            ax.plot(*t, "k+", ms=8, label="truth" if first else None)
+            _ellipse(ax, t, float(r[f"sigma_crb_{a}"]), float(r[f"sigma_crb_{b}"]), float(r[f"corr_crb_{a}_{b}"]),
+                     color="k", lw=1.2, label="σ_CRB, 68%" if first else None)
+            ax.plot(*m, "o", color="C0", ms=3, label="mean estimate" if first else None)
+            _ellipse(ax, m, float(r[f"sigma_{a}"]), float(r[f"sigma_{b}"]), float(r[f"corr_{a}_{b}"]),
+                     color="C0", lw=1.2, ls="--", label="estimates, 68%" if first else None)
+        ax.set_xlabel(f"δ{a[1:].upper().replace('P', chr(8242))}")
+        ax.set_ylabel(f"δ{b[1:].upper().replace('P', chr(8242))}")
+        ax.grid(alpha=0.3)
+        if (i, j) == pairs[0]:
+            ax.legend(loc="best", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
 def _series(evaluation, key):
     rows = sorted(evaluation.rows, key=lambda r: r["dc9_true"])
     return np.array([r["dc9_true"] for r in rows]), np.array([r[key] for r in rows], dtype=float), rows
@@ -232,6 +282,19 @@ def plot_calibration(evaluations, path: Path) -> Path:
     return out
 
 
+def _log_log(ax, ticks) -> None:
+    """Log-log axes with the N values as the x ticks and plain numbers on y."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def plot_luminosity_bounds(rows: Sequence[Mapping], path: Path, title: str = "",
                            estimators: Mapping[str, tuple[float, float]] | None = None) -> Path:
     """σ_CRB (form factors fixed) and σ_CRB,eff (profiled; with the power corrections too, where the rows have
@@ -259,21 +322,47 @@ def plot_luminosity_bounds(rows: Sequence[Mapping], path: Path, title: str = "",
     for j, (name, (n_est, sigma)) in enumerate((estimators or {}).items()):
         ax.plot([n_est], [sigma], markers[j % len(markers)], color=f"C{len(labels) + j}", ms=7, mew=1.6, ls="none",
                 label=f"{name} (measured)")
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ticks = sorted({r["n_events"] for r in rows})
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    _log_log(ax, sorted({r["n_events"] for r in rows}))
     ax.set_xlabel("N, events per set in [1.1, 6.0] GeV² (∝ luminosity)")
     ax.set_ylabel("σ_CRB(δC9)")
     ax.grid(True, which="both", color="0.9", lw=0.6)
     ax.legend(fontsize=7.5, loc="lower left")
     ax.set_title(title or "Cramér–Rao bound on δC9 against luminosity", fontsize=10)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_joint_bounds(rows: Sequence[Mapping], path: Path, title: str = "") -> Path:
+    """One panel per coefficient: its bound alone, its marginal bound with the other coefficients free, and
+    that with the form factors profiled (and the power corrections, where the rows have them), against N,
+    log-log, per window set. ``rows``: :func:`orchestrator.evaluate.bounds.joint_bounds`."""
+    plt = _pyplot()
+    coeffs = list(dict.fromkeys(r["coefficient"] for r in rows))
+    labels = list(dict.fromkeys(r["windows"] for r in rows))
+    fig, axes = plt.subplots(1, len(coeffs), figsize=(4.8 * len(coeffs), 4.4), squeeze=False)
+    for ax, c in zip(axes[0], coeffs):
+        for i, label in enumerate(labels):
+            sel = sorted((r for r in rows if r["windows"] == label and r["coefficient"] == c),
+                         key=lambda r: r["n_events"])
+            n = np.array([r["n_events"] for r in sel], dtype=float)
+            name = f"[{label.replace('-', ', ').replace('+', '] + [')}]"
+            col = f"C{i}"
+            ax.plot(n, [r["sigma_crb_alone"] for r in sel], ".:", color=col, lw=1, label=f"{name}: alone")
+            ax.plot(n, [r["sigma_crb"] for r in sel], "o--", color=col, lw=1.2, ms=4, label=f"{name}: others free")
+            ax.plot(n, [r["sigma_crb_eff"] for r in sel], "s-", color=col, lw=1.8, ms=5,
+                    label=f"{name}: and form factors profiled")
+            pc = np.array([r["sigma_crb_eff_pc"] for r in sel], dtype=float)
+            if pc.size and np.isfinite(pc).all():
+                ax.plot(n, pc, "^-", color=col, lw=2.4, ms=5, alpha=0.7, label=f"{name}: and power corrections")
+        _log_log(ax, sorted({r["n_events"] for r in rows}))
+        ax.set_xlabel("N, events per set in [1.1, 6.0] GeV²")
+        ax.set_ylabel(f"σ_CRB(δ{c[1:].upper().replace('P', chr(8242))})")
+        ax.grid(True, which="both", color="0.9", lw=0.6)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)

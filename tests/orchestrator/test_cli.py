@@ -208,7 +208,7 @@ def test_unexpected_exceptions_propagate_with_their_traceback(monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(orchestrator.jobs.fit, "read_event_manifest", lambda *a: SimpleNamespace(points=()))
+    monkeypatch.setattr(orchestrator.jobs.fit, "read_event_manifest", lambda *a: SimpleNamespace(points=(), shift_columns=("dc9",)))
     monkeypatch.setattr(orchestrator.jobs.fit, "fit_dataset", boom)
     with pytest.raises(RuntimeError, match="bug"):
         main(["fit", "--dataset", "x", "--events-per-set", "1", "--sets", "1"])
