@@ -9,9 +9,10 @@ Three ways to make one:
   seeded, so that a 4D scan need not have 5^4 points;
 - :func:`from_points`: explicit rows.
 
-Every design is checked (:func:`check`): no coefficient twice, finite values, no point twice, and enough
-points to identify every coefficient: at least ``n + 1`` points that span the n dimensions (a coefficient
-held at one value is not scanned). The same arguments and seed give the same points, bit for bit.
+Every design is checked (:func:`check`): no coefficient twice, finite values, no point twice, and, for a
+scan of several points, enough to identify every coefficient: at least ``n + 1`` points that span the n
+dimensions (a coefficient held at one value is not scanned). A single point (test data at one shift
+vector) is allowed. The same arguments and seed give the same points, bit for bit.
 """
 
 from __future__ import annotations
@@ -113,16 +114,15 @@ def check(design: Design) -> Design:
         if row in seen:
             raise ConfigError(f"scan point {list(row)} appears twice (points {seen[row]} and {i}); the points must differ")
         seen[row] = i
-    if n > 1 or pts.shape[0] > 1:
+    if n > 1 and pts.shape[0] > 1:  # one point is a point (test data), not a scan
         for j, c in enumerate(cols):
-            if np.ptp(pts[:, j]) == 0 and n > 1:
+            if np.ptp(pts[:, j]) == 0:
                 raise ConfigError(f"{c} takes one value ({pts[0, j]:g}) at every point: it is not scanned; "
                                   f"drop it or give it at least 2 values")
-        if n > 1:
-            rank = np.linalg.matrix_rank(pts - pts.mean(axis=0)) if pts.shape[0] > 1 else 0
-            if pts.shape[0] < n + 1 or rank < n:
-                raise ConfigError(f"the design has {pts.shape[0]} point(s) spanning {rank} dimension(s); "
-                                  f"{n} coefficients ({', '.join(cols)}) need at least {n + 1} points that span them")
+        rank = np.linalg.matrix_rank(pts - pts.mean(axis=0))
+        if pts.shape[0] < n + 1 or rank < n:
+            raise ConfigError(f"the design has {pts.shape[0]} points spanning {rank} dimension(s); "
+                              f"{n} coefficients ({', '.join(cols)}) need at least {n + 1} points that span them")
     return design
 
 

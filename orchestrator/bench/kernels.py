@@ -18,24 +18,28 @@ from orchestrator.evaluate.bounds import LUMINOSITY_EVENTS
 
 
 def bench_generate(events: int = 1_000_000, repeats: int = 5, dc9: float = 0.0) -> dict:
-    """Generator-level events/s per core: ours against the textbook uniform-proposal sampler.
+    """Generator-level events/s per core: ours against the textbook uniform-proposal sampler, and ours at two
+    coefficients (delta C9 and delta C10 = 0.3, the table over both).
 
-    The two are timed alternately in the same process, on the same theory
-    table, shifts and event count.
+    The three are timed alternately in the same process, on the same shifts and event count.
     """
     from kernels import sampler, theory
 
     table = theory.jtable(["C9_bsmumu"])
+    joint = theory.jtable(["C9_bsmumu", "C10_bsmumu"])  # two coefficients: (dc9, dc10 = 0.3)
     sampler.compiled(table, [dc9])  # envelope set-up, once per scan point
-    ours, base = [], []
+    sampler.compiled(joint, [dc9, 0.3])
+    ours, base, two = [], [], []
     with one_thread():
         sampler.sample_array(table, [dc9], 10_000, (0,))  # warm-up
         sampler.sample_uniform_baseline(table, [dc9], 10_000, (0,))
-        for r in range(repeats):  # alternate the two so that machine drifts hit both alike
+        sampler.sample_array(joint, [dc9, 0.3], 10_000, (0,))
+        for r in range(repeats):  # alternate them so that machine drifts hit all alike
             seed = (1, r)
             ours.append(seconds(lambda s=seed: sampler.sample_array(table, [dc9], events, s)))
             base.append(seconds(lambda s=seed: sampler.sample_uniform_baseline(table, [dc9], events, s)))
-    t_ours, t_base = float(np.median(ours)), float(np.median(base))
+            two.append(seconds(lambda s=seed: sampler.sample_array(joint, [dc9, 0.3], events, s)))
+    t_ours, t_base, t_two = float(np.median(ours)), float(np.median(base)), float(np.median(two))
     return {
         "benchmark": "generate",
         "events": events,
@@ -47,13 +51,16 @@ def bench_generate(events: int = 1_000_000, repeats: int = 5, dc9: float = 0.0) 
         "ours_events_per_s_per_core": events / t_ours,
         "baseline_events_per_s_per_core": events / t_base,
         "ratio": t_base / t_ours,
+        "c9_c10_events_per_s_per_core": events / t_two,
+        "c9_c10_over_c9_rate": t_ours / t_two,
         "machine": platform.processor() or platform.machine(),
     }
 
 
 def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc9: float = 0.0,
               nuisances: str = "none", prior_scale: float = 1.0) -> dict:
-    """ML fits per second per core on sets of ``events_per_set`` (projection + MIGRAD + HESSE).
+    """ML fits per second per core on sets of ``events_per_set`` (projection + MIGRAD + HESSE); without
+    nuisances, the joint fit of (delta C9, delta C10) too, on sets drawn at (dc9, 0.3).
 
     ``nuisances="bsz"``: the sets are drawn each in its own world from flavio's form-factor prior, and
     the profiled fit (delta C9 and the 19 form factors, :func:`kernels.profile.fit_sets_profiled`) is
@@ -94,6 +101,11 @@ def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc
                 prof.append(seconds(lambda: profile.fit_sets_profiled(ntable, arr, prior_scale=prior_scale, norm=norm)))
             t, t_prof = float(np.median(fixed)), float(np.median(prof))
         res = likelihood.fit_sets(table, arr)
+        if nuisances == "none":  # the joint fit of (delta C9, delta C10) on sets drawn at (dc9, 0.3), beside it
+            joint = theory.jtable(["C9_bsmumu", "C10_bsmumu"])
+            arr2 = sampler.sample_array(joint, [dc9, 0.3], events_per_set * sets, (3,)).T.reshape(sets, events_per_set, 4)
+            likelihood.fit_sets(joint, arr2[:2])
+            t_joint = median_time(lambda: likelihood.fit_sets(joint, arr2), repeats)
     out = {
         "benchmark": "fit",
         "events_per_set": events_per_set,
@@ -105,6 +117,8 @@ def bench_fit(events_per_set: int = 24_000, sets: int = 60, repeats: int = 3, dc
         "fits_valid_fraction": float(np.mean(res.valid)),
         "machine": platform.processor() or platform.machine(),
     }
+    if nuisances == "none":
+        out.update(joint_c9_c10_sets_per_s_per_core=sets / t_joint, joint_over_single_time=t_joint / t)
     if nuisances != "none":
         pr = profile.fit_sets_profiled(ntable, arr, prior_scale=prior_scale, norm=norm)
         I = likelihood.fisher_information_nuisances(ntable, [dc9])

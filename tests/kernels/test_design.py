@@ -36,13 +36,17 @@ def test_space_filling_designs_are_seeded_inside_their_box_and_fill_it(method):
     assert a.spec == {"kind": method, "n": 32, "seed": 7, "bounds": {k: list(v) for k, v in box.items()}}
 
 
+def test_one_point_in_several_coefficients_is_test_data_not_a_scan_and_is_allowed():
+    assert design.grid({"dc9": [1.0], "dc10": [-1.0]}).rows() == [[1.0, -1.0]]
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: design.grid({"dc9": [0.0, 1.0], "C9_bsmumu": [0.0, 1.0]}), "dc9 is listed twice"),
     (lambda: design.grid({"dc11": [0.0, 1.0]}), "unknown Wilson coefficient 'dc11'"),
     (lambda: design.grid({"dc9": [0.0, 1.0], "dc10": [0.5]}), "dc10 takes one value (0.5) at every point"),
     (lambda: design.from_points(["dc9", "dc10"], [[0.0, 0.0], [1.0, 1.0]]), "need at least 3 points"),
     (lambda: design.from_points(["dc9", "dc10"], [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]),
-     "3 point(s) spanning 1 dimension(s)"),
+     "3 points spanning 1 dimension(s)"),
     (lambda: design.space_filling({"dc9": (-1, 1), "dc10": (-1, 1), "dc9p": (-1, 1)}, 3, 0), "need at least 4"),
     (lambda: design.space_filling({"dc9": (1.0, -1.0)}, 4, 0), "LO < HI"),
     (lambda: design.space_filling({"dc9": (-1.0, 1.0)}, 4, 0, "halton"), "unknown space-filling design"),

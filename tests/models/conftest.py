@@ -15,6 +15,14 @@ def c9_table(tmp_path_factory):
     return theory.jtable(["C9_bsmumu"], spacing=0.1, cache=tmp_path_factory.mktemp("models-theory-cache"))
 
 
+@pytest.fixture(scope="session")
+def c9_c10_table_coarse(tmp_path_factory):
+    """A (delta C9, delta C10) table on the same coarse q2 grid, in a private cache."""
+    from kernels import theory
+
+    return theory.jtable(["C9_bsmumu", "C10_bsmumu"], spacing=0.1, cache=tmp_path_factory.mktemp("models-c9c10-cache"))
+
+
 def _toy_images(n: int, seed: int, bins: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Images whose mean-q2 channel is 3 + 0.8 * label (+ noise), empty voxels NaN; labels in [-1, 1]."""
     rng = np.random.default_rng(seed)
