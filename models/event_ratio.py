@@ -166,7 +166,12 @@ def fit_sets_learned(model: EventRatio, sets, progress=None):
     values, errors = np.empty((M, n)), np.empty((M, n))
     valid, covs = np.empty(M, dtype=bool), np.empty((M, n, n))
     for k in range(M):  # one iteration per set; its events go through the network at once
-        values[k], errors[k], valid[k], covs[k] = fit_set(model.projections(arr[k]), z)
+        a = model.projections(arr[k])
+        values[k], errors[k], valid[k], covs[k] = fit_set(a, z)
+        if not valid[k] and valid[:k].any():  # a learned likelihood can have a spurious dip: start where the others are
+            again = fit_set(a, z, start=np.median(values[:k][valid[:k]], axis=0))
+            if again[2]:
+                values[k], errors[k], valid[k], covs[k] = again
         if progress is not None:
             progress(1)
     return FitResult(values, errors, valid, covs)

@@ -44,6 +44,10 @@ def run(config, out, tracking_uri, workers, address, device, quiet, verbose):
 
     cfg, result = run_config(config, out, device=device, tracking_uri=tracking_uri, workers=workers, address=address,
                              progress=progress_factory(quiet), stage=stage_printer("run", quiet))
+    console = stdout()
+    if hasattr(result, "shifts"):  # several coefficients
+        _print_joint(console, cfg, result)
+        return
     ev0 = result.evaluations[0].rows[0]
     table = Table(title=f"{cfg.name}: {ev0['n_sets']} test sets x {ev0['n_events']} events per point; "
                   "sigma/sigma_CRB = 1 is optimal", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -51,10 +55,35 @@ def run(config, out, tracking_uri, workers, address, device, quiet, verbose):
         table.add_column(h, justify="right", no_wrap=True)
     for row in summary_rows(result.evaluations, TERMINAL_COLUMNS):
         table.add_row(*row)
-    console = stdout()
     console.print(table)
+    _print_where(console, result)
+
+
+def _print_where(console, result) -> None:
     console.print(f"report: {result.report}", soft_wrap=True)
     if result.unlogged:
         warn(result.unlogged)
     else:
         console.print(f"MLflow: {result.tracking_uri} (parent run {result.run_id})", soft_wrap=True)
+
+
+def _print_joint(console, cfg, result) -> None:
+    from rich import box
+    from rich.table import Table
+
+    for n in cfg.evaluation.events_per_set:
+        table = Table(title=f"{cfg.name}: {cfg.evaluation.sets} test sets x {n:,} events per point; "
+                      "sigma/sigma_CRB = 1 is optimal", box=box.SIMPLE_HEAD, pad_edge=False)
+        for h in ("estimator", "coef", "s/CRB", "max", "|b|/CRB", "corr gap", "joint68", "joint95"):
+            table.add_column(h, justify="right", no_wrap=True)
+        for ev in result.evaluations:
+            s = ev.summary
+            for i, c in enumerate(result.shifts):
+                first = i == 0
+                table.add_row(ev.name if first else "", c, f"{s[f'sigma_over_crb_mean_{c}_N{n}']:.3f}",
+                              f"{s[f'sigma_over_crb_max_{c}_N{n}']:.3f}", f"{s[f'abs_bias_over_crb_max_{c}_N{n}']:.2f}",
+                              f"{s[f'corr_gap_max_N{n}']:.3f}" if first else "",
+                              f"{s[f'joint_coverage_68_mean_N{n}']:.3f}" if first else "",
+                              f"{s[f'joint_coverage_95_mean_N{n}']:.3f}" if first else "")
+        console.print(table)
+    _print_where(console, result)

@@ -337,8 +337,11 @@ def available() -> list[str]:
     return shipped(RUN_PRESETS)
 
 
-def load_config(name_or_path: str | Path) -> RunConfig:
-    """A shipped config by name (``demo``) or a YAML file; one-line ConfigError if it does not validate."""
+def load_config(name_or_path: str | Path):
+    """A shipped config by name (``demo``) or a YAML file; one-line ConfigError if it does not validate.
+
+    A :class:`RunConfig`, or a :class:`~orchestrator.config.joint_run.JointRunConfig` when
+    ``theory.coefficients`` lists several."""
     path = config_file(name_or_path, RUN_PRESETS)
     source, text = path.name, path.read_text()
     try:
@@ -349,9 +352,12 @@ def load_config(name_or_path: str | Path) -> RunConfig:
         raise ConfigError(f"config {source}{where}: not valid YAML") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {source}: expected a mapping at the top level")
+    from orchestrator.config.joint_run import JointRunConfig, is_joint
+
+    kind = JointRunConfig if is_joint(data) else RunConfig  # several coefficients: the joint job's config
     try:
-        return RunConfig.model_validate(data)
+        return kind.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"config {source}: {validation_message(err, RunConfig)}") from None
+        raise ConfigError(f"config {source}: {validation_message(err, kind)}") from None
     except ConfigError as err:
         raise ConfigError(f"config {source}: {err}") from None

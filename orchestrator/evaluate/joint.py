@@ -16,7 +16,7 @@ import numpy as np
 
 from kernels.errors import ConfigError
 
-__all__ = ["fitted_coefficients", "joint_row"]
+__all__ = ["fitted_coefficients", "joint_row", "joint_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +61,37 @@ def joint_row(table: Any, model: Any, result: Any, truth: np.ndarray, n_events: 
             row[f"sigma_crb_eff_{s}"] = float(eff[i])
             row[f"sigma_over_crb_eff_{s}"] = float(row[f"sigma_{s}"]) / float(eff[i])
     return {k: row[k] for k in metrics.joint_columns(shifts, nuisances=profiled is not None)}
+
+
+def joint_summary(rows: Sequence[dict], shifts: Sequence[str]) -> dict:
+    """The summary of an estimator's joint rows, per set size N (``_N<n>`` suffixes): each coefficient's mean
+    and largest sigma / sigma_CRB and largest |bias| / sigma_CRB over the points, the largest gap between the
+    estimates' correlation and the bound's, and the joint coverage (mean over the points, and its range).
+
+    >>> r = {"n_events": 100, "sigma_over_crb_dc9": 1.0, "bias_dc9": 0.1, "sigma_crb_dc9": 0.5, "corr_dc9_dc9p": 0.2,
+    ...      "corr_crb_dc9_dc9p": 0.1, "joint_coverage_68": 0.7, "joint_coverage_95": 0.9,
+    ...      "sigma_over_crb_dc9p": 1.2, "bias_dc9p": 0.0, "sigma_crb_dc9p": 1.0}
+    >>> s = joint_summary([r], ["dc9", "dc9p"])
+    >>> s["sigma_over_crb_mean_dc9p_N100"], s["abs_bias_over_crb_max_dc9_N100"], round(s["corr_gap_max_N100"], 3)
+    (1.2, 0.2, 0.1)
+    """
+    out: dict = {}
+    shifts = list(shifts)
+    pairs = [(a, b) for i, a in enumerate(shifts) for b in shifts[i + 1:]]
+    for n in sorted({int(r["n_events"]) for r in rows}):
+        sel = [r for r in rows if int(r["n_events"]) == n]
+        for s in shifts:
+            so = np.array([r[f"sigma_over_crb_{s}"] for r in sel], dtype=float)
+            b = np.array([abs(r[f"bias_{s}"]) / r[f"sigma_crb_{s}"] for r in sel], dtype=float)
+            out[f"sigma_over_crb_mean_{s}_N{n}"] = float(np.nanmean(so))
+            out[f"sigma_over_crb_max_{s}_N{n}"] = float(np.nanmax(so))
+            out[f"abs_bias_over_crb_max_{s}_N{n}"] = float(np.nanmax(b))
+        if pairs:
+            out[f"corr_gap_max_N{n}"] = float(max(abs(r[f"corr_{a}_{b}"] - r[f"corr_crb_{a}_{b}"])
+                                                  for r in sel for a, b in pairs))
+        for level in (68, 95):
+            cov = np.array([r[f"joint_coverage_{level}"] for r in sel], dtype=float)
+            out[f"joint_coverage_{level}_mean_N{n}"] = float(np.nanmean(cov))
+            out[f"joint_coverage_{level}_min_N{n}"] = float(np.nanmin(cov))
+            out[f"joint_coverage_{level}_max_N{n}"] = float(np.nanmax(cov))
+    return out

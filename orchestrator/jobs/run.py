@@ -35,6 +35,7 @@ from orchestrator.evaluate.estimators import (
 )
 from orchestrator.jobs.event_posterior import train_event_posterior, train_nuisance_posterior
 from orchestrator.runtime.progress import ProgressFactory, no_progress
+from orchestrator.track.epochs import EpochLogger
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +62,6 @@ def _train_config(tc, cfg: RunConfig, **override):
     return TrainConfig(**kw)
 
 
-class _EpochLogger:
-    """Per-epoch metrics into the active MLflow child run, and a progress tick."""
-
-    def __init__(self, tracker, advance, prefix: str = ""):
-        self.tracker, self.advance, self.prefix = tracker, advance, prefix
-
-    def __call__(self, epoch, train_loss, val_loss, lr, *rest):
-        p = self.prefix
-        self.tracker.metrics({f"{p}val_loss": val_loss, f"{p}train_loss": train_loss, f"{p}lr": lr}, step=epoch)
-        if self.advance is not None:
-            self.advance(1)
-
-
 def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress, ntable=None):
     from kernels.image_store import open_images
     from models.data import image_dataset
@@ -87,7 +75,7 @@ def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress, nta
         from orchestrator.jobs.resnet_score import train_score_resnet
 
         return train_score_resnet(cfg, _train_config(rc.phi_train, cfg), tc,
-                                  lambda adv, prefix="": _EpochLogger(tracker, adv, prefix), progress, ntable=ntable)
+                                  lambda adv, prefix="": EpochLogger(tracker, adv, prefix), progress, ntable=ntable)
     seed_everything(cfg.seed)  # the initial weights are part of the run: same config, same network
     if rc.data == "stream":
         train_set, val_set, fit = streamed_data(cfg, "resnet3d", tc)
@@ -97,7 +85,7 @@ def _train_resnet(cfg: RunConfig, images_dir: Path, grid, tracker, progress, nta
         train_set, val_set = image_dataset(fit, grid), image_dataset(va, grid)
     net = ResNet3d(depth=rc.depth, width=rc.width, dropout=rc.dropout, head=rc.head).fit_preprocess(fit)
     with progress("train resnet3d", tc.epochs, "epochs") as adv, releasing(train_set):
-        hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
+        hist = train(net, train_set, val_set, tc, on_epoch=EpochLogger(tracker, adv))
     return net, hist
 
 
@@ -113,7 +101,7 @@ def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress, table, det, 
         from orchestrator.jobs.deepsets_score import train_score_deepsets
 
         return train_score_deepsets(cfg, table, det, cfg.scan.level, _train_config(dc.phi_train, cfg), tc, pools,
-                                    lambda adv, prefix="": _EpochLogger(tracker, adv, prefix), progress,
+                                    lambda adv, prefix="": EpochLogger(tracker, adv, prefix), progress,
                                     ntable=ntable)
     seed_everything(cfg.seed)
     if dc.data == "stream":
@@ -124,7 +112,7 @@ def _train_deepsets(cfg: RunConfig, pools, grid, tracker, progress, table, det, 
                    head=dc.head)
     net.fit_features(sample)
     with progress("train deepsets", tc.epochs, "epochs") as adv, releasing(train_set):
-        hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
+        hist = train(net, train_set, val_set, tc, on_epoch=EpochLogger(tracker, adv))
     return net, hist
 
 
@@ -149,7 +137,7 @@ def _train_classifier(cfg: RunConfig, pools, grid, tracker, progress):
     net = EventClassifier(grid, hidden=cc.hidden, layers=cc.layers, head=cc.head)
     net.fit_features(fit_set.tensors[0].numpy()).set_prior(fit_set.classes)
     with progress("train event classifier", tc.epochs, "epochs") as adv, releasing(train_set):
-        hist = train(net, train_set, val_set, tc, on_epoch=_EpochLogger(tracker, adv))
+        hist = train(net, train_set, val_set, tc, on_epoch=EpochLogger(tracker, adv))
     return net, hist
 
 
@@ -304,7 +292,7 @@ def run_job(
         if mc.event_classifier and mc.event_classifier.enabled:
             train_posterior = (
                 (lambda: train_event_posterior(cfg, table, det, level, _train_config(mc.event_classifier.train, cfg,
-                                               loss="mse"), lambda adv: _EpochLogger(tracker, adv), progress))
+                                               loss="mse"), lambda adv: EpochLogger(tracker, adv), progress))
                 if mc.event_classifier.head == "score" else lambda: _train_classifier(cfg, pools, grid, tracker, progress))
             trained = {}
 
@@ -319,7 +307,7 @@ def run_job(
             if ntable is not None and mc.event_classifier.head == "score":
                 jobs.append(("event_posterior_profiled", mc.event_classifier,
                              lambda: train_nuisance_posterior(cfg, wtable, trained["net"], det, level, _train_config(
-                                 mc.event_classifier.train, cfg, loss="mse"), lambda adv: _EpochLogger(tracker, adv),
+                                 mc.event_classifier.train, cfg, loss="mse"), lambda adv: EpochLogger(tracker, adv),
                                  progress),
                              lambda net: estimators.NuisanceEventPosteriorEstimator(net, nc.prior_scale,
                                                                                     name="event_posterior_profiled")))
@@ -414,6 +402,8 @@ def run_config(config: str | Path = "demo", out: Path | None = None, *, device: 
     minutes of generation: a device that does not exist, or ``cuda`` without
     a GPU, is a one-line error and nothing is written.
     """
+    from orchestrator.config.joint_run import JointRunConfig
+
     cfg = load_config(config)
     if device:
         cfg = cfg.model_copy(update={"device": device})
@@ -421,6 +411,12 @@ def run_config(config: str | Path = "demo", out: Path | None = None, *, device: 
     if workers is not None:
         non_negative_int(workers, "--workers")
     out = output_dir(Path(out) if out is not None else Path("out") / cfg.name)
+    if isinstance(cfg, JointRunConfig):  # several coefficients: the joint job
+        from orchestrator.jobs.joint_run import check_joint_services, joint_run_job
+
+        check_joint_services(cfg, out, tracking_uri, address)
+        return cfg, joint_run_job(cfg, out, tracking_uri=tracking_uri, workers=workers, address=address,
+                                  progress=progress, stage=stage)
     check_job_services(cfg, out, tracking_uri, address)
     return cfg, run_job(cfg, out, tracking_uri=tracking_uri, workers=workers, address=address, progress=progress,
                         stage=stage)

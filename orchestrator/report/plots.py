@@ -367,3 +367,36 @@ def plot_joint_bounds(rows: Sequence[Mapping], path: Path, title: str = "") -> P
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def plot_joint_sigma_over_crb(evaluations, shifts: Sequence[str], path: Path) -> Path:
+    """One panel per coefficient: each estimator's sigma / sigma_CRB (the marginal bound) at every evaluation
+    point, one series per set size N, with the standard error of a sigma from the point's sets and the line
+    at 1. ``evaluations``: objects with ``name`` and joint ``rows`` (:mod:`orchestrator.jobs.joint_run`)."""
+    plt = _pyplot()
+    shifts = list(shifts)
+    fig, axes = plt.subplots(1, len(shifts), figsize=(5.2 * len(shifts), 4.2), squeeze=False)
+    markers = "os^Dv<>"
+    for ax, s in zip(axes[0], shifts):
+        ax.axhline(1.0, color="0.5", lw=1)
+        k = 0
+        for ev in evaluations:
+            for n in sorted({int(r["n_events"]) for r in ev.rows}):
+                sel = [r for r in ev.rows if int(r["n_events"]) == n]
+                y = np.array([r[f"sigma_over_crb_{s}"] for r in sel], dtype=float)
+                err = y / np.sqrt(np.maximum(2 * (np.array([r["n_sets"] for r in sel], dtype=float) - 1), 1))
+                x = np.arange(len(sel)) + 0.08 * (k - 1)
+                ax.errorbar(x, y, yerr=err, fmt=markers[k % len(markers)], ms=4, capsize=2, ls="none",
+                            label=f"{ev.name}, N = {n:,}")
+                k += 1
+        labels = [",".join(f"{float(r[f'{c}_true']):g}" for c in shifts) for r in sel]
+        ax.set_xticks(np.arange(len(labels)))
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel(f"evaluation point ({', '.join(shifts)})")
+        ax.set_ylabel(f"σ / σ_CRB of δ{s[1:].upper().replace('P', chr(8242))} (others free)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

@@ -43,6 +43,7 @@ def main(argv=None) -> None:
     ap.add_argument("--train", type=int, default=2_000_000)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--sets", type=int, default=100)
     ap.add_argument("--events", type=int, default=24_000)
     ap.add_argument("--dc9", default="-2:1:3")
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
     ev = np.concatenate([p[0] for p in parts])[order]
     truth = np.concatenate([p[1] for p in parts])[order]
     targets = ratio_targets(likelihood.project(table, truth.astype(np.float64)))
-    net = EventRatio(2, hidden=a.hidden).fit_features(ev).fit_scale(targets)
+    net = EventRatio(2, hidden=a.hidden, layers=a.layers).fit_features(ev).fit_scale(targets)
     n_val = a.train // 10
     x = torch.from_numpy(np.ascontiguousarray(ev))
     y = torch.from_numpy(targets).float() / net.scale

@@ -1,0 +1,202 @@
+"""``wcscan run`` over several Wilson coefficients: a design scan -> the event ratio -> the joint evaluation.
+
+generate the scan's design on Ray (Parquet, one partition per point) -> train the per-event ratio
+(:mod:`models.event_ratio`) on the scan's events, calibrate it on fresh Standard-Model events -> at every
+point of the evaluation design and every set size N, draw independent test sets and fit each with every
+estimator (the joint ML fit and the learned ratio, on the same sets) -> one row per (point, N) with each
+coefficient's metrics beside its marginal bound, the correlations beside the bound's and the joint coverage
+(:func:`kernels.metrics.joint_point_metrics`) -> ``OUT/evaluation/<estimator>/points.csv``, figures,
+``OUT/report.md`` and MLflow (a parent run, a child per estimator).
+
+Seed streams: the scan's chunks ``(seed, point, chunk)``; the test sets ``(seed, 20000 + point, N index)``;
+the calibration events ``(seed, 30000)``: no test set shares an event with training or calibration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.config.joint_run import JointRunConfig
+from orchestrator.runtime.progress import ProgressFactory, no_progress
+
+log = logging.getLogger(__name__)
+
+__all__ = ["JointEvaluation", "JointJobResult", "joint_run_job", "check_joint_services"]
+
+TEST_POINT_OFFSET = 20_000
+CALIBRATION_STREAM = 30_000
+
+
+@dataclass
+class JointEvaluation:
+    """One estimator's rows (one per (point, N), :func:`kernels.metrics.joint_columns`) and their summary."""
+
+    name: str
+    rows: list[dict]
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass
+class JointJobResult:
+    out: Path
+    shifts: tuple[str, ...]
+    evaluations: list[JointEvaluation]
+    report: Path | None = None
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    unlogged: str | None = None
+    histories: dict = field(default_factory=dict)
+
+
+def check_joint_services(cfg: JointRunConfig, out: Path, tracking_uri: str | None, address: str | None) -> None:
+    """The MLflow store, the Ray cluster and the room on disk for the scan's events, before any work."""
+    from orchestrator.config.services import check_services, event_bytes
+    from orchestrator.track.runs import tracking_source
+
+    n = cfg.scan_design().n_points
+    need = event_bytes(n, cfg.scan.events_per_point, "gen") + 8 * n * cfg.scan.events_per_point * (len(cfg.shift_columns) - 1)
+    uri, source = tracking_source(out, tracking_uri, cfg.mlflow.tracking_uri)
+    check_services(out, need, tracking_uri=uri, tracking_name=source, address=address)
+
+
+def _train_event_ratio(cfg: JointRunConfig, table, events_dir: Path, tracker, progress, stage):
+    """The event ratio, trained on the scan's events (equal parts of every point; at generator level the targets
+    are a function of the event, so any mix of points is right) and calibrated on fresh SM events."""
+    import torch
+
+    from kernels import likelihood, sampler
+    from kernels.event_store import COLUMNS, read_event_manifest, read_point
+    from models.event_ratio import EventRatio, ratio_targets
+    from models.training import TrainConfig, seed_everything, train
+    from orchestrator.track.epochs import EpochLogger
+
+    ec = cfg.models.event_ratio
+    m = read_event_manifest(events_dir)
+    per_point = ec.train_events // len(m.points)
+    parts = []
+    for p in m.points:
+        t = read_point(events_dir, m.raw, "gen", p["index"]).slice(0, per_point)
+        parts.append(np.stack([t.column(c).to_numpy() for c in COLUMNS], axis=-1))
+    ev = np.concatenate(parts)
+    ev = ev[np.random.default_rng([cfg.seed, 7]).permutation(ev.shape[0])].astype(np.float32)
+    targets = ratio_targets(likelihood.project(table, ev.astype(np.float64)))
+    seed_everything(cfg.seed)
+    net = EventRatio(table.n_shifts, hidden=ec.hidden, layers=ec.layers).fit_features(ev).fit_scale(targets)
+    n_val = max(1, int(ec.val_fraction * ev.shape[0]))
+    x = torch.from_numpy(np.ascontiguousarray(ev))
+    y = torch.from_numpy(targets).float() / net.scale
+    data = torch.utils.data.TensorDataset
+    tc = TrainConfig(loss="mse", lr=ec.train.lr, batch_size=ec.train.batch_size, epochs=ec.train.epochs, patience=0,
+                     weight_decay=ec.train.weight_decay, seed=cfg.seed, device=cfg.device)
+    stage(f"training event_ratio on {ev.shape[0] - n_val:,} events of the scan's {len(m.points)} points")
+    with progress("train event_ratio", tc.epochs, "epochs") as adv:
+        hist = train(net, data(x[n_val:], y[n_val:]), data(x[:n_val], y[:n_val]), tc,
+                     on_epoch=EpochLogger(tracker, adv))
+    net.to("cpu")
+    stage(f"calibrating event_ratio's normaliser on {ec.reference_events:,} fresh SM events")
+    ref = sampler.sample_array(table, np.zeros(table.n_shifts), ec.reference_events, (cfg.seed, CALIBRATION_STREAM)).T
+    net.calibrate(ref)
+    return net, hist
+
+
+def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = None, workers: int | None = None,
+                  address: str | None = None, progress: ProgressFactory = no_progress,
+                  stage: Callable[[str], None] = lambda msg: log.info(msg)) -> JointJobResult:
+    """Run the joint job of ``cfg`` into ``out``; see the module docstring."""
+    from kernels import likelihood, metrics, sampler, theory
+    from kernels.event_store import MANIFEST
+    from kernels.files import sha256_file
+    from models.event_ratio import fit_sets_learned
+    from orchestrator.evaluate.fit import write_points_csv
+    from orchestrator.evaluate.joint import joint_summary
+    from orchestrator.generate.dataset import generate
+    from orchestrator.report.joint import write_joint_report
+    from orchestrator.track.runs import Tracker
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    windows = [tuple(w) for w in cfg.theory.windows]
+    shifts = cfg.shift_columns
+    scan, evald = cfg.scan_design(), cfg.evaluation_design()
+    stage(f"generating {scan.n_points} points x {cfg.scan.events_per_point} events over {', '.join(shifts)}")
+    events_dir = out / "events"
+    with progress("generate", scan.n_points * cfg.scan.events_per_point, "events") as adv:
+        generate(events_dir, None, cfg.scan.events_per_point, cfg.seed, windows, cfg.scan.chunk_size, adv,
+                 workers=workers if workers is not None else cfg.scan.workers, address=address, design=scan)
+    table = theory.jtable(list(cfg.theory.coefficients), windows)
+    checksum = sha256_file(events_dir / MANIFEST)
+    ec = cfg.evaluation
+    fitters: dict = {}
+    histories: dict = {}
+    with Tracker(out, tracking_uri or cfg.mlflow.tracking_uri, cfg.mlflow.experiment, run_name=cfg.name) as tracker:
+        tracker.params(cfg.model_dump())
+        tracker.tags({"dataset_manifest_sha256": checksum, "config": cfg.name, "coefficients": ",".join(shifts)})
+        if cfg.models.ml_fit.enabled:
+            fitters["ml_fit"] = lambda sets, adv: likelihood.fit_sets(table, sets, progress=adv or None)
+        er = cfg.models.event_ratio
+        net = None
+        if er is not None and er.enabled:
+            with tracker.child("event_ratio"):
+                net, hist = _train_event_ratio(cfg, table, events_dir, tracker, progress, stage)
+                histories["event_ratio"] = hist
+            fitters["event_ratio"] = lambda sets, adv: fit_sets_learned(net, sets, progress=adv or None)
+        rows: dict[str, list[dict]] = {name: [] for name in fitters}
+        n_sets_total = len(evald.points) * len(ec.events_per_set) * ec.sets * len(fitters)
+        stage(f"evaluating {', '.join(fitters)} on {len(evald.points)} points x {ec.sets} independent test sets at "
+              f"N = {', '.join(f'{n:,}' for n in ec.events_per_set)}")
+        with progress("evaluate", n_sets_total, "sets") as adv:
+            for i, c in enumerate(evald.points):
+                fisher = likelihood.fisher_information(table, c)
+                for j, n in enumerate(ec.events_per_set):
+                    sets = sampler.sample_array(table, c, ec.sets * n, (cfg.seed, TEST_POINT_OFFSET + i, j))
+                    sets = sets.T.reshape(ec.sets, n, 4)
+                    bound = np.linalg.inv(fisher) / n
+                    for name, fit in fitters.items():
+                        res = fit(sets, adv)
+                        row = metrics.joint_point_metrics(res.values, res.covariances, truth=c, crb_covariance=bound,
+                                                          n_events=n, shifts=shifts)
+                        rows[name].append({k: row[k] for k in metrics.joint_columns(shifts)})
+        evaluations = [JointEvaluation(name, r, joint_summary(r, shifts)) for name, r in rows.items()]
+        figures = _figures(out / "figures", evaluations, shifts, ec.events_per_set)
+        for ev in evaluations:
+            path = write_points_csv(ev.rows, out / "evaluation" / ev.name / "points.csv")
+            with tracker.child(ev.name, run_id=_child_id(tracker, ev.name)):
+                tracker.tags({"estimator": ev.name, "dataset_manifest_sha256": checksum})
+                tracker.metrics(ev.summary)
+                tracker.artifact(path, "evaluation")
+                if ev.name == "event_ratio" and net is not None:
+                    tracker.model(net)
+        report = write_joint_report(out, cfg, evaluations, figures, checksum, tracker.uri,
+                                    tracker.run_id or "(not logged)")
+        for f in figures:
+            tracker.artifact(f, "figures")
+        tracker.artifact(report)
+        run_id, uri = tracker.run_id, tracker.uri
+    return JointJobResult(out, shifts, evaluations, report, run_id, uri, tracker.unlogged(), histories)
+
+
+def _child_id(tracker, name: str) -> str | None:
+    """The id of this job's child run ``name`` if it exists already (the event ratio's, opened for training)."""
+    for run in tracker.children():
+        if run.info.run_name == name:
+            return run.info.run_id
+    return None
+
+
+def _figures(fig_dir: Path, evaluations, shifts, ns) -> list[Path]:
+    from orchestrator.report import plots
+
+    figures = []
+    for ev in evaluations:
+        for n in ns:
+            rows = [r for r in ev.rows if r["n_events"] == n]
+            figures.append(plots.plot_joint_fit(
+                rows, shifts, fig_dir / f"{ev.name}_regions_N{n}.png",
+                title=f"{ev.name}: 68% regions of the estimates beside the bound's, {rows[0]['n_sets']} sets x {n:,} events"))
+    figures.append(plots.plot_joint_sigma_over_crb(evaluations, shifts, fig_dir / "sigma_over_crb.png"))
+    return figures
