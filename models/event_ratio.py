@@ -39,7 +39,7 @@ from kernels.errors import ConfigError
 from models.event_posterior import FEATURES
 from models.features import N_EVENT_VARIABLES, as_events, mlp
 
-__all__ = ["EventRatio", "ratio_targets", "fit_sets_learned"]
+__all__ = ["EventRatio", "ratio_targets", "log_ratio_targets", "fit_sets_learned"]
 
 
 def _n_monomials(n: int) -> int:
@@ -60,22 +60,45 @@ def ratio_targets(projections: np.ndarray) -> np.ndarray:
     return a[..., 1:] / a[..., :1]
 
 
+def log_ratio_targets(projections: np.ndarray, points) -> np.ndarray:
+    """The targets of the log loss: ``ln q(z, c_k)`` at each of ``points`` (K, n), ``(..., K)``; ``projections``
+    as for :func:`ratio_targets`.
+
+    >>> np.round(log_ratio_targets(np.array([[2.0, 1.0, 4.0]]), [[1.0], [-0.5]]), 4).tolist()
+    [[1.2528, 0.2231]]
+    """
+    from kernels.theory import monomials
+
+    a = np.asarray(projections, dtype=np.float64)
+    q = a @ monomials(np.asarray(points, dtype=np.float64)).T / a[..., :1]
+    if np.any(q <= 0):
+        raise ConfigError("an event has a non-positive density at a loss point: not events of this table")
+    return np.log(q)
+
+
 class EventRatio(nn.Module):
     """MLP over one event's features -> the per-event ratio ``q(x, c)`` in ``n`` coefficients (module docstring).
 
     ``forward(x)`` returns the coefficients of ``q`` without the constant, over ``scale`` (the targets'
-    spread, :meth:`fit_scale`), so that a mean-squared error weighs every coefficient alike.
-    ``hparams`` rebuilds it: ``EventRatio(**net.hparams)``.
+    spread, :meth:`fit_scale`), so that a mean-squared error weighs every coefficient alike; with
+    ``loss_points`` (K, n), it returns ``ln q(x, c_k)`` at those points instead (targets
+    :func:`log_ratio_targets`): a mean-squared error then weighs *relative* errors alike, which is what the
+    set's log-likelihood feels. Its minimiser is exact where the targets are a function of the event
+    (generator level); at detector level only the coefficient loss is (the log of a conditional mean is not
+    the conditional mean of the log). ``hparams`` rebuilds it: ``EventRatio(**net.hparams)``.
     """
 
-    def __init__(self, n_coefficients: int, hidden: int = 128, layers: int = 3, features: str = "angular") -> None:
+    def __init__(self, n_coefficients: int, hidden: int = 128, layers: int = 3, features: str = "angular",
+                 loss_points=None) -> None:
         super().__init__()
         n = int(n_coefficients)
         if n < 1:
             raise ConfigError(f"n_coefficients must be >= 1, got {n_coefficients!r}")
         if features not in FEATURES:
             raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
-        self.hparams = dict(n_coefficients=n, hidden=hidden, layers=layers, features=features)
+        pts = None if loss_points is None else np.asarray(loss_points, dtype=np.float64).reshape(-1, n)
+        self.hparams = dict(n_coefficients=n, hidden=hidden, layers=layers, features=features,
+                            loss_points=None if pts is None else pts.tolist())
         self.n = n
         self.features = FEATURES[features]()  # angular: the twelve f_i too, in which the rate is linear
         self.net = mlp(self.features.mean.numel(), hidden, layers, (n + 1) * n)
@@ -87,6 +110,12 @@ class EventRatio(nn.Module):
         self.register_buffer("pair_j", iu[1].clone())
         self.register_buffer("scale", torch.ones(_n_monomials(n) - 1))
         self.register_buffer("z", torch.full((_n_monomials(n),), float("nan"), dtype=torch.float64))
+        if pts is not None:
+            from kernels.theory import monomials
+
+            self.register_buffer("loss_monomials", torch.from_numpy(monomials(pts)).float())  # (K, P)
+        else:
+            self.loss_monomials = None
 
     @property
     def calibrated(self) -> bool:
@@ -119,7 +148,11 @@ class EventRatio(nn.Module):
         return torch.cat([linear, quad], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.coefficients(x) / self.scale.to(x.dtype)
+        coef = self.coefficients(x)
+        if self.loss_monomials is None:
+            return coef / self.scale.to(x.dtype)
+        m = self.loss_monomials.to(coef.dtype)
+        return torch.log(m[:, 0] + coef @ m[:, 1:].T + 1e-12)
 
     @torch.no_grad()
     def projections(self, events, chunk: int = 1 << 16) -> np.ndarray:

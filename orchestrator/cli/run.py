@@ -14,9 +14,13 @@ Examples:
   wcscan run --config my.yaml --tracking-uri http://127.0.0.1:5000
   wcscan run --config demo --workers 0         # no Ray: generate in this process
 
-Shipped configs: demo, gen24k, det_bkg24k, seed-resnet34. Writes OUT/report.md,
+Shipped configs: demo, gen24k, det_bkg24k, det_res24k, seed-resnet34; with the form factors' prior demo-ff,
+gen24k-ff, det_bkg24k-ff, gen24k-pc; several coefficients at once demo-c9c10, gen24k-c9c10 (a config whose
+theory.coefficients lists several runs the joint job: a design scan, the learned per-event ratio beside the
+joint ML fit, evaluated at each N of evaluation.events_per_set). Writes OUT/report.md,
 OUT/evaluation/<estimator>/points.csv and OUT/figures/; MLflow defaults to sqlite:///OUT/mlflow.db
 (a parent run, one child per estimator). Compare the estimators in the UI:
+
 \b
   mlflow ui --backend-store-uri sqlite:///$PWD/OUT/mlflow.db
 """

@@ -95,6 +95,9 @@ class EventRatioConfig(_Strict):
     train_events: int = Field(2_000_000, gt=0)   # from the scan's points, in equal parts
     reference_events: int = Field(2_000_000, ge=1000)  # fresh SM events that calibrate Z
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    # log: regress ln q at the scan's points (relative errors, what the likelihood feels; exact at gen level);
+    # coefficients: q's coefficients themselves (the loss whose minimiser is exact at detector level too)
+    loss: Literal["log", "coefficients"] = "log"
     train: JointTrain = JointTrain()
 
 

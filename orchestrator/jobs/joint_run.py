@@ -71,7 +71,7 @@ def _train_event_ratio(cfg: JointRunConfig, table, events_dir: Path, tracker, pr
 
     from kernels import likelihood, sampler
     from kernels.event_store import COLUMNS, read_event_manifest, read_point
-    from models.event_ratio import EventRatio, ratio_targets
+    from models.event_ratio import EventRatio, log_ratio_targets, ratio_targets
     from models.training import TrainConfig, seed_everything, train
     from orchestrator.track.epochs import EpochLogger
 
@@ -84,12 +84,16 @@ def _train_event_ratio(cfg: JointRunConfig, table, events_dir: Path, tracker, pr
         parts.append(np.stack([t.column(c).to_numpy() for c in COLUMNS], axis=-1))
     ev = np.concatenate(parts)
     ev = ev[np.random.default_rng([cfg.seed, 7]).permutation(ev.shape[0])].astype(np.float32)
-    targets = ratio_targets(likelihood.project(table, ev.astype(np.float64)))
+    proj = likelihood.project(table, ev.astype(np.float64))
+    targets = ratio_targets(proj)
+    points = [list(p) for p in cfg.scan_design().points if np.any(p)] if ec.loss == "log" else None
     seed_everything(cfg.seed)
-    net = EventRatio(table.n_shifts, hidden=ec.hidden, layers=ec.layers).fit_features(ev).fit_scale(targets)
+    net = EventRatio(table.n_shifts, hidden=ec.hidden, layers=ec.layers, loss_points=points)
+    net.fit_features(ev).fit_scale(targets)
     n_val = max(1, int(ec.val_fraction * ev.shape[0]))
     x = torch.from_numpy(np.ascontiguousarray(ev))
-    y = torch.from_numpy(targets).float() / net.scale
+    y = (torch.from_numpy(log_ratio_targets(proj, points)).float() if points is not None
+         else torch.from_numpy(targets).float() / net.scale)
     data = torch.utils.data.TensorDataset
     tc = TrainConfig(loss="mse", lr=ec.train.lr, batch_size=ec.train.batch_size, epochs=ec.train.epochs, patience=0,
                      weight_decay=ec.train.weight_decay, seed=cfg.seed, device=cfg.device)

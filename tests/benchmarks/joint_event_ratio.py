@@ -23,7 +23,7 @@ import torch
 
 from kernels import likelihood, metrics, theory
 from kernels.detector import DetectorConfig, sample_level_truth
-from models.event_ratio import EventRatio, fit_sets_learned, ratio_targets
+from models.event_ratio import EventRatio, fit_sets_learned, log_ratio_targets, ratio_targets
 from models.training import TrainConfig, train
 from orchestrator.config.grammar import parse_counts, parse_dc9
 
@@ -52,6 +52,8 @@ def main(argv=None) -> None:
                     help="gen only: draw the training events from the grid's points, not the SM alone (the targets "
                          "are a deterministic function of the event there, so any sampling is right; this one "
                          "covers where the far points put their events)")
+    ap.add_argument("--log-loss", action="store_true",
+                    help="regress ln q at the grid's points instead of q's coefficients (exact at gen level)")
     ap.add_argument("--luminosity", default="", help="N,N,...: the same model at the grid's centre at each N")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -69,11 +71,14 @@ def main(argv=None) -> None:
     order = np.random.default_rng(31).permutation(sum(p[0].shape[0] for p in parts))
     ev = np.concatenate([p[0] for p in parts])[order]
     truth = np.concatenate([p[1] for p in parts])[order]
-    targets = ratio_targets(likelihood.project(table, truth.astype(np.float64)))
-    net = EventRatio(2, hidden=a.hidden, layers=a.layers).fit_features(ev).fit_scale(targets)
+    proj = likelihood.project(table, truth.astype(np.float64))
+    targets = ratio_targets(proj)
+    loss_points = [c for c in grid if any(c)] if a.log_loss else None
+    net = EventRatio(2, hidden=a.hidden, layers=a.layers, loss_points=loss_points).fit_features(ev).fit_scale(targets)
     n_val = a.train // 10
     x = torch.from_numpy(np.ascontiguousarray(ev))
-    y = torch.from_numpy(targets).float() / net.scale
+    y = (torch.from_numpy(log_ratio_targets(proj, loss_points)).float() if a.log_loss
+         else torch.from_numpy(targets).float() / net.scale)
     data = torch.utils.data.TensorDataset
     hist = train(net, data(x[n_val:], y[n_val:]), data(x[:n_val], y[:n_val]),
                  TrainConfig(loss="mse", lr=2e-3, batch_size=4096, epochs=a.epochs, patience=0, device="cpu",

@@ -68,3 +68,20 @@ def test_targets_calibration_and_refusals():
     np.testing.assert_allclose(z, net.projections(ref).mean(axis=0))
     with pytest.raises(ConfigError, match="n_coefficients must be >= 1"):
         EventRatio(0)
+
+
+def test_the_log_loss_output_is_ln_q_at_the_loss_points_and_its_targets_match_the_theory():
+    from kernels.theory import monomials
+    from models.event_ratio import log_ratio_targets
+
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(3, 2))
+    pts = [[-1.0, 0.5], [1.0, -1.0], [0.5, 0.5]]
+    net = EventRatio(2, features="plain", loss_points=pts)
+    net.net = _Fixed(w)
+    out = net(torch.zeros((4, 4))).detach().numpy()
+    a = net.projections(np.zeros((4, 4), dtype=np.float32))
+    np.testing.assert_allclose(out, np.log(a @ monomials(np.array(pts)).T), rtol=1e-5)
+    # the targets of exact coefficients are the model's output when the model is exact
+    np.testing.assert_allclose(log_ratio_targets(a, pts), out, rtol=1e-5)
+    assert EventRatio(**net.hparams).hparams["loss_points"] == pts
