@@ -15,7 +15,7 @@ Examples:
   wcscan run --config demo --workers 0         # no Ray: generate in this process
 
 Shipped configs: demo, gen24k, det_bkg24k, det_res24k, seed-resnet34; with the form factors' prior demo-ff,
-gen24k-ff, det_bkg24k-ff, gen24k-pc; several coefficients at once demo-c9c10, gen24k-c9c10 (a config whose
+gen24k-ff, det_bkg24k-ff, gen24k-pc; several coefficients at once demo-c9c10, gen24k-c9c10, gen24k-c9c10-ff, gen-4wc (a config whose
 theory.coefficients lists several runs the joint job: a design scan, the learned per-event ratio beside the
 joint ML fit, evaluated at each N of evaluation.events_per_set). Writes OUT/report.md,
 OUT/evaluation/<estimator>/points.csv and OUT/figures/; MLflow defaults to sqlite:///OUT/mlflow.db
@@ -78,15 +78,20 @@ def _print_joint(console, cfg, result) -> None:
     for n in cfg.evaluation.events_per_set:
         table = Table(title=f"{cfg.name}: {cfg.evaluation.sets} test sets x {n:,} events per point; "
                       "sigma/sigma_CRB = 1 is optimal", box=box.SIMPLE_HEAD, pad_edge=False)
-        for h in ("estimator", "coef", "s/CRB", "max", "|b|/CRB", "corr gap", "joint68", "joint95"):
+        eff = f"sigma_over_crb_eff_mean_{result.shifts[0]}_N{n}" in result.evaluations[0].summary
+        heads = ("estimator", "coef", "s/CRB", "max", "|b|/CRB") + (("s/eff", "|b|/eff") if eff else ()) + (
+            "corr gap", "joint68", "joint95")
+        for h in heads:
             table.add_column(h, justify="right", no_wrap=True)
         for ev in result.evaluations:
             s = ev.summary
             for i, c in enumerate(result.shifts):
                 first = i == 0
+                extra = (f"{s[f'sigma_over_crb_eff_mean_{c}_N{n}']:.3f}",
+                         f"{s[f'abs_bias_over_crb_eff_max_{c}_N{n}']:.2f}") if eff else ()
                 table.add_row(ev.name if first else "", c, f"{s[f'sigma_over_crb_mean_{c}_N{n}']:.3f}",
                               f"{s[f'sigma_over_crb_max_{c}_N{n}']:.3f}", f"{s[f'abs_bias_over_crb_max_{c}_N{n}']:.2f}",
-                              f"{s[f'corr_gap_max_N{n}']:.3f}" if first else "",
+                              *extra, f"{s[f'corr_gap_max_N{n}']:.3f}" if first else "",
                               f"{s[f'joint_coverage_68_mean_N{n}']:.3f}" if first else "",
                               f"{s[f'joint_coverage_95_mean_N{n}']:.3f}" if first else "")
         console.print(table)

@@ -11,8 +11,9 @@ estimator serves every N. ::
     models: {ml_fit: {enabled: true}, event_ratio: {train_events: 2000000}}
     evaluation: {shifts: {dc9: "-2:1:3", dc10: "-1:1:3"}, sets: 100, events_per_set: [24000]}
 
-Generator level only, the hadronic inputs fixed: the nuisances and the detector levels of the delta C9
-study do not extend here yet, and are refused in one line.
+Generator level only: the detector levels of the delta C9 study do not extend here yet, and are refused in
+one line. ``nuisances: {form_factors: bsz}`` draws the test sets in worlds from flavio's form-factor prior and
+adds the profiled joint fit and the efficient bounds.
 """
 
 from __future__ import annotations
@@ -132,6 +133,23 @@ class JointEvaluation(_Design):
         return v
 
 
+class JointNuisances(_Strict):
+    """``form_factors: bsz``: every test set in its own world drawn from flavio's prior on the 19 BSZ form
+    factors (widths times ``prior_scale``), the joint fit with them profiled (``ml_fit_profiled``), and each
+    coefficient's efficient bound beside the fixed one; the other estimators stay trained at the central
+    form factors (the naive ones, measured on the real world)."""
+
+    form_factors: Literal["none", "bsz"] = "none"
+    prior_scale: float = 1.0
+
+    @field_validator("prior_scale")
+    @classmethod
+    def _scale(cls, v):
+        from kernels.nuisances import check_prior_scale
+
+        return check_prior_scale(v, "prior_scale")
+
+
 class JointMLflow(_Strict):
     tracking_uri: str | None = None
     experiment: str = "wcscan"
@@ -145,6 +163,7 @@ class JointRunConfig(_Strict):
     models: JointModels = JointModels()
     evaluation: JointEvaluation
     mlflow: JointMLflow = JointMLflow()
+    nuisances: JointNuisances = JointNuisances()
     device: str | None = None
 
     @model_validator(mode="after")

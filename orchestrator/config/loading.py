@@ -53,7 +53,7 @@ def config_file(name_or_path, where: tuple[str, ...] = RUN_PRESETS, kind: str = 
     >>> config_file("dmeo")
     Traceback (most recent call last):
     ...
-    kernels.errors.ConfigError: unknown config 'dmeo' (did you mean 'demo'?); shipped: demo, demo-c9c10, demo-ff, det_bkg24k, det_bkg24k-ff, det_res24k, gen24k, gen24k-c9c10, gen24k-ff, gen24k-pc, seed-resnet34 (or give a .yaml file)
+    kernels.errors.ConfigError: unknown config 'dmeo' (did you mean 'demo'?); shipped: demo, demo-c9c10, demo-ff, det_bkg24k, det_bkg24k-ff, det_res24k, gen-4wc, gen24k, gen24k-c9c10, gen24k-c9c10-ff, gen24k-ff, gen24k-pc, seed-resnet34 (or give a .yaml file)
     """
     path = Path(str(name_or_path)).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists() or "/" in str(name_or_path):

@@ -86,6 +86,13 @@ def joint_summary(rows: Sequence[dict], shifts: Sequence[str]) -> dict:
             out[f"sigma_over_crb_mean_{s}_N{n}"] = float(np.nanmean(so))
             out[f"sigma_over_crb_max_{s}_N{n}"] = float(np.nanmax(so))
             out[f"abs_bias_over_crb_max_{s}_N{n}"] = float(np.nanmax(b))
+            if f"sigma_crb_eff_{s}" in sel[0]:  # against the efficient bound too (the form factors profiled)
+                eff = np.array([r[f"sigma_crb_eff_{s}"] for r in sel], dtype=float)
+                sig = np.array([r[f"sigma_{s}"] for r in sel], dtype=float)
+                be = np.array([abs(r[f"bias_{s}"]) for r in sel], dtype=float) / eff
+                out[f"sigma_over_crb_eff_mean_{s}_N{n}"] = float(np.nanmean(sig / eff))
+                out[f"sigma_over_crb_eff_max_{s}_N{n}"] = float(np.nanmax(sig / eff))
+                out[f"abs_bias_over_crb_eff_max_{s}_N{n}"] = float(np.nanmax(be))
         if pairs:
             out[f"corr_gap_max_N{n}"] = float(max(abs(r[f"corr_{a}_{b}"] - r[f"corr_crb_{a}_{b}"])
                                                   for r in sel for a, b in pairs))

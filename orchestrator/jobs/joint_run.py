@@ -112,7 +112,7 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
                   address: str | None = None, progress: ProgressFactory = no_progress,
                   stage: Callable[[str], None] = lambda msg: log.info(msg)) -> JointJobResult:
     """Run the joint job of ``cfg`` into ``out``; see the module docstring."""
-    from kernels import likelihood, metrics, sampler, theory
+    from kernels import likelihood, metrics, theory
     from kernels.event_store import MANIFEST
     from kernels.files import sha256_file
     from models.event_ratio import fit_sets_learned
@@ -127,6 +127,15 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
     windows = [tuple(w) for w in cfg.theory.windows]
     shifts = cfg.shift_columns
     scan, evald = cfg.scan_design(), cfg.evaluation_design()
+    nc = cfg.nuisances
+    ntable = None
+    if nc.form_factors != "none":  # before Ray starts: the table's flavio processes fork from this one
+        from kernels import nuisances
+
+        stage(f"bi-quadratic theory tables over {' x '.join(shifts)} x the BSZ form factors (cached after the first run)")
+        with progress("theory tables", nuisances.n_evaluations(len(shifts), 19) + 1, "flavio calls") as adv:
+            ntable = nuisances.nuisance_table(list(cfg.theory.coefficients), windows, nc.form_factors, workers=2,
+                                              progress=adv or None)
     stage(f"generating {scan.n_points} points x {cfg.scan.events_per_point} events over {', '.join(shifts)}")
     events_dir = out / "events"
     with progress("generate", scan.n_points * cfg.scan.events_per_point, "events") as adv:
@@ -142,6 +151,12 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
         tracker.tags({"dataset_manifest_sha256": checksum, "config": cfg.name, "coefficients": ",".join(shifts)})
         if cfg.models.ml_fit.enabled:
             fitters["ml_fit"] = lambda sets, adv: likelihood.fit_sets(table, sets, progress=adv or None)
+            if ntable is not None:  # the form factors profiled with their prior: the fit real data allow
+                from kernels import profile
+
+                norm = profile.profile_normalisation(ntable)
+                fitters["ml_fit_profiled"] = lambda sets, adv: profile.fit_sets_profiled(
+                    ntable, sets, prior_scale=nc.prior_scale, progress=adv or None, norm=norm)
         er = cfg.models.event_ratio
         net = None
         if er is not None and er.enabled:
@@ -153,18 +168,25 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
         n_sets_total = len(evald.points) * len(ec.events_per_set) * ec.sets * len(fitters)
         stage(f"evaluating {', '.join(fitters)} on {len(evald.points)} points x {ec.sets} independent test sets at "
               f"N = {', '.join(f'{n:,}' for n in ec.events_per_set)}")
+        columns = metrics.joint_columns(shifts, nuisances=ntable is not None)
         with progress("evaluate", n_sets_total, "sets") as adv:
             for i, c in enumerate(evald.points):
                 fisher = likelihood.fisher_information(table, c)
+                I_nuis = None if ntable is None else likelihood.fisher_information_nuisances(ntable, c)
                 for j, n in enumerate(ec.events_per_set):
-                    sets = sampler.sample_array(table, c, ec.sets * n, (cfg.seed, TEST_POINT_OFFSET + i, j))
-                    sets = sets.T.reshape(ec.sets, n, 4)
+                    sets = _test_sets(table, ntable, nc.prior_scale, c, n, ec.sets, cfg.seed, i, j)
                     bound = np.linalg.inv(fisher) / n
+                    eff = None if ntable is None else likelihood.efficient_bound(
+                        I_nuis, len(shifts), n, np.eye(ntable.n_nuisances) / nc.prior_scale**2)[0]
                     for name, fit in fitters.items():
                         res = fit(sets, adv)
                         row = metrics.joint_point_metrics(res.values, res.covariances, truth=c, crb_covariance=bound,
                                                           n_events=n, shifts=shifts)
-                        rows[name].append({k: row[k] for k in metrics.joint_columns(shifts)})
+                        if eff is not None:
+                            for a, s in enumerate(shifts):
+                                row[f"sigma_crb_eff_{s}"] = float(eff[a])
+                                row[f"sigma_over_crb_eff_{s}"] = float(row[f"sigma_{s}"]) / float(eff[a])
+                        rows[name].append({k: row[k] for k in columns})
         evaluations = [JointEvaluation(name, r, joint_summary(r, shifts)) for name, r in rows.items()]
         figures = _figures(out / "figures", evaluations, shifts, ec.events_per_set)
         for ev in evaluations:
@@ -182,6 +204,21 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
         tracker.artifact(report)
         run_id, uri = tracker.run_id, tracker.uri
     return JointJobResult(out, shifts, evaluations, report, run_id, uri, tracker.unlogged(), histories)
+
+
+def _test_sets(table, ntable, prior_scale: float, c, n: int, n_sets: int, seed: int, i: int, j: int) -> np.ndarray:
+    """``n_sets`` independent sets of ``n`` events at the shifts ``c``, ``(n_sets, n, 4)``: from ``table``, or, with
+    the form factors' tables ``ntable``, each set in its own world drawn from their prior (world k of point i at
+    size index j: :func:`kernels.nuisances.draw_worlds` of point ``TEST_POINT_OFFSET + 100 i + j``)."""
+    from kernels import sampler
+
+    if ntable is None:
+        return sampler.sample_array(table, c, n_sets * n, (seed, TEST_POINT_OFFSET + i, j)).T.reshape(n_sets, n, 4)
+    from kernels.nuisances import draw_worlds
+
+    worlds = draw_worlds(n_sets, ntable.n_nuisances, prior_scale, seed, TEST_POINT_OFFSET + 100 * i + j)
+    return np.stack([sampler.sample_array(ntable.at(u), c, n, (seed, TEST_POINT_OFFSET + i, j, k)).T
+                     for k, u in enumerate(worlds)])
 
 
 def _child_id(tracker, name: str) -> str | None:

@@ -93,3 +93,29 @@ def test_a_bad_joint_config_is_one_line_exit_2_and_writes_nothing(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_with_the_form_factors_the_test_sets_come_from_prior_worlds_and_the_profiled_fit_joins(tmp_path, monkeypatch):
+    """Two of the form factors (a small table, built here) stand in for the 19: the profiled joint fit and each
+    coefficient's efficient bound, which is wider than the fixed one."""
+    from kernels import nuisances
+
+    real = nuisances.nuisance_table
+    ff = ["B->K* BSZ a0_V", "B->K* BSZ a1_V"]
+    monkeypatch.setattr(nuisances, "nuisance_table", lambda coeffs, windows, form_factors, **kw: real(
+        coeffs, windows, form_factors=ff, spacing=0.25, cache=tmp_path / "cache"))
+    cfg = tmp_path / "ff.yaml"
+    cfg.write_text(TINY.replace("  event_ratio: {", "  event_ratio: {enabled: false, ")
+                   + "nuisances: {form_factors: bsz, prior_scale: 2.0}\n")
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--workers", "0", "-q"]) == 0
+    for name in ("ml_fit", "ml_fit_profiled"):
+        rows = list(csv.DictReader(open(out / "evaluation" / name / "points.csv")))
+        assert list(rows[0]) == list(joint_columns(("dc9", "dc10"), nuisances=True)) and len(rows) == 8
+        for r in rows:
+            assert float(r["sigma_crb_eff_dc9"]) > float(r["sigma_crb_dc9"])
+            assert float(r["sigma_over_crb_eff_dc10"]) == pytest.approx(
+                float(r["sigma_dc10"]) / float(r["sigma_crb_eff_dc10"]))
+    assert not (out / "evaluation" / "event_ratio").exists()
+    report = (out / "report.md").read_text()
+    assert "σ/σ_CRB,eff mean (max)" in report and "ml_fit_profiled" in report and "widths × 2" in report
