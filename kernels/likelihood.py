@@ -335,7 +335,30 @@ def fit_sets(table: JTable, sets: np.ndarray, model: PdfModel = GEN, progress=No
             values[s0 + j], errors[s0 + j], valid[s0 + j], covariances[s0 + j] = fit_set(a_batch[j], norm, mix)
             if progress is not None:
                 progress(1)
+
+    def refit(j, start):
+        mix = model.mixture(sets[j:j + 1])
+        return fit_set(project(table, sets[j]), norm, None if mix is None else (mix[0][0], mix[1][0]), start=start)
+
+    retry_failed(values, errors, valid, covariances, refit)
     return FitResult(values, errors, valid, covariances)
+
+
+def retry_failed(values, errors, valid, covariances, refit) -> int:
+    """Refit every set whose fit failed from the median of the others' estimates (in place), and keep the new
+    fit where it succeeds: with several coefficients a fit from 0 can run off to the limits where another start
+    finds the minimum. ``refit(j, start)`` returns :func:`fit_set`'s tuple for set j. Returns the sets recovered."""
+    bad = np.flatnonzero(~valid)
+    if bad.size == 0 or not valid.any():
+        return 0
+    start = np.median(values[valid], axis=0)
+    recovered = 0
+    for j in bad:
+        again = refit(int(j), start)
+        if again[2]:
+            values[j], errors[j], valid[j], covariances[j] = again
+            recovered += 1
+    return recovered
 
 
 class _Quadrature:

@@ -187,7 +187,7 @@ def fit_sets_learned(model: EventRatio, sets, progress=None):
     """Fit every set ``(M, N, 4)`` with the learned likelihood (module docstring): a
     :class:`kernels.likelihood.FitResult` with the estimate vectors ``(M, n)``, HESSE errors and per-set
     covariances ``(M, n, n)``."""
-    from kernels.likelihood import FitResult, fit_set
+    from kernels.likelihood import FitResult, fit_set, retry_failed
 
     if not model.calibrated:
         raise ConfigError("the event-ratio model is not calibrated: call calibrate(reference events) first")
@@ -199,12 +199,8 @@ def fit_sets_learned(model: EventRatio, sets, progress=None):
     values, errors = np.empty((M, n)), np.empty((M, n))
     valid, covs = np.empty(M, dtype=bool), np.empty((M, n, n))
     for k in range(M):  # one iteration per set; its events go through the network at once
-        a = model.projections(arr[k])
-        values[k], errors[k], valid[k], covs[k] = fit_set(a, z)
-        if not valid[k] and valid[:k].any():  # a learned likelihood can have a spurious dip: start where the others are
-            again = fit_set(a, z, start=np.median(values[:k][valid[:k]], axis=0))
-            if again[2]:
-                values[k], errors[k], valid[k], covs[k] = again
+        values[k], errors[k], valid[k], covs[k] = fit_set(model.projections(arr[k]), z)
         if progress is not None:
             progress(1)
+    retry_failed(values, errors, valid, covs, lambda j, start: fit_set(model.projections(arr[j]), z, start=start))
     return FitResult(values, errors, valid, covs)

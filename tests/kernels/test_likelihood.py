@@ -127,3 +127,23 @@ def test_joint_fit_covariances_match_the_fisher_matrix_and_its_ellipses_cover(c9
         assert row[f"sigma_over_crb_{s}"] == pytest.approx(1.0, abs=0.15)
         assert abs(row[f"bias_{s}"]) < 4 * row[f"sigma_{s}"] / np.sqrt(M)
     assert abs(row["joint_coverage_68"] - 0.68) < 0.09 and abs(row["joint_coverage_95"] - 0.95) < 0.045
+
+
+def test_failed_fits_are_refitted_from_the_median_of_the_others():
+    values = np.array([[0.0, 1.0], [2.0, 3.0], [-12.5, 14.0], [4.0, 5.0]])
+    errors = np.ones((4, 2))
+    valid = np.array([True, True, False, True])
+    covs = np.zeros((4, 2, 2))
+    starts = []
+
+    def refit(j, start):
+        starts.append((j, start.tolist()))
+        return np.array([2.1, 3.1]), np.array([0.5, 0.5]), True, np.eye(2)
+
+    assert likelihood.retry_failed(values, errors, valid, covs, refit) == 1
+    assert starts == [(2, [2.0, 3.0])]
+    assert valid.all() and values[2].tolist() == [2.1, 3.1] and covs[2].tolist() == [[1, 0], [0, 1]]
+    # a refit that fails too leaves the set as it was
+    valid[2] = False
+    assert likelihood.retry_failed(values, errors, valid, covs, lambda j, s: (s, s, False, covs[j])) == 0
+    assert not valid[2]
