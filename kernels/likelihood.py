@@ -15,13 +15,11 @@ and the negative log-likelihood of a set of N events is
 
     -\ln L(d) = -\sum_e \ln\big(a_e \cdot m(d)\big) + N \ln\big(\Gamma \cdot m(d)\big) + \text{const},
 
-a handful of flops per event and evaluation, whatever the theory cost was. The
-efficiency ``epsilon`` does not depend on d, so it enters only through the
-normalisation ``Gamma`` (:func:`normalisation`); at generator level it is 1.
+a handful of flops per event and evaluation, whatever the theory cost was. The efficiency ``epsilon``
+does not depend on d, so it enters only through ``Gamma`` (:func:`normalisation`); at generator level it is 1.
 
-The Fisher information per event, ``I_ab(d) = E[d_a ln p  d_b ln p]``, is
-computed by quadrature (:func:`fisher_information`), and
-``sigma_CRB(N, d) = sqrt((I^-1)_aa / N)``.
+The Fisher information per event, ``I_ab(d) = E[d_a ln p  d_b ln p]``, is computed by quadrature
+(:func:`fisher_information`), and ``sigma_CRB(N, d) = sqrt((I^-1)_aa / N)``.
 """
 
 from __future__ import annotations
@@ -267,9 +265,8 @@ def _newton(a: np.ndarray, norm: np.ndarray, d0: np.ndarray, mix=None, iters: in
 
 @dataclass
 class FitResult:
-    """ML fits of many sets: estimates (M, n), HESSE errors (M, n), validity (M,) and the per-set covariance
-    of the estimates (M, n, n; NaN where a fit failed), which the joint coverage of several coefficients
-    needs (:func:`kernels.coverage.joint_coverage`)."""
+    """ML fits of many sets: estimates (M, n), HESSE errors (M, n), validity (M,) and each set's covariance
+    (M, n, n; NaN where a fit failed), for the joint coverage (:func:`kernels.coverage.joint_coverage`)."""
 
     values: np.ndarray
     errors: np.ndarray
@@ -337,24 +334,20 @@ def fit_sets(table: JTable, sets: np.ndarray, model: PdfModel = GEN, progress=No
                 progress(1)
 
     def refit(j, start):
-        mix = model.mixture(sets[j:j + 1])
-        return fit_set(project(table, sets[j]), norm, None if mix is None else (mix[0][0], mix[1][0]), start=start)
+        m = model.mixture(sets[j:j + 1])
+        return fit_set(project(table, sets[j]), norm, None if m is None else (m[0][0], m[1][0]), start=start)
 
     retry_failed(values, errors, valid, covariances, refit)
     return FitResult(values, errors, valid, covariances)
 
 
 def retry_failed(values, errors, valid, covariances, refit) -> int:
-    """Refit every set whose fit failed from the median of the others' estimates (in place), and keep the new
-    fit where it succeeds: with several coefficients a fit from 0 can run off to the limits where another start
-    finds the minimum. ``refit(j, start)`` returns :func:`fit_set`'s tuple for set j. Returns the sets recovered."""
-    bad = np.flatnonzero(~valid)
-    if bad.size == 0 or not valid.any():
-        return 0
-    start = np.median(values[valid], axis=0)
+    """Refit each failed set from the median of the others' estimates, in place where the refit succeeds (in
+    several coefficients a fit from 0 can run off to the limits); ``refit(j, start)`` is :func:`fit_set`'s tuple.
+    Returns the number recovered."""
     recovered = 0
-    for j in bad:
-        again = refit(int(j), start)
+    for j in np.flatnonzero(~valid) if valid.any() else ():
+        again = refit(int(j), np.median(values[valid], axis=0))
         if again[2]:
             values[j], errors[j], valid[j], covariances[j] = again
             recovered += 1

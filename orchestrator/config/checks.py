@@ -100,3 +100,10 @@ def device(name: str | None, option: str = "--device") -> str | None:
     elif dev.type != "cpu":
         raise ConfigError(f"{option} {name!r}: wcscan trains on cpu, cuda or mps")
     return name
+
+
+def q2_windows(value) -> list[tuple[float, float]]:
+    """The q2 windows of a config, checked (:func:`kernels.theory.validate_windows`), as tuples."""
+    from kernels.theory import validate_windows
+
+    return [tuple(w) for w in validate_windows(value)]

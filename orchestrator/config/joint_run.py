@@ -22,6 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestrator.config.checks import q2_windows
+
 __all__ = ["JointRunConfig", "is_joint"]
 
 
@@ -40,12 +42,7 @@ class JointTheory(_Strict):
     coefficients: list[str]
     windows: list[tuple[float, float]] = [(1.1, 6.0)]
 
-    @field_validator("windows")
-    @classmethod
-    def _windows(cls, v):
-        from kernels.theory import validate_windows
-
-        return [tuple(w) for w in validate_windows(v)]
+    _windows = field_validator("windows")(classmethod(lambda cls, v: q2_windows(v)))
 
     @field_validator("coefficients")
     @classmethod

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kernels.errors import ConfigError
+from orchestrator.config.checks import q2_windows
 from orchestrator.config.grammar import distinct, parse_dc9
 from orchestrator.config.loading import RUN_PRESETS, config_file, shipped, validation_message
 
@@ -43,12 +44,7 @@ class TheoryConfig(_Strict):
     coefficients: list[str] = ["C9_bsmumu"]
     windows: list[tuple[float, float]] = [(1.1, 6.0)]
 
-    @field_validator("windows")
-    @classmethod
-    def _windows(cls, v):
-        from kernels.theory import validate_windows
-
-        return [tuple(w) for w in validate_windows(v)]
+    _windows = field_validator("windows")(classmethod(lambda cls, v: q2_windows(v)))
 
     @field_validator("coefficients")
     @classmethod

@@ -29,6 +29,16 @@ def _save(fig, path: Path) -> Path:
     return Path(path)
 
 
+def _finish(plt, fig, path: Path, title: str = "") -> Path:
+    """The figure's title, a tight layout, the PNG written atomically; the figure closed. Returns the path."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
 def plot_fit_summary(rows: Sequence[Mapping], path: Path, title: str = "") -> Path:
     """Linearity (mean +- sigma against the truth, with y = x) and sensitivity against sigma_CRB."""
     plt = _pyplot()
@@ -55,12 +65,7 @@ def plot_fit_summary(rows: Sequence[Mapping], path: Path, title: str = "") -> Pa
     ax2.set_title("sensitivity")
     ax2.set_ylim(bottom=0)
     ax2.legend(loc="best")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, path, title)
 
 
 def _ellipse(ax, centre, sx, sy, rho, level: float = 0.68, **kw):
@@ -105,12 +110,7 @@ def plot_joint_fit(rows: Sequence[Mapping], shifts: Sequence[str], path: Path, t
         ax.grid(alpha=0.3)
         if (i, j) == pairs[0]:
             ax.legend(loc="best", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, path, title)
 
 
 def _series(evaluation, key):
