@@ -127,7 +127,8 @@ coefficients and the nuisances free) and sigma over it."""
 def joint_columns(shifts, nuisances: bool = False) -> tuple[str, ...]:
     """The per-point table's columns for several coefficients (the rows of :func:`joint_point_metrics`): the
     truths, ``n_sets, n_events``, each coefficient's metrics, the pairs' correlations beside the bound's, and
-    the joint coverage; with ``nuisances``, each coefficient's efficient bound too.
+    the joint coverage; with ``nuisances``, each coefficient's efficient bound and the pairs' correlations in
+    it (``corr_crb_eff_<a>_<b>``) too.
 
     >>> joint_columns(("dc9", "dc10"))[:4], joint_columns(("dc9", "dc10"))[-5:]
     (('dc9_true', 'dc10_true', 'n_sets', 'n_events'), ('corr_dc9_dc10', 'corr_crb_dc9_dc10', 'joint_coverage_68', 'joint_coverage_95', 'joint_ks_pvalue'))
@@ -138,7 +139,7 @@ def joint_columns(shifts, nuisances: bool = False) -> tuple[str, ...]:
         cols += [f"{k}_{s}" for k in PER_COEFFICIENT + (JOINT_NUISANCE if nuisances else ())]
     for i, a in enumerate(shifts):
         for b in shifts[i + 1:]:
-            cols += [f"corr_{a}_{b}", f"corr_crb_{a}_{b}"]
+            cols += [f"corr_{a}_{b}", f"corr_crb_{a}_{b}"] + ([f"corr_crb_eff_{a}_{b}"] if nuisances else [])
     return tuple(cols + ["joint_coverage_68", "joint_coverage_95", "joint_ks_pvalue"])
 
 

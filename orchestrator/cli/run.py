@@ -80,7 +80,7 @@ def _print_joint(console, cfg, result) -> None:
                       "sigma/sigma_CRB = 1 is optimal", box=box.SIMPLE_HEAD, pad_edge=False)
         eff = f"sigma_over_crb_eff_mean_{result.shifts[0]}_N{n}" in result.evaluations[0].summary
         heads = ("estimator", "coef", "s/CRB", "max", "|b|/CRB") + (("s/eff", "|b|/eff") if eff else ()) + (
-            "corr gap", "joint68", "joint95")
+            "corr gap" + (" (eff)" if eff else ""), "joint68", "joint95")
         for h in heads:
             table.add_column(h, justify="right", no_wrap=True)
         for ev in result.evaluations:
@@ -91,7 +91,8 @@ def _print_joint(console, cfg, result) -> None:
                          f"{s[f'abs_bias_over_crb_eff_max_{c}_N{n}']:.2f}") if eff else ()
                 table.add_row(ev.name if first else "", c, f"{s[f'sigma_over_crb_mean_{c}_N{n}']:.3f}",
                               f"{s[f'sigma_over_crb_max_{c}_N{n}']:.3f}", f"{s[f'abs_bias_over_crb_max_{c}_N{n}']:.2f}",
-                              *extra, f"{s[f'corr_gap_max_N{n}']:.3f}" if first else "",
+                              *extra, f"{s[f'corr_gap_eff_max_N{n}' if eff else f'corr_gap_max_N{n}']:.3f}"
+                              if first else "",
                               f"{s[f'joint_coverage_68_mean_N{n}']:.3f}" if first else "",
                               f"{s[f'joint_coverage_95_mean_N{n}']:.3f}" if first else "")
         console.print(table)

@@ -16,7 +16,7 @@ import numpy as np
 
 from kernels.errors import ConfigError
 
-__all__ = ["fitted_coefficients", "joint_row", "joint_summary"]
+__all__ = ["fitted_coefficients", "joint_row", "add_efficient_bound", "joint_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,21 @@ def joint_row(table: Any, model: Any, result: Any, truth: np.ndarray, n_events: 
     row = metrics.joint_point_metrics(values, result.covariances, truth=truth, crb_covariance=bound,
                                       n_events=n_events, shifts=shifts)
     if profiled is not None:
-        eff = profiled.bound(at, n_events, model)[0] if np.isfinite(at).all() else np.full(n, np.nan)
-        for i, s in enumerate(shifts):
-            row[f"sigma_crb_eff_{s}"] = float(eff[i])
-            row[f"sigma_over_crb_eff_{s}"] = float(row[f"sigma_{s}"]) / float(eff[i])
+        add_efficient_bound(row, shifts, *(profiled.bound(at, n_events, model) if np.isfinite(at).all()
+                                           else (np.full(n, np.nan), np.full((n, n), np.nan))))
     return {k: row[k] for k in metrics.joint_columns(shifts, nuisances=profiled is not None)}
+
+
+def add_efficient_bound(row: dict, shifts: Sequence[str], sigma_eff, cov_eff) -> dict:
+    """Add to a joint row each coefficient's efficient bound (``sigma_crb_eff_<s>``, the form factors profiled),
+    sigma over it, and the bound's correlations (``corr_crb_eff_<a>_<b>``); return the row."""
+    shifts = list(shifts)
+    for i, s in enumerate(shifts):
+        row[f"sigma_crb_eff_{s}"] = float(sigma_eff[i])
+        row[f"sigma_over_crb_eff_{s}"] = float(row[f"sigma_{s}"]) / float(sigma_eff[i])
+        for j in range(i + 1, len(shifts)):
+            row[f"corr_crb_eff_{s}_{shifts[j]}"] = float(cov_eff[i][j] / (sigma_eff[i] * sigma_eff[j]))
+    return row
 
 
 def joint_summary(rows: Sequence[dict], shifts: Sequence[str]) -> dict:
@@ -96,6 +106,9 @@ def joint_summary(rows: Sequence[dict], shifts: Sequence[str]) -> dict:
         if pairs:
             out[f"corr_gap_max_N{n}"] = float(max(abs(r[f"corr_{a}_{b}"] - r[f"corr_crb_{a}_{b}"])
                                                   for r in sel for a, b in pairs))
+            if f"corr_crb_eff_{pairs[0][0]}_{pairs[0][1]}" in sel[0]:
+                out[f"corr_gap_eff_max_N{n}"] = float(max(abs(r[f"corr_{a}_{b}"] - r[f"corr_crb_eff_{a}_{b}"])
+                                                          for r in sel for a, b in pairs))
         for level in (68, 95):
             cov = np.array([r[f"joint_coverage_{level}"] for r in sel], dtype=float)
             out[f"joint_coverage_{level}_mean_N{n}"] = float(np.nanmean(cov))

@@ -117,7 +117,7 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
     from kernels.files import sha256_file
     from models.event_ratio import fit_sets_learned
     from orchestrator.evaluate.fit import write_points_csv
-    from orchestrator.evaluate.joint import joint_summary
+    from orchestrator.evaluate.joint import add_efficient_bound, joint_summary
     from orchestrator.generate.dataset import generate
     from orchestrator.report.joint import write_joint_report
     from orchestrator.track.runs import Tracker
@@ -177,15 +177,13 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
                     sets = _test_sets(table, ntable, nc.prior_scale, c, n, ec.sets, cfg.seed, i, j)
                     bound = np.linalg.inv(fisher) / n
                     eff = None if ntable is None else likelihood.efficient_bound(
-                        I_nuis, len(shifts), n, np.eye(ntable.n_nuisances) / nc.prior_scale**2)[0]
+                        I_nuis, len(shifts), n, np.eye(ntable.n_nuisances) / nc.prior_scale**2)
                     for name, fit in fitters.items():
                         res = fit(sets, adv)
                         row = metrics.joint_point_metrics(res.values, res.covariances, truth=c, crb_covariance=bound,
                                                           n_events=n, shifts=shifts)
                         if eff is not None:
-                            for a, s in enumerate(shifts):
-                                row[f"sigma_crb_eff_{s}"] = float(eff[a])
-                                row[f"sigma_over_crb_eff_{s}"] = float(row[f"sigma_{s}"]) / float(eff[a])
+                            add_efficient_bound(row, shifts, *eff)
                         rows[name].append({k: row[k] for k in columns})
         evaluations = [JointEvaluation(name, r, joint_summary(r, shifts)) for name, r in rows.items()]
         figures = _figures(out / "figures", evaluations, shifts, ec.events_per_set)

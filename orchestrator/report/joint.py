@@ -17,6 +17,7 @@ def joint_summary_table(evaluations, shifts: Sequence[str], n: int) -> tuple[lis
     eff = f"sigma_over_crb_eff_mean_{shifts[0]}_N{n}" in evaluations[0].summary
     header = ["estimator", "coefficient", "σ/σ_CRB mean (max)", "max |bias|/σ_CRB",
               *(["σ/σ_CRB,eff mean (max)", "max |bias|/σ_CRB,eff"] if eff else []), "max |corr − corr_CRB|",
+              *(["max |corr − corr_CRB,eff|"] if eff else []),
               "joint coverage 68% (range)", "joint coverage 95% (range)"]
     rows = []
     for ev in evaluations:
@@ -30,6 +31,7 @@ def joint_summary_table(evaluations, shifts: Sequence[str], n: int) -> tuple[lis
                 *([f"{s[f'sigma_over_crb_eff_mean_{c}_N{n}']:.3f} ({s[f'sigma_over_crb_eff_max_{c}_N{n}']:.3f})",
                    f"{s[f'abs_bias_over_crb_eff_max_{c}_N{n}']:.2f}"] if eff else []),
                 f"{s[f'corr_gap_max_N{n}']:.3f}" if first else "",
+                *([f"{s[f'corr_gap_eff_max_N{n}']:.3f}" if first else ""] if eff else []),
                 (f"{s[f'joint_coverage_68_mean_N{n}']:.3f} ({s[f'joint_coverage_68_min_N{n}']:.2f}–"
                  f"{s[f'joint_coverage_68_max_N{n}']:.2f})") if first else "",
                 (f"{s[f'joint_coverage_95_mean_N{n}']:.3f} ({s[f'joint_coverage_95_min_N{n}']:.2f}–"
