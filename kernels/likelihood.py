@@ -31,6 +31,7 @@ import numpy as np
 
 from kernels import angular
 from kernels.errors import ConfigError
+from kernels.refit import retry_failed
 from kernels.theory import JTable, monomial_gradient, monomial_hessian, monomials
 
 PROJECT_BATCH_EVENTS = 1 << 19
@@ -333,25 +334,13 @@ def fit_sets(table: JTable, sets: np.ndarray, model: PdfModel = GEN, progress=No
             if progress is not None:
                 progress(1)
 
-    def refit(j, start):
-        m = model.mixture(sets[j:j + 1])
-        return fit_set(project(table, sets[j]), norm, None if m is None else (m[0][0], m[1][0]), start=start)
+    def refit(j, start=None, at=None):  # the fit from ``start``, or the NLL at ``at``
+        a, m = project(table, sets[j]), model.mixture(sets[j:j + 1])
+        mix = None if m is None else (m[0][0], m[1][0])
+        return nll(at, a, norm, mix) if at is not None else fit_set(a, norm, mix, start=start)
 
     retry_failed(values, errors, valid, covariances, refit)
     return FitResult(values, errors, valid, covariances)
-
-
-def retry_failed(values, errors, valid, covariances, refit) -> int:
-    """Refit each failed set from the median of the others' estimates, in place where the refit succeeds (in
-    several coefficients a fit from 0 can run off to the limits); ``refit(j, start)`` is :func:`fit_set`'s tuple.
-    Returns the number recovered."""
-    recovered = 0
-    for j in np.flatnonzero(~valid) if valid.any() else ():
-        again = refit(int(j), np.median(values[valid], axis=0))
-        if again[2]:
-            values[j], errors[j], valid[j], covariances[j] = again
-            recovered += 1
-    return recovered
 
 
 class _Quadrature:

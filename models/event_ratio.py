@@ -187,7 +187,8 @@ def fit_sets_learned(model: EventRatio, sets, progress=None):
     """Fit every set ``(M, N, 4)`` with the learned likelihood (module docstring): a
     :class:`kernels.likelihood.FitResult` with the estimate vectors ``(M, n)``, HESSE errors and per-set
     covariances ``(M, n, n)``."""
-    from kernels.likelihood import FitResult, fit_set, retry_failed
+    from kernels.likelihood import FitResult, fit_set, nll
+    from kernels.refit import retry_failed
 
     if not model.calibrated:
         raise ConfigError("the event-ratio model is not calibrated: call calibrate(reference events) first")
@@ -202,5 +203,9 @@ def fit_sets_learned(model: EventRatio, sets, progress=None):
         values[k], errors[k], valid[k], covs[k] = fit_set(model.projections(arr[k]), z)
         if progress is not None:
             progress(1)
-    retry_failed(values, errors, valid, covs, lambda j, start: fit_set(model.projections(arr[j]), z, start=start))
+    def refit(j, start=None, at=None):  # the fit from ``start``, or the NLL at ``at``
+        a = model.projections(arr[j])
+        return nll(at, a, z) if at is not None else fit_set(a, z, start=start)
+
+    retry_failed(values, errors, valid, covs, refit)
     return FitResult(values, errors, valid, covs)

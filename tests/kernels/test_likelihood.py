@@ -129,21 +129,28 @@ def test_joint_fit_covariances_match_the_fisher_matrix_and_its_ellipses_cover(c9
     assert abs(row["joint_coverage_68"] - 0.68) < 0.09 and abs(row["joint_coverage_95"] - 0.95) < 0.045
 
 
-def test_failed_fits_are_refitted_from_the_median_of_the_others():
-    values = np.array([[0.0, 1.0], [2.0, 3.0], [-12.5, 14.0], [4.0, 5.0]])
-    errors = np.ones((4, 2))
-    valid = np.array([True, True, False, True])
-    covs = np.zeros((4, 2, 2))
-    starts = []
+def test_failed_and_far_off_fits_are_refitted_from_the_median_of_the_others():
+    from kernels.refit import retry_failed
 
-    def refit(j, start):
+    values = np.array([[0.0, 1.0], [2.0, 3.0], [-12.5, 14.0], [4.0, 5.0], [40.0, 3.0]])
+    errors = np.ones((5, 2))
+    valid = np.array([True, True, False, True, True])
+    covs = np.zeros((5, 2, 2))
+    starts = []
+    depth = {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0, 4: 0.5}  # set 4's dip at 40 is the deeper one: it stays
+
+    def refit(j, start=None, at=None):
+        if at is not None:
+            return depth[j] if at[0] > 30 else 1.0
         starts.append((j, start.tolist()))
         return np.array([2.1, 3.1]), np.array([0.5, 0.5]), True, np.eye(2)
 
-    assert likelihood.retry_failed(values, errors, valid, covs, refit) == 1
-    assert starts == [(2, [2.0, 3.0])]
+    # median of the valid estimates (sets 0, 1, 3, 4): (3, 3); set 2 failed, set 4 is 37 errors off
+    assert retry_failed(values, errors, valid, covs, refit) == 1
+    assert starts == [(2, [3.0, 3.0]), (4, [3.0, 3.0])]
     assert valid.all() and values[2].tolist() == [2.1, 3.1] and covs[2].tolist() == [[1, 0], [0, 1]]
-    # a refit that fails too leaves the set as it was
-    valid[2] = False
-    assert likelihood.retry_failed(values, errors, valid, covs, lambda j, s: (s, s, False, covs[j])) == 0
-    assert not valid[2]
+    assert values[4].tolist() == [40.0, 3.0]  # its refit had the higher NLL
+    depth[4] = 2.0  # now the refit is deeper: it replaces the far estimate
+    assert retry_failed(values, errors, valid, covs, refit) == 1 and values[4].tolist() == [2.1, 3.1]
+    valid[:] = False  # nothing valid: nothing to start from
+    assert retry_failed(values, errors, valid, covs, refit) == 0
