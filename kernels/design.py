@@ -24,11 +24,7 @@ import numpy as np
 
 from kernels.errors import ConfigError
 
-__all__ = ["Design", "DESIGNS", "grid", "space_filling", "from_points", "check", "shift_column", "shift_columns"]
-
-DESIGNS = ("grid", "sobol", "lhs")
-"""The kinds of design: a Cartesian grid, a scrambled Sobol sequence, a Latin hypercube."""
-
+__all__ = ["Design", "grid", "space_filling", "from_points", "check", "shift_column", "shift_columns"]
 
 @dataclass(frozen=True)
 class Design:

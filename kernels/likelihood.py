@@ -24,6 +24,7 @@ The Fisher information per event, ``I_ab(d) = E[d_a ln p  d_b ln p]``, is comput
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -334,9 +335,13 @@ def fit_sets(table: JTable, sets: np.ndarray, model: PdfModel = GEN, progress=No
             if progress is not None:
                 progress(1)
 
+    @functools.lru_cache(maxsize=1)  # a retried set is fitted and its NLL compared: project it once
+    def projected(j):
+        m = model.mixture(sets[j:j + 1])
+        return project(table, sets[j]), None if m is None else (m[0][0], m[1][0])
+
     def refit(j, start=None, at=None):  # the fit from ``start``, or the NLL at ``at``
-        a, m = project(table, sets[j]), model.mixture(sets[j:j + 1])
-        mix = None if m is None else (m[0][0], m[1][0])
+        a, mix = projected(j)
         return nll(at, a, norm, mix) if at is not None else fit_set(a, norm, mix, start=start)
 
     retry_failed(values, errors, valid, covariances, refit)

@@ -31,6 +31,8 @@ maximises it (MIGRAD, HESSE) and returns the estimate *vector* and its covarianc
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -203,8 +205,10 @@ def fit_sets_learned(model: EventRatio, sets, progress=None):
         values[k], errors[k], valid[k], covs[k] = fit_set(model.projections(arr[k]), z)
         if progress is not None:
             progress(1)
+    projected = functools.lru_cache(maxsize=1)(lambda j: model.projections(arr[j]))  # once per retried set
+
     def refit(j, start=None, at=None):  # the fit from ``start``, or the NLL at ``at``
-        a = model.projections(arr[j])
+        a = projected(j)
         return nll(at, a, z) if at is not None else fit_set(a, z, start=start)
 
     retry_failed(values, errors, valid, covs, refit)

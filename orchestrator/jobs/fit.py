@@ -57,9 +57,12 @@ def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_
                           "pdf and its bound depend on the events' level")
     if out is not None:
         output_file(out)
-    points = None
+    points = m = None
     if events_file is not None:  # read and checked before any theory table is built
         points = read_events_file(events_file, column_map, windows, dc9_column=dc9_column, dc9_true=dc9_true)
+    else:
+        m = read_event_manifest(dataset)
+        coefficients = fitted_coefficients(m, coefficients)
     theory = None
     if nuisances != "none":
         from kernels import nuisances as nuis
@@ -69,9 +72,8 @@ def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_
             refuse_short_events(points, events_per_set, sets, events_file)
             coefficients, tables_windows = list(SCAN_COEFFICIENTS), th.validate_windows(windows or th.DEFAULT_WINDOWS)
         else:
-            m = read_event_manifest(dataset)
             refuse_short_points(dataset, m.points, events_per_set, sets)
-            coefficients, tables_windows = fitted_coefficients(m, coefficients), th.validate_windows(m.windows)
+            tables_windows = th.validate_windows(m.windows)
         if nuisances == "bsz+pc":  # the power corrections too: tables from the helicity amplitudes
             from kernels import amplitudes as amp
 
@@ -87,8 +89,6 @@ def fit_job(events_per_set: int, sets: int, dataset: Path | None = None, events_
             rows = fit_events_points(points, events_per_set, sets, windows, level=level or "gen",
                                      progress=advance, source=events_file, profiled=theory)
     else:
-        m = read_event_manifest(dataset)
-        coefficients = fitted_coefficients(m, coefficients)
         with progress("fit", sets * len(m.points), "sets") as advance:
             rows = fit_dataset(dataset, events_per_set, sets, level=level, progress=advance, profiled=theory,
                                coefficients=coefficients)

@@ -64,7 +64,7 @@ def check_joint_services(cfg: JointRunConfig, out: Path, tracking_uri: str | Non
     check_services(out, need, tracking_uri=uri, tracking_name=source, address=address)
 
 
-def _train_event_ratio(cfg: JointRunConfig, table, events_dir: Path, tracker, progress, stage):
+def _train_event_ratio(cfg: JointRunConfig, table, scan, events_dir: Path, tracker, progress, stage):
     """The event ratio, trained on the scan's events (equal parts of every point; at generator level the targets
     are a function of the event, so any mix of points is right) and calibrated on fresh SM events."""
     import torch
@@ -86,7 +86,7 @@ def _train_event_ratio(cfg: JointRunConfig, table, events_dir: Path, tracker, pr
     ev = ev[np.random.default_rng([cfg.seed, 7]).permutation(ev.shape[0])].astype(np.float32)
     proj = likelihood.project(table, ev.astype(np.float64))
     targets = ratio_targets(proj)
-    points = [list(p) for p in cfg.scan_design().points if np.any(p)] if ec.loss == "log" else None
+    points = [list(p) for p in scan.points if np.any(p)] if ec.loss == "log" else None
     seed_everything(cfg.seed)
     net = EventRatio(table.n_shifts, hidden=ec.hidden, layers=ec.layers, loss_points=points)
     net.fit_features(ev).fit_scale(targets)
@@ -161,7 +161,7 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
         net = None
         if er is not None and er.enabled:
             with tracker.child("event_ratio"):
-                net, hist = _train_event_ratio(cfg, table, events_dir, tracker, progress, stage)
+                net, hist = _train_event_ratio(cfg, table, scan, events_dir, tracker, progress, stage)
                 histories["event_ratio"] = hist
             fitters["event_ratio"] = lambda sets, adv: fit_sets_learned(net, sets, progress=adv or None)
         rows: dict[str, list[dict]] = {name: [] for name in fitters}
