@@ -49,7 +49,7 @@ from orchestrator.runtime.progress import no_progress
 log = logging.getLogger(__name__)
 
 __all__ = ["LUMINOSITY_EVENTS", "LOW_WINDOWS", "HIGH_WINDOW", "BOUNDS_COLUMNS", "JOINT_BOUNDS_COLUMNS", "window_label",
-           "check_events", "check_options", "check_coefficients", "luminosity_bounds", "joint_bounds",
+           "check_events", "check_options", "check_coefficients", "check_at", "luminosity_bounds", "joint_bounds",
            "write_bounds_csv"]
 
 LUMINOSITY_EVENTS = (2_000, 6_000, 24_000, 70_000)
@@ -202,6 +202,15 @@ def check_coefficients(coefficients) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(cols), tuple(coefficient_for(c) for c in cols)
 
 
+def check_at(at, cols) -> np.ndarray:
+    """The shift vector of a joint bound: one finite value per coefficient of ``cols`` (None: 0)."""
+    k = len(cols)
+    d = np.zeros(k) if at is None else np.array([_finite(v, "--at") for v in np.atleast_1d(at)])
+    if d.shape != (k,):
+        raise ConfigError(f"--at gives {d.size} value(s) for {k} coefficients ({', '.join(cols)})")
+    return d
+
+
 def joint_bounds(coefficients: Sequence[str], at=None, n_events: Sequence[int] = LUMINOSITY_EVENTS,
                  prior_scale: float = 1.0, high_q2: bool = True, level: str = "gen", progress=None,
                  power_corrections: bool = False, detector=None, tables: Mapping | None = None) -> list[dict]:
@@ -220,9 +229,7 @@ def joint_bounds(coefficients: Sequence[str], at=None, n_events: Sequence[int] =
 
     cols, names = check_coefficients(coefficients)
     k = len(cols)
-    d = np.zeros(k) if at is None else np.array([_finite(v, "--at") for v in np.atleast_1d(at)])
-    if d.shape != (k,):
-        raise ConfigError(f"--at gives {d.size} value(s) for {k} coefficients ({', '.join(cols)})")
+    d = check_at(at, cols)
     ns, _, s, level = check_options(n_events, 0.0, prior_scale, level)
     progress = progress or no_progress
     sets = [LOW_WINDOWS] + ([LOW_WINDOWS + (HIGH_WINDOW,)] if high_q2 else [])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kernels.errors import ConfigError
 from orchestrator.config.checks import output_file
-from orchestrator.evaluate.bounds import (LUMINOSITY_EVENTS, check_coefficients, check_options, joint_bounds,
+from orchestrator.evaluate.bounds import (LUMINOSITY_EVENTS, check_at, check_coefficients, check_options, joint_bounds,
                                          luminosity_bounds, write_bounds_csv)
 from orchestrator.runtime.progress import no_progress
 
@@ -76,6 +76,7 @@ def _joint_job(coefficients, at, n_events, prior_scale, high_q2, level, out, pro
     from orchestrator.report.plots import plot_joint_bounds
 
     cols, names = check_coefficients(coefficients)
+    check_at(at, cols)  # before the tables are announced, or built
     if stage is not None:
         what = "the power corrections x " if power_corrections else ""
         stage(f"tables over {' x '.join(cols)} x {what}the 19 BSZ form factors (cached after the first run)")

@@ -160,3 +160,31 @@ def test_joint_bounds_from_one_fisher_matrix(tmp_path):
         joint_bounds(["C9", "C10"], [0.0], [2000], tables=tables, high_q2=False)
     with pytest.raises(ConfigError, match="dc9 is listed twice"):
         joint_bounds(["C9", "dc9"], None, [2000], tables=tables, high_q2=False)
+
+
+def test_cli_bounds_of_several_coefficients_writes_the_csv_and_figure_and_refuses_bad_options(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """`wcscan bounds --coefficients` end to end, on a two-form-factor table standing in for the 19."""
+    from kernels import nuisances
+
+    real = nuisances.nuisance_table
+    monkeypatch.setattr(nuisances, "nuisance_table", lambda coeffs, windows, form_factors, **kw: real(
+        coeffs, windows, form_factors=["B->K* BSZ a0_V", "B->K* BSZ a1_V"], spacing=0.25, cache=tmp_path / "cache"))
+    out = tmp_path / "b" / "bounds.csv"
+    assert main(["bounds", "--coefficients", "C9,C10", "--no-high-q2", "--events", "2000,24000", "--out", str(out),
+                 "-q"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["n_events"], r["coefficient"]) for r in rows] == [("2000", "dc9"), ("2000", "dc10"), ("24000", "dc9"),
+                                                                 ("24000", "dc10")]
+    assert list(rows[0])[-2:] == ["corr_crb_dc9_dc10", "corr_crb_eff_dc9_dc10"]
+    assert all(float(r["sigma_crb_alone"]) <= float(r["sigma_crb"]) <= float(r["sigma_crb_eff"]) for r in rows)
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert "corr_crb_eff_dc9_dc10" in capsys.readouterr().out
+    for args, message in ((["--coefficients", "C9,C10", "--at", "0"], "--at gives 1 value"),
+                          (["--coefficients", "C10"], "only delta C9's bound is studied alone"),
+                          (["--at", "0,0"], "--at goes with --coefficients")):
+        bad = tmp_path / "bad" / "x.csv"
+        assert main(["bounds", *args, "--no-high-q2", "--out", str(bad)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not bad.exists()
