@@ -65,12 +65,19 @@ __all__ = [
     "GaussianNLLLoss",
     "finish_output",
     "split_gaussian",
+    "MVN_LOSS",
+    "MultivariateGaussianHead",
+    "MultivariateGaussianNLLLoss",
+    "split_multivariate",
 ]
 
 HEADS = ("point", "gaussian")
 
 #: Losses of the Gaussian head: the plain NLL (beta = 0) and the beta-NLL with beta = DEFAULT_BETA.
 NLL_LOSSES = ("gaussian_nll", "beta_nll")
+
+#: The loss of :class:`MultivariateGaussianHead` (:class:`MultivariateGaussianNLLLoss`).
+MVN_LOSS = "mvn_nll"
 
 #: Lower bound of the predicted sigma, in target units (see the module docstring).
 SIGMA_FLOOR = 1e-4
@@ -193,3 +200,73 @@ class GaussianNLLLoss(nn.Module):
         if self.beta:
             nll = nll * sigma.detach().pow(2.0 * self.beta)
         return nll.mean()
+
+
+class MultivariateGaussianHead(nn.Module):
+    r"""``(..., n + n(n+1)/2)`` raw outputs -> ``(..., n, n + 1)``: a mean vector ``[..., 0]`` and the lower
+    Cholesky factor L of the covariance ``[..., 1:]``, ``Sigma = L L^T``, times ``scale`` (e.g. ``N^{-1/2}``
+    for a set of N events, so that the network's outputs need not follow the 1 / sqrt(N) of every width).
+
+    L's diagonal is ``floor + softplus(b)`` (:class:`GaussianHead`'s reasons); below it, the raw values as they
+    are. At initialisation (raw ~ 0) Sigma is ``ln(2)^2 scale^2`` times the identity.
+
+    >>> out = MultivariateGaussianHead(2)(torch.zeros(1, 5))
+    >>> out.shape, out[0, :, 0].tolist(), round(float(out[0, 0, 1]), 4), float(out[0, 0, 2])
+    (torch.Size([1, 2, 3]), [0.0, 0.0], 0.6932, 0.0)
+    """
+
+    def __init__(self, n: int, floor: float = SIGMA_FLOOR) -> None:
+        super().__init__()
+        self.n = int(n)
+        self.floor = float(floor)
+        rows, cols = torch.tril_indices(self.n, self.n)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    @staticmethod
+    def units(n: int) -> int:
+        return n + n * (n + 1) // 2
+
+    def forward(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        raw = raw.float()
+        n = self.n
+        if raw.shape[-1] != self.units(n):
+            raise ConfigError(f"a {n}-dimensional Gaussian head needs {self.units(n)} raw outputs, got {raw.shape[-1]}")
+        tri = raw[..., n:]
+        diag = self.rows == self.cols
+        tri = torch.where(diag, self.floor + nn.functional.softplus(tri), tri)
+        L = raw.new_zeros(*raw.shape[:-1], n, n)
+        L[..., self.rows, self.cols] = tri
+        if scale is not None:
+            L = L * scale.float().reshape(*scale.shape, *(1,) * (L.ndim - scale.ndim))
+        return torch.cat([raw[..., :n, None], L], dim=-1)
+
+
+def split_multivariate(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean (..., n), L (..., n, n))`` of a :class:`MultivariateGaussianHead`'s output ``(..., n, n + 1)``."""
+    if out.ndim < 2 or out.shape[-1] != out.shape[-2] + 1:
+        raise ConfigError(f"a multivariate Gaussian output is (..., n, n + 1), got shape {tuple(out.shape)}")
+    return out[..., 0], out[..., 1:]
+
+
+class MultivariateGaussianNLLLoss(nn.Module):
+    r"""The Gaussian negative log-likelihood of ``(mean, L)`` outputs against target vectors, mean over the batch:
+    :math:`\ell = \sum_i \ln L_{ii} + \tfrac12 \lVert L^{-1}(y - \mu) \rVert^2` (the constant left out),
+    a proper scoring rule whose optimum is the conditional mean and covariance.
+
+    >>> out = MultivariateGaussianHead(2)(torch.zeros(1, 5))
+    >>> round(float(MultivariateGaussianNLLLoss()(out, torch.zeros(1, 2))), 4)   # 2 ln(SIGMA_FLOOR + ln 2)
+    -0.7327
+    """
+
+    def proper(self) -> MultivariateGaussianNLLLoss:
+        return self
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mean, L = split_multivariate(out)
+        if target.shape != mean.shape:
+            raise ConfigError(f"a multivariate Gaussian NLL needs targets {tuple(mean.shape)}, got {tuple(target.shape)}")
+        r = (target.to(mean.dtype) - mean).unsqueeze(-1)
+        z = torch.linalg.solve_triangular(L, r, upper=False).squeeze(-1)
+        logdet = torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+        return (logdet + 0.5 * z.square().sum(-1)).mean()

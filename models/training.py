@@ -65,7 +65,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from kernels.errors import ConfigError, WcscanError
 from kernels.files import atomic_path
-from models.heads import DEFAULT_BETA, NLL_LOSSES, GaussianNLLLoss, is_gaussian
+from models.heads import DEFAULT_BETA, MVN_LOSS, NLL_LOSSES, GaussianNLLLoss, MultivariateGaussianNLLLoss, is_gaussian
 
 __all__ = [
     "OPTIMIZERS",
@@ -84,7 +84,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "sgd")
-LOSSES = ("mae", "mse", "cross_entropy", *NLL_LOSSES)
+LOSSES = ("mae", "mse", "cross_entropy", *NLL_LOSSES, MVN_LOSS)
 SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
 AMP_DTYPES = ("float16", "bfloat16")
 
@@ -193,6 +193,8 @@ def make_loss(name: str, validation: bool = False) -> nn.Module:
     if name in NLL_LOSSES:
         loss = GaussianNLLLoss(DEFAULT_BETA if name == "beta_nll" else 0.0)
         return loss.proper() if validation else loss
+    if name == MVN_LOSS:
+        return MultivariateGaussianNLLLoss()
     if name == "mae":
         return nn.L1Loss()
     if name == "mse":

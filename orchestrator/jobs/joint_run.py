@@ -104,7 +104,9 @@ def _train_event_ratio(cfg: JointRunConfig, table, scan, events_dir: Path, track
     net.to("cpu")
     stage(f"calibrating event_ratio's normaliser on {ec.reference_events:,} fresh SM events")
     ref = sampler.sample_array(table, np.zeros(table.n_shifts), ec.reference_events, (cfg.seed, CALIBRATION_STREAM)).T
-    net.calibrate(ref)
+    gamma = likelihood.normalisation(table)  # generator level: the truth is the event, and Z's exact mean is known
+    net.calibrate(ref, control=ratio_targets(likelihood.project(table, ref.astype(np.float64))),
+                  control_mean=gamma[1:] / gamma[0])
     return net, hist
 
 

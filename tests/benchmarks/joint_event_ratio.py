@@ -54,6 +54,9 @@ def main(argv=None) -> None:
                          "covers where the far points put their events)")
     ap.add_argument("--log-loss", action="store_true",
                     help="regress ln q at the grid's points instead of q's coefficients (exact at gen level)")
+    ap.add_argument("--no-control-variate", action="store_true",
+                    help="calibrate Z by the plain mean over the reference events (at gen level the default is "
+                         "their exact coefficients as a control variate)")
     ap.add_argument("--luminosity", default="", help="N,N,...: the same model at the grid's centre at each N")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -83,9 +86,13 @@ def main(argv=None) -> None:
     hist = train(net, data(x[n_val:], y[n_val:]), data(x[:n_val], y[:n_val]),
                  TrainConfig(loss="mse", lr=2e-3, batch_size=4096, epochs=a.epochs, patience=0, device="cpu",
                              weight_decay=0.0))
-    ref, _ = _draw(table, [0.0, 0.0], 2_000_000, (32,), a.level, det)
-    net.calibrate(ref)
+    ref, ref_truth = _draw(table, [0.0, 0.0], 2_000_000, (32,), a.level, det)
     exact_z = likelihood.normalisation(table, model_pdf)
+    if a.level == "gen" and not a.no_control_variate:  # the exact mean: the generator's rate
+        net.calibrate(ref, control=ratio_targets(likelihood.project(table, ref_truth.astype(np.float64))),
+                      control_mean=exact_z[1:] / exact_z[0])
+    else:
+        net.calibrate(ref)
     print(f"trained on {ev.shape[0]:,} events at {a.level} ({'the grid points' if a.mixture else 'the SM'}) in {time.perf_counter() - t0:.0f} s; val MSE "
           f"{hist['val_loss'][0]:.4f} -> {hist['best_val_loss']:.5f} (targets scaled to unit spread); "
           f"Z's coefficients minus the exact ones: {np.round(net.z.numpy() - exact_z / exact_z[0], 4).tolist()}")

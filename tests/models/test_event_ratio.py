@@ -85,3 +85,22 @@ def test_the_log_loss_output_is_ln_q_at_the_loss_points_and_its_targets_match_th
     # the targets of exact coefficients are the model's output when the model is exact
     np.testing.assert_allclose(log_ratio_targets(a, pts), out, rtol=1e-5)
     assert EventRatio(**net.hparams).hparams["loss_points"] == pts
+
+
+def test_a_control_variate_calibrates_z_to_its_exact_mean_with_the_networks_error_alone():
+    """Z = control_mean + mean(a - control): exact when the network is (its coefficients are the control), and the
+    plain mean when control_mean is the control's own sample mean; shapes are checked in one line."""
+    rng = np.random.default_rng(3)
+    ref = rng.uniform(0, 1, (2000, 4)).astype(np.float32)
+    net = EventRatio(2, features="plain")
+    net.net = _Fixed(rng.normal(size=(3, 2)))
+    a = net.projections(ref)[:, 1:]
+    exact_mean = rng.normal(size=5)
+    np.testing.assert_allclose(net.calibrate(ref, control=a, control_mean=exact_mean)[1:], exact_mean, atol=1e-12)
+    noisy = a + rng.normal(size=a.shape)
+    np.testing.assert_allclose(net.calibrate(ref, control=noisy, control_mean=noisy.mean(axis=0)),
+                               net.projections(ref).mean(axis=0), atol=1e-12)
+    with pytest.raises(ConfigError, match="give both control and control_mean"):
+        net.calibrate(ref, control=a)
+    with pytest.raises(ConfigError, match=r"control must have shape \(2000, 5\)"):
+        net.calibrate(ref, control=a[:, :4], control_mean=exact_mean[:4])
