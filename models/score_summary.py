@@ -46,6 +46,8 @@ class _Rho(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         n = self.net
+        if hasattr(n, "finish"):  # a head that reads the summary too (models.deepsets_joint: N)
+            return n.finish(n.rho(pooled), pooled)
         return finish_output(n.rho(pooled), n.head_kind, n.outputs, n.gaussian)
 
 

@@ -99,6 +99,25 @@ class EventRatioConfig(_Strict):
     train: JointTrain = JointTrain()
 
 
+class JointDeepSetsConfig(_Strict):
+    """Deep Sets with the multivariate Gaussian head (:mod:`orchestrator.jobs.joint_train`): phi on ``train_events``
+    of the scan (their exact scores at the scan's points), rho on ``rho_sets`` fresh sets (and ``rho_val_sets`` to
+    validate) at shifts over the scan's and evaluation's box widened by ``rho_margin``, sizes over the evaluation's N."""
+
+    enabled: bool = True
+    hidden: int = Field(128, gt=0)
+    phi_layers: int = Field(3, ge=1)
+    rho_hidden: int = Field(128, gt=0)
+    rho_layers: int = Field(3, ge=1)
+    train_events: int = Field(2_000_000, gt=0)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    phi_train: JointTrain = JointTrain()
+    rho_sets: int = Field(4000, gt=0)
+    rho_val_sets: int = Field(500, gt=0)
+    rho_margin: float = Field(0.5, ge=0)
+    rho_train: JointTrain = JointTrain(lr=1e-3, batch_size=128, epochs=150, weight_decay=0.0)
+
+
 class JointMLFit(_Strict):
     enabled: bool = True
 
@@ -106,6 +125,7 @@ class JointMLFit(_Strict):
 class JointModels(_Strict):
     ml_fit: JointMLFit = JointMLFit()
     event_ratio: EventRatioConfig | None = EventRatioConfig()
+    deepsets: JointDeepSetsConfig | None = None
 
 
 class JointEvaluation(_Design):
@@ -176,8 +196,12 @@ class JointRunConfig(_Strict):
         if er is not None and er.enabled and er.train_events > scan.n_points * self.scan.events_per_point:
             raise ValueError(f"models.event_ratio.train_events ({er.train_events}) is more than the scan holds "
                              f"({scan.n_points} points x {self.scan.events_per_point} events)")
-        if not self.models.ml_fit.enabled and not (er is not None and er.enabled):
-            raise ValueError("no estimator is enabled (models.ml_fit, models.event_ratio)")
+        ds = self.models.deepsets
+        if ds is not None and ds.enabled and ds.train_events > scan.n_points * self.scan.events_per_point:
+            raise ValueError(f"models.deepsets.train_events ({ds.train_events}) is more than the scan holds "
+                             f"({scan.n_points} points x {self.scan.events_per_point} events)")
+        if not self.models.ml_fit.enabled and not any(m is not None and m.enabled for m in (er, ds)):
+            raise ValueError("no estimator is enabled (models.ml_fit, models.event_ratio, models.deepsets)")
         return self
 
     @property

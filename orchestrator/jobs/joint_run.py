@@ -9,7 +9,8 @@ coefficient's metrics beside its marginal bound, the correlations beside the bou
 ``OUT/report.md`` and MLflow (a parent run, a child per estimator).
 
 Seed streams: the scan's chunks ``(seed, point, chunk)``; the test sets ``(seed, 20000 + point, N index)``;
-the calibration events ``(seed, 30000)``: no test set shares an event with training or calibration.
+the calibration events ``(seed, 30000)``; the Deep Sets' rho sets ``(seed, 40000, set)``
+(:mod:`orchestrator.jobs.joint_train`): no test set shares an event with training or calibration.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 __all__ = ["JointEvaluation", "JointJobResult", "joint_run_job", "check_joint_services"]
 
 TEST_POINT_OFFSET = 20_000
-CALIBRATION_STREAM = 30_000
 
 
 @dataclass
@@ -64,52 +64,6 @@ def check_joint_services(cfg: JointRunConfig, out: Path, tracking_uri: str | Non
     check_services(out, need, tracking_uri=uri, tracking_name=source, address=address)
 
 
-def _train_event_ratio(cfg: JointRunConfig, table, scan, events_dir: Path, tracker, progress, stage):
-    """The event ratio, trained on the scan's events (equal parts of every point; at generator level the targets
-    are a function of the event, so any mix of points is right) and calibrated on fresh SM events."""
-    import torch
-
-    from kernels import likelihood, sampler
-    from kernels.event_store import COLUMNS, read_event_manifest, read_point
-    from models.event_ratio import EventRatio, log_ratio_targets, ratio_targets
-    from models.training import TrainConfig, seed_everything, train
-    from orchestrator.track.epochs import EpochLogger
-
-    ec = cfg.models.event_ratio
-    m = read_event_manifest(events_dir)
-    per_point = ec.train_events // len(m.points)
-    parts = []
-    for p in m.points:
-        t = read_point(events_dir, m.raw, "gen", p["index"]).slice(0, per_point)
-        parts.append(np.stack([t.column(c).to_numpy() for c in COLUMNS], axis=-1))
-    ev = np.concatenate(parts)
-    ev = ev[np.random.default_rng([cfg.seed, 7]).permutation(ev.shape[0])].astype(np.float32)
-    proj = likelihood.project(table, ev.astype(np.float64))
-    targets = ratio_targets(proj)
-    points = [list(p) for p in scan.points if np.any(p)] if ec.loss == "log" else None
-    seed_everything(cfg.seed)
-    net = EventRatio(table.n_shifts, hidden=ec.hidden, layers=ec.layers, loss_points=points)
-    net.fit_features(ev).fit_scale(targets)
-    n_val = max(1, int(ec.val_fraction * ev.shape[0]))
-    x = torch.from_numpy(np.ascontiguousarray(ev))
-    y = (torch.from_numpy(log_ratio_targets(proj, points)).float() if points is not None
-         else torch.from_numpy(targets).float() / net.scale)
-    data = torch.utils.data.TensorDataset
-    tc = TrainConfig(loss="mse", lr=ec.train.lr, batch_size=ec.train.batch_size, epochs=ec.train.epochs, patience=0,
-                     weight_decay=ec.train.weight_decay, seed=cfg.seed, device=cfg.device)
-    stage(f"training event_ratio on {ev.shape[0] - n_val:,} events of the scan's {len(m.points)} points")
-    with progress("train event_ratio", tc.epochs, "epochs") as adv:
-        hist = train(net, data(x[n_val:], y[n_val:]), data(x[:n_val], y[:n_val]), tc,
-                     on_epoch=EpochLogger(tracker, adv))
-    net.to("cpu")
-    stage(f"calibrating event_ratio's normaliser on {ec.reference_events:,} fresh SM events")
-    ref = sampler.sample_array(table, np.zeros(table.n_shifts), ec.reference_events, (cfg.seed, CALIBRATION_STREAM)).T
-    gamma = likelihood.normalisation(table)  # generator level: the truth is the event, and Z's exact mean is known
-    net.calibrate(ref, control=ratio_targets(likelihood.project(table, ref.astype(np.float64))),
-                  control_mean=gamma[1:] / gamma[0])
-    return net, hist
-
-
 def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = None, workers: int | None = None,
                   address: str | None = None, progress: ProgressFactory = no_progress,
                   stage: Callable[[str], None] = lambda msg: log.info(msg)) -> JointJobResult:
@@ -121,6 +75,7 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
     from orchestrator.evaluate.fit import write_points_csv
     from orchestrator.evaluate.joint import add_efficient_bound, joint_summary
     from orchestrator.generate.dataset import generate
+    from orchestrator.jobs.joint_train import train_event_ratio, train_joint_deepsets
     from orchestrator.report.joint import write_joint_report
     from orchestrator.track.runs import Tracker
 
@@ -163,9 +118,16 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
         net = None
         if er is not None and er.enabled:
             with tracker.child("event_ratio"):
-                net, hist = _train_event_ratio(cfg, table, scan, events_dir, tracker, progress, stage)
+                net, hist = train_event_ratio(cfg, table, scan, events_dir, tracker, progress, stage)
                 histories["event_ratio"] = hist
             fitters["event_ratio"] = lambda sets, adv: fit_sets_learned(net, sets, progress=adv or None)
+        ds = cfg.models.deepsets
+        deepsets = None
+        if ds is not None and ds.enabled:
+            with tracker.child("deepsets"):
+                deepsets, histories["deepsets"] = train_joint_deepsets(cfg, table, scan, events_dir, tracker,
+                                                                       progress, stage)
+            fitters["deepsets"] = lambda sets, adv: _Estimates(*deepsets.estimate(sets, progress=adv or None))
         rows: dict[str, list[dict]] = {name: [] for name in fitters}
         n_sets_total = len(evald.points) * len(ec.events_per_set) * ec.sets * len(fitters)
         stage(f"evaluating {', '.join(fitters)} on {len(evald.points)} points x {ec.sets} independent test sets at "
@@ -197,6 +159,8 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
                 tracker.artifact(path, "evaluation")
                 if ev.name == "event_ratio" and net is not None:
                     tracker.model(net)
+                if ev.name == "deepsets" and deepsets is not None:
+                    tracker.model(deepsets)
         report = write_joint_report(out, cfg, evaluations, figures, checksum, tracker.uri,
                                     tracker.run_id or "(not logged)")
         for f in figures:
@@ -204,6 +168,14 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
         tracker.artifact(report)
         run_id, uri = tracker.run_id, tracker.uri
     return JointJobResult(out, shifts, evaluations, report, run_id, uri, tracker.unlogged(), histories)
+
+
+@dataclass
+class _Estimates:
+    """A network's estimates ``(M, n)`` and per-set covariances ``(M, n, n)``, as a fit's result reads."""
+
+    values: np.ndarray
+    covariances: np.ndarray
 
 
 def _test_sets(table, ntable, prior_scale: float, c, n: int, n_sets: int, seed: int, i: int, j: int) -> np.ndarray:

@@ -18,6 +18,8 @@ scan: {shifts: {dc9: "-1:1:3", dc10: "-1:1:3"}, events_per_point: 4000}
 models:
   ml_fit: {enabled: true}
   event_ratio: {hidden: 16, layers: 2, train_events: 30000, reference_events: 5000, train: {epochs: 2, batch_size: 1024}}
+  deepsets: {hidden: 16, rho_hidden: 16, train_events: 30000, phi_train: {epochs: 2, batch_size: 1024}, rho_sets: 40,
+             rho_val_sets: 10, rho_train: {epochs: 3, batch_size: 16}}
 evaluation: {shifts: {dc9: "-0.5,0.5", dc10: "-0.5,0.5"}, sets: 4, events_per_set: [500, 1000]}
 """
 
@@ -36,7 +38,7 @@ def test_the_joint_run_writes_one_row_per_point_and_n_for_every_estimator(joint_
     code, out = joint_run
     assert code == 0
     cols = list(joint_columns(("dc9", "dc10")))
-    for name in ("ml_fit", "event_ratio"):
+    for name in ("ml_fit", "event_ratio", "deepsets"):
         with open(out / "evaluation" / name / "points.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert list(rows[0]) == cols
@@ -69,19 +71,24 @@ def test_the_joint_run_logs_a_parent_and_a_child_per_estimator_with_per_n_metric
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags["coefficients"] == "dc9,dc10"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert sorted(children) == ["event_ratio", "ml_fit"]
+    assert sorted(children) == ["deepsets", "event_ratio", "ml_fit"]
     for child in children.values():
         for key in ("sigma_over_crb_mean_dc10_N500", "joint_coverage_68_mean_N1000", "corr_gap_max_N500"):
             assert key in child.data.metrics
     ratio = children["event_ratio"]
     assert [m.step for m in client.get_metric_history(ratio.info.run_id, "val_loss")] == [0, 1]
+    deepsets = children["deepsets"].info.run_id
+    assert [m.step for m in client.get_metric_history(deepsets, "phi_val_loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(deepsets, "rho_val_loss")] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("edit, message", [
     (("coefficients: [C9_bsmumu, C10_bsmumu]", "coefficients: [C9_bsmumu, C9]"), "dc9 is listed twice"),
     (('dc10: "-0.5,0.5"}, sets', 'dc9p: "-0.5,0.5"}, sets'), "shifts name dc9, dc9p; theory.coefficients are dc9, dc10"),
     (("events_per_point: 4000}", "events_per_point: 4000, level: det}"), "scan.level"),
-    (("train_events: 30000", "train_events: 90000"), "more than the scan holds"),
+    (("train_events: 30000, ref", "train_events: 90000, ref"), "models.event_ratio.train_events (90000) is more than"),
+    (("train_events: 30000, phi", "train_events: 90000, phi"), "models.deepsets.train_events (90000) is more than"),
+    (("rho_sets: 40", "rho_sets: 0"), "models.deepsets.rho_sets"),
     (('dc10: "-1:1:3"}', 'dc10: "0.5"}'), "dc10 takes one value"),
 ])
 def test_a_bad_joint_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, edit, message):

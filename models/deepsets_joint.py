@@ -1,0 +1,126 @@
+r"""Deep Sets in several Wilson coefficients: a pooled joint-score summary and a multivariate Gaussian head.
+
+.. math::
+
+    s(X) = \frac1N \sum_{e=1}^{N} \phi(x_e), \qquad
+    (\hat c, L) = \rho\big(s(X), \ln N\big), \qquad \hat\Sigma = L L^T / N
+
+- ``phi`` regresses each event's joint scores :math:`\partial_c \ln q(z, c_k)` at K reference points
+  :math:`c_k` of the coefficient space (K x n outputs; :func:`models.event_ratio.ratio_scores`), standardised,
+  on events of the scan with their exact scores (SALLY, Brehmer, Cranmer, Louppe and Pavez 2018). The mean over
+  a set is the gradient of its log-likelihood at every :math:`c_k`, over N (up to a constant per point): a
+  near-sufficient summary of the whole vector c by construction, whatever N.
+- ``rho`` reads the standardised means with ln N and outputs the estimate vector and the lower Cholesky factor
+  of its covariance, divided by :math:`\sqrt N` (:class:`models.heads.MultivariateGaussianHead`): the widths'
+  1/sqrt(N) is built in, so one network serves every set size. It is trained by the Gaussian NLL
+  (:class:`models.heads.MultivariateGaussianNLLLoss`) on sets drawn fresh at shifts spread over a box wider than
+  the evaluation's and sizes spread over the range of N (log-uniformly), so the covariance is each set's own,
+  correlations included, not only widths.
+
+Training reuses the two stages of :mod:`models.deepsets_score` (:func:`~models.deepsets_score.pretrain_phi`,
+:func:`~models.deepsets_score.pooled_vectors`, :func:`~models.deepsets_score.train_rho`). Where the events and
+sets come from is the caller's business (:mod:`orchestrator.jobs.joint_deepsets`).
+
+>>> net = JointDeepSets(2, [[0.0, 0.0], [1.0, -1.0]], hidden=8, rho_hidden=8)
+>>> values, covs = net.estimate(torch.randn(3, 50, 4).numpy())
+>>> values.shape, covs.shape, bool(np.all(np.linalg.eigvalsh(covs) > 0))
+((3, 2), (3, 2, 2), True)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from kernels.errors import ConfigError
+from models.event_posterior import FEATURES
+from models.features import N_EVENT_VARIABLES, as_events, mlp
+from models.heads import MultivariateGaussianHead, split_multivariate
+
+__all__ = ["JointDeepSets"]
+
+
+class JointDeepSets(nn.Module):
+    """The network of the module docstring; ``hparams`` rebuilds it: ``JointDeepSets(**net.hparams)``.
+
+    ``score_points`` (K, n): the reference shifts of phi's scores; ``hidden`` / ``phi_layers`` of phi,
+    ``rho_hidden`` / ``rho_layers`` of rho; ``features``: phi's input encoding (:data:`models.event_posterior.FEATURES`).
+    ``latent`` is K n and need not be given (it is recorded for :func:`models.deepsets_score.pretrain_phi`).
+    """
+
+    summary = "score"  # for models.deepsets_score's two stages
+    head_kind = "mvn"
+
+    def __init__(self, n_coefficients: int, score_points, hidden: int = 128, phi_layers: int = 3,
+                 rho_hidden: int = 128, rho_layers: int = 3, features: str = "angular", latent: int | None = None) -> None:
+        super().__init__()
+        n = int(n_coefficients)
+        pts = np.asarray(score_points, dtype=np.float64)
+        if n < 1 or pts.ndim != 2 or pts.shape[1] != n or pts.shape[0] < 1:
+            raise ConfigError(f"score_points must have shape (K >= 1, {n}), got {pts.shape}")
+        if features not in FEATURES:
+            raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+        k = pts.shape[0] * n
+        if latent is not None and int(latent) != k:
+            raise ConfigError(f"latent is K n = {k} for these score points, got {latent}")
+        self.hparams = dict(n_coefficients=n, score_points=pts.tolist(), hidden=hidden, phi_layers=phi_layers,
+                            rho_hidden=rho_hidden, rho_layers=rho_layers, features=features, latent=k)
+        self.n = n
+        self.score_points = pts
+        self.features = FEATURES[features]()
+        self.phi = mlp(self.features.mean.numel(), hidden, phi_layers, k)  # linear end: regression targets
+        for name in ("score_mean", "pooled_mean"):
+            self.register_buffer(name, torch.zeros(k, dtype=torch.float64))
+        for name in ("score_std", "pooled_std"):
+            self.register_buffer(name, torch.ones(k, dtype=torch.float64))
+        self.head = MultivariateGaussianHead(n)
+        self.rho = mlp(k + 1, rho_hidden, rho_layers, MultivariateGaussianHead.units(n))
+
+    def fit_features(self, events, max_events: int = 1_000_000) -> JointDeepSets:
+        """Fit the event standardisation on training events ``(n, 4)``."""
+        self.features.fit(events, max_events=max_events)
+        return self
+
+    def pooled(self, x: torch.Tensor, mask=None, event_chunk: int | None = None) -> torch.Tensor:
+        """The standardised mean of phi over each set, with ln N: ``(batch, K n + 1)``."""
+        if mask is not None:
+            raise ConfigError("JointDeepSets takes sets of equal size (no mask)")
+        if x.ndim != 3 or x.shape[-1] != N_EVENT_VARIABLES:
+            raise ConfigError(f"sets must have shape (batch, N, {N_EVENT_VARIABLES}), got {tuple(x.shape)}")
+        n_events = x.shape[1]
+        step = n_events if not event_chunk else max(1, int(event_chunk))
+        total = sum(self.phi(self.features(x[:, s:s + step])).double().sum(dim=1) for s in range(0, n_events, step))
+        pooled = (total / n_events - self.pooled_mean) / self.pooled_std
+        log_n = torch.full((x.shape[0], 1), float(np.log(n_events)), dtype=pooled.dtype, device=pooled.device)
+        return torch.cat([pooled, log_n], dim=1).float()
+
+    def finish(self, raw: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """rho's raw outputs -> ``(batch, n, n + 1)``: the mean vector and the covariance's Cholesky factor over
+        sqrt(N) (N from the pooled vector's last column)."""
+        return self.head(raw, torch.exp(-0.5 * pooled[:, -1]))
+
+    def forward(self, x: torch.Tensor, mask=None, event_chunk: int | None = None) -> torch.Tensor:
+        p = self.pooled(x, mask, event_chunk)
+        return self.finish(self.rho(p), p)
+
+    @torch.no_grad()
+    def estimate(self, sets, batch: int = 8, event_chunk: int = 1 << 15, progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """Estimates ``(M, n)`` and covariances ``(M, n, n)`` of sets ``(M, N, 4)`` (``progress(k)`` per batch)."""
+        arr = as_events(sets)
+        if arr.ndim != 3:
+            raise ConfigError(f"sets must have shape (M, N, 4), got {arr.shape}")
+        was = self.training
+        self.eval()
+        dev = self.pooled_mean.device
+        values, covs = [], []
+        try:
+            for s in range(0, arr.shape[0], batch):
+                mean, L = split_multivariate(self(torch.from_numpy(arr[s:s + batch]).to(dev), event_chunk=event_chunk))
+                values.append(mean.double().cpu().numpy())
+                covs.append((L @ L.transpose(-1, -2)).double().cpu().numpy())
+                if progress is not None:
+                    progress(min(batch, arr.shape[0] - s))
+        finally:
+            self.train(was)
+        return np.concatenate(values), np.concatenate(covs)

@@ -1,0 +1,81 @@
+"""The multivariate Gaussian head (models.heads) and Deep Sets in several coefficients (models.deepsets_joint)."""
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.errors import ConfigError
+from models.deepsets_joint import JointDeepSets
+from models.heads import MultivariateGaussianHead, MultivariateGaussianNLLLoss, split_multivariate
+from models.training import TrainConfig, train
+
+
+def test_the_multivariate_nll_is_the_gaussian_log_density_and_the_head_is_a_valid_cholesky_factor():
+    rng = np.random.default_rng(0)
+    head = MultivariateGaussianHead(3)
+    raw = torch.from_numpy(rng.normal(size=(5, 9))).float()
+    out = head(raw, torch.full((5,), 0.5))
+    mean, L = split_multivariate(out)
+    assert torch.all(torch.triu(L, diagonal=1) == 0) and torch.all(torch.diagonal(L, dim1=-2, dim2=-1) > 0)
+    y = torch.from_numpy(rng.normal(size=(5, 3))).float()
+    cov = L @ L.transpose(-1, -2)
+    ref = -torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(y) - 1.5 * np.log(2 * np.pi)
+    assert float(MultivariateGaussianNLLLoss()(out, y)) == pytest.approx(float(ref.mean()), rel=1e-4)
+    np.testing.assert_allclose(L.numpy(), 0.5 * split_multivariate(head(raw))[1].numpy(), rtol=1e-6)  # the scale
+    with pytest.raises(ConfigError, match="needs 9 raw outputs"):
+        head(raw[:, :8])
+    with pytest.raises(ConfigError, match="needs targets"):
+        MultivariateGaussianNLLLoss()(out, y[:, :2])
+
+
+def test_a_network_with_the_head_learns_a_correlated_heteroscedastic_gaussian():
+    """On y = A(x) z with z ~ N(0, 1), the trained covariance is A A^T: widths and the correlation, as x changes."""
+    torch.manual_seed(0)
+    n = 20000
+    x = torch.rand(n, 1) * 2 + 1  # the width scales with x
+    z = torch.randn(n, 2)
+    a = torch.tensor([[1.0, 0.0], [0.8, 0.6]])
+    y = (z @ a.T) * x * 0.1 + torch.cat([x, -x], 1)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.Tanh(), torch.nn.Linear(32, 5))
+            self.head = MultivariateGaussianHead(2)
+
+        def forward(self, x):
+            return self.head(self.f(x))
+
+    net = Net()
+    data = torch.utils.data.TensorDataset(x, y)
+    train(net, data, data, TrainConfig(loss="mvn_nll", lr=3e-3, batch_size=256, epochs=25, patience=0, weight_decay=0.0))
+    with torch.no_grad():
+        mean, L = split_multivariate(net(torch.tensor([[1.5], [2.5]])))
+    cov = (L @ L.transpose(-1, -2)).numpy()
+    for k, s in enumerate((1.5, 2.5)):
+        want = (a @ a.T).numpy() * (0.1 * s) ** 2
+        np.testing.assert_allclose(np.sqrt(np.diag(cov[k])), np.sqrt(np.diag(want)), rtol=0.1)
+        assert cov[k, 0, 1] / np.sqrt(cov[k, 0, 0] * cov[k, 1, 1]) == pytest.approx(0.8, abs=0.07)
+        np.testing.assert_allclose(mean[k].numpy(), [s, -s], atol=0.03)
+
+
+def test_joint_deepsets_is_permutation_invariant_and_its_covariance_falls_as_one_over_n():
+    torch.manual_seed(1)
+    net = JointDeepSets(2, [[0.0, 0.0], [1.0, -1.0], [-1.0, 1.0]], hidden=16, rho_hidden=16).eval()
+    x = torch.rand(2, 400, 4)
+    with torch.no_grad():
+        out = net(x)
+        assert torch.allclose(out, net(x[:, torch.randperm(400)]), atol=1e-5)
+        assert torch.allclose(out, net(x, event_chunk=64), atol=1e-5)
+    assert out.shape == (2, 2, 3) and net.hparams["latent"] == 6
+    assert JointDeepSets(**net.hparams).hparams == net.hparams
+    # rho sees ln N, and the head divides L by sqrt(N): with rho's ln N input cut, the covariance is 1/N exactly
+    with torch.no_grad():
+        net.rho[0].weight[:, -1] = 0.0
+        c1 = net.estimate(x.numpy())[1]
+        c4 = net.estimate(np.concatenate([x.numpy()] * 4, axis=1))[1]
+    np.testing.assert_allclose(c4, c1 / 4, rtol=1e-4)
+    with pytest.raises(ConfigError, match=r"score_points must have shape \(K >= 1, 2\)"):
+        JointDeepSets(2, [0.0, 1.0])
+    with pytest.raises(ConfigError, match="latent is K n = 6"):
+        JointDeepSets(2, [[0.0, 0.0], [1.0, -1.0], [-1.0, 1.0]], latent=5)
