@@ -3,9 +3,10 @@
 - :func:`train_event_ratio`: the per-event ratio (:mod:`models.event_ratio`), calibrated on fresh SM events
   (seed stream ``(seed, 30000)``) with their exact coefficients as a control variate.
 - :func:`train_joint_deepsets`: Deep Sets with the multivariate Gaussian head (:mod:`models.deepsets_joint`):
-  phi on the scan's events and their exact scores at the scan's points, then rho on fresh sets (seed streams
-  ``(seed, 40000, k)``) at shifts uniform over the scan's box widened by ``rho_margin`` on each side, and sizes
-  log-uniform over the evaluation's range of N.
+  phi on the scan's events and their exact scores at the scan's points, then rho on synthetic sets (the
+  summary's moments over the scan's events, reweighted exactly to any shift: :func:`models.deepsets_joint.synthetic_pooled`)
+  at shifts uniform over the scan's and evaluation's box widened by ``rho_margin`` on each side and sizes
+  log-uniform over the evaluation's range of N, validated on fresh simulated sets (seed streams ``(seed, 40000, k)``).
 """
 
 from __future__ import annotations
@@ -98,8 +99,11 @@ def rho_box(points, margin: float) -> np.ndarray:
 
 def train_joint_deepsets(cfg: JointRunConfig, table, scan, events_dir: Path, tracker, progress, stage):
     """Deep Sets in every coefficient of ``cfg`` (module docstring); returns the network and its histories."""
+    import torch
+
     from kernels import likelihood, sampler
-    from models.deepsets_joint import JointDeepSets
+    from kernels.theory import monomials
+    from models.deepsets_joint import JointDeepSets, summary_moments, synthetic_pooled
     from models.deepsets_score import pooled_vectors, pretrain_phi, train_rho
     from models.event_ratio import ratio_scores
     from models.training import TrainConfig, seed_everything
@@ -124,27 +128,35 @@ def train_joint_deepsets(cfg: JointRunConfig, table, scan, events_dir: Path, tra
         phi_hist = pretrain_phi(net, ev[n_val:], scores[n_val:], ev[:n_val], scores[:n_val],
                                 config(dc.phi_train, "mse"), on_epoch=EpochLogger(tracker, adv, prefix="phi_"))
     net.to("cpu")
+    stage("deepsets: the summary's moments over the scan's events, reweighted to any shift")
+    proj = likelihood.project(table, ev.astype(np.float64))
+    gamma = likelihood.normalisation(table)
+    m = monomials(points)
+    mixture = (proj @ m.T / (m @ gamma)).mean(axis=1)  # the pool's density: equal parts of every point
+    moments = summary_moments(net, ev, proj / mixture[:, None])
     rng = np.random.default_rng([cfg.seed, RHO_STREAM])
-    n_sets = dc.rho_sets + dc.rho_val_sets
     box = rho_box(np.concatenate([points, np.asarray(cfg.evaluation_design().points)]), dc.rho_margin)
-    shifts = rng.uniform(box[:, 0], box[:, 1], (n_sets, table.n_shifts))
-    sizes = rho_sizes(cfg.evaluation.events_per_set, n_sets, rng)
-    stage(f"deepsets: pooling {n_sets:,} fresh sets of {sizes.min():,} to {sizes.max():,} events over the box "
-          f"{np.round(box, 2).tolist()}")
+
+    def draw(k):
+        return rng.uniform(box[:, 0], box[:, 1], (k, table.n_shifts)), rho_sizes(cfg.evaluation.events_per_set, k, rng)
+
+    shifts, sizes = draw(dc.rho_sets)
+    pooled = synthetic_pooled(moments, shifts, sizes, cfg.seed)
+    val_shifts, val_sizes = draw(dc.rho_val_sets)
+    stage(f"deepsets: {dc.rho_sets:,} synthetic sets for rho, {dc.rho_val_sets:,} simulated ones to validate it, "
+          f"{sizes.min():,} to {sizes.max():,} events over the box {np.round(box, 2).tolist()}")
 
     def sets(adv):
-        for k in range(n_sets):
-            x = sampler.sample_array(table, shifts[k], int(sizes[k]), (cfg.seed, RHO_STREAM, k)).T
-            yield x[None], shifts[k][None]
+        for k in range(dc.rho_val_sets):
+            x = sampler.sample_array(table, val_shifts[k], int(val_sizes[k]), (cfg.seed, RHO_STREAM, k)).T
+            yield x[None], val_shifts[k][None]
             if adv:
                 adv(1)
 
-    with progress("deepsets rho sets", n_sets, "sets") as adv:
-        pooled, labels = pooled_vectors(net, sets(adv))
-    stage(f"deepsets: rho on {dc.rho_sets:,} sets, the multivariate Gaussian NLL")
+    with progress("deepsets validation sets", dc.rho_val_sets, "sets") as adv:
+        val_pooled, val_labels = pooled_vectors(net, sets(adv))
     with progress("train deepsets rho", dc.rho_train.epochs, "epochs") as adv:
-        rho_hist = train_rho(net, pooled[:dc.rho_sets], labels[:dc.rho_sets], pooled[dc.rho_sets:],
-                             labels[dc.rho_sets:], config(dc.rho_train, "mvn_nll"),
-                             on_epoch=EpochLogger(tracker, adv, prefix="rho_"))
+        rho_hist = train_rho(net, pooled, torch.from_numpy(shifts).float(), val_pooled, val_labels,
+                             config(dc.rho_train, "mvn_nll"), on_epoch=EpochLogger(tracker, adv, prefix="rho_"))
     net.to("cpu")
     return net, {"phi": phi_hist, "rho": rho_hist}

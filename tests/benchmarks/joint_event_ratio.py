@@ -5,7 +5,8 @@
 
 Trains :class:`models.event_ratio.EventRatio` on events drawn at the Standard Model (its targets: each
 event's exact monomial coefficients from its true kinematics), calibrates its normaliser on other SM
-events, then at every point of the grid draws ``--sets`` independent sets of ``--events`` events and fits
+events (at generator level with their exact coefficients as a control variate, and, side by side in the
+column ``(plain-f)``, without it), then at every point of the grid draws ``--sets`` independent sets of ``--events`` events and fits
 each twice on the same sets: with the learned likelihood and with the exact one (the joint ML fit). Prints,
 per point and coefficient, sigma / sigma_CRB (the marginal bound, the other coefficient free), |bias| /
 sigma_CRB and the ratio of the two fits' spreads; per point the estimates' correlation against the bound's
@@ -88,21 +89,27 @@ def main(argv=None) -> None:
                              weight_decay=0.0))
     ref, ref_truth = _draw(table, [0.0, 0.0], 2_000_000, (32,), a.level, det)
     exact_z = likelihood.normalisation(table, model_pdf)
-    if a.level == "gen" and not a.no_control_variate:  # the exact mean: the generator's rate
+    z_plain = net.calibrate(ref).copy()  # the plain mean over the reference events
+    cv = a.level == "gen" and not a.no_control_variate
+    if cv:  # the exact mean: the generator's rate
         net.calibrate(ref, control=ratio_targets(likelihood.project(table, ref_truth.astype(np.float64))),
                       control_mean=exact_z[1:] / exact_z[0])
-    else:
-        net.calibrate(ref)
+    z_used = net.z.clone()
     print(f"trained on {ev.shape[0]:,} events at {a.level} ({'the grid points' if a.mixture else 'the SM'}) in {time.perf_counter() - t0:.0f} s; val MSE "
           f"{hist['val_loss'][0]:.4f} -> {hist['best_val_loss']:.5f} (targets scaled to unit spread); "
           f"Z's coefficients minus the exact ones: {np.round(net.z.numpy() - exact_z / exact_z[0], 4).tolist()}")
-    print(f"{a.sets} sets x {a.events} events per point; learned = the trained ratio, fit = the exact joint ML fit")
+    print(f"{a.sets} sets x {a.events} events per point; learned = the trained ratio, fit = the exact joint ML fit; "
+          f"(plain-f): the same network with Z the plain mean over the reference events, without the control variate")
     print(f"{'point':>12s} {'coef':>5s} {'learned s/CRB':>13s} {'fit s/CRB':>9s} {'learned/fit':>11s} "
-          f"{'|bias|/CRB':>10s} {'(l-f)/CRB':>9s} {'corr':>6s} {'CRB corr':>8s} {'joint 68':>8s} {'joint 95':>8s}")
+          f"{'|bias|/CRB':>10s} {'(l-f)/CRB':>9s} {'(plain-f)':>9s} {'corr':>6s} {'CRB corr':>8s} {'joint 68':>8s} {'joint 95':>8s}")
     summary = []
     for k, c in enumerate(grid):
         sets = _draw(table, c, a.sets * a.events, (33, k), a.level, det)[0].reshape(a.sets, a.events, 4)
         learned = fit_sets_learned(net, sets)
+        if cv:  # the same network with Z the plain mean, side by side
+            net.z.copy_(torch.from_numpy(z_plain))
+            plain = fit_sets_learned(net, sets).values.mean(axis=0)
+            net.z.copy_(z_used)
         exact = likelihood.fit_sets(table, sets, model_pdf)
         bound = np.linalg.inv(likelihood.fisher_information(table, c, model_pdf)) / a.events
         rl = _row(learned.values, learned.covariances, c, bound, a.events, shifts)
@@ -114,7 +121,8 @@ def main(argv=None) -> None:
             print(f"{str(tuple(round(v, 2) for v in c)):>12s} {s:>5s} {rl[f'sigma_over_crb_{s}']:13.3f} "
                   f"{rf[f'sigma_over_crb_{s}']:9.3f} {rl[f'sigma_{s}'] / rf[f'sigma_{s}']:11.3f} "
                   f"{abs(rl[f'bias_{s}']) / rl[f'sigma_crb_{s}']:10.3f} "
-                  f"{(rl[f'mean_{s}'] - rf[f'mean_{s}']) / rl[f'sigma_crb_{s}']:+9.3f} {tail}")
+                  f"{(rl[f'mean_{s}'] - rf[f'mean_{s}']) / rl[f'sigma_crb_{s}']:+9.3f} "
+                  + (f"{(plain[i] - rf[f'mean_{s}']) / rl[f'sigma_crb_{s}']:+9.3f} " if cv else f"{'':9s} ") + tail)
     for name, j in (("learned", 0), ("joint ML fit", 1)):
         rows = [r[j] for r in summary]
         so = {s: [r[f"sigma_over_crb_{s}"] for r in rows] for s in shifts}

@@ -79,3 +79,30 @@ def test_joint_deepsets_is_permutation_invariant_and_its_covariance_falls_as_one
         JointDeepSets(2, [0.0, 1.0])
     with pytest.raises(ConfigError, match="latent is K n = 6"):
         JointDeepSets(2, [[0.0, 0.0], [1.0, -1.0], [-1.0, 1.0]], latent=5)
+
+
+def test_the_summary_moments_reweight_a_standard_model_pool_to_the_summary_distribution_at_any_shift(c9_c10_table_coarse):
+    """A pool drawn at the SM, weighted by each event's exact coefficients over its SM value, gives phi's mean
+    and covariance at another shift: those of events drawn there (to Monte Carlo precision); and the synthetic
+    sets drawn from them have that mean and the covariance over N."""
+    from kernels import likelihood, sampler
+    from models.deepsets_joint import summary_moments, synthetic_pooled
+    from models.event_ratio import ratio_targets
+
+    table = c9_c10_table_coarse
+    net = JointDeepSets(2, [[0.0, 0.0], [1.0, -1.0]], hidden=8, rho_hidden=8, features="plain")
+    net.fit_features(np.random.default_rng(0).uniform(1, 6, (1000, 4)))
+    pool = sampler.sample_array(table, [0.0, 0.0], 400_000, (5,)).T
+    a = likelihood.project(table, pool.astype(np.float64))
+    moments = summary_moments(net, pool, np.concatenate([np.ones((len(a), 1)), ratio_targets(a)], axis=1))
+    c = np.array([-1.5, 1.0])
+    direct = sampler.sample_array(table, c, 400_000, (6,)).T
+    with torch.no_grad():
+        phi = net.phi(net.features(torch.from_numpy(direct))).double().numpy()
+    n = 500
+    synth = synthetic_pooled(moments, np.tile(c, (20000, 1)), np.full(20000, n), 1).double().numpy()
+    np.testing.assert_allclose(synth[:, :-1].mean(axis=0), phi.mean(axis=0), atol=4 * phi.std(axis=0).max() / 400)
+    np.testing.assert_allclose(np.cov(synth[:, :-1].T) * n, np.cov(phi.T), rtol=0.05, atol=0.02 * phi.var(axis=0).max())
+    assert np.all(synth[:, -1] == np.float32(np.log(n)))
+    with pytest.raises(ConfigError, match="must match"):
+        summary_moments(net, pool[:10], np.ones((9, 6)))
