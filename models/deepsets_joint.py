@@ -148,6 +148,7 @@ def summary_moments(net: JointDeepSets, events, weights, chunk: int = 1 << 16) -
     net.eval()
     dev = net.pooled_mean.device
     p, k = b.shape[1], net.pooled_mean.numel()
+    chunk = max(1024, min(int(chunk), (1 << 27) // (8 * p * k)))  # the (rows, P L) product within ~128 MB
     m1, m2 = np.zeros((p, k)), np.zeros((p * k, k))
     try:
         for s in range(0, ev.shape[0], chunk):
@@ -161,10 +162,10 @@ def summary_moments(net: JointDeepSets, events, weights, chunk: int = 1 << 16) -
     return b.sum(axis=0) / n, m1 / n, m2.reshape(p, k, k) / n
 
 
-def synthetic_pooled(moments, shifts, sizes, seed) -> torch.Tensor:
+def synthetic_pooled(moments, shifts, sizes, seed, chunk: int = 2048) -> torch.Tensor:
     """Raw pooled vectors ``(S, L + 1)`` (the layout of :func:`models.deepsets_score.pooled_vectors`) of sets of
     ``sizes`` (S,) events at ``shifts`` (S, n): ``Normal(mean(c), cov(c) / N)`` from :func:`summary_moments`, with
-    ln N last.
+    ln N last; ``chunk`` sets at a time (each holds an L x L covariance).
 
     >>> mom = (np.array([1.0, 0, 0]), np.array([[0.0], [1], [0]]), np.array([[[1.0]], [[0]], [[1]]]))  # mean c, var 1
     >>> x = synthetic_pooled(mom, np.full((4000, 1), 0.5), np.full(4000, 100), 0)
@@ -174,16 +175,21 @@ def synthetic_pooled(moments, shifts, sizes, seed) -> torch.Tensor:
     from kernels.theory import monomials
 
     m0, m1, m2 = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in moments)
-    m = torch.from_numpy(monomials(np.asarray(shifts, dtype=np.float64)))  # (S, P)
-    z = m @ m0
-    if bool((z <= 0).any()):
-        raise ConfigError("a shift has no weight in the pool (the pool's events do not cover it)")
-    mean = (m @ m1) / z[:, None]
-    cov = torch.einsum("sp,pkl->skl", m, m2) / z[:, None, None] - mean[:, :, None] * mean[:, None, :]
-    k = mean.shape[1]
-    cov = cov + 1e-9 * torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(k, dtype=cov.dtype)
-    n = torch.as_tensor(np.asarray(sizes), dtype=torch.float64)
+    c_all = np.asarray(shifts, dtype=np.float64)
+    n_all = torch.as_tensor(np.asarray(sizes), dtype=torch.float64)
     g = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn(mean.shape, generator=g, dtype=torch.float64)
-    draws = mean + torch.einsum("skl,sl->sk", torch.linalg.cholesky(cov), noise) / torch.sqrt(n)[:, None]
-    return torch.cat([draws, torch.log(n)[:, None]], dim=1).float()
+    k = m1.shape[1]
+    out = []
+    for s in range(0, c_all.shape[0], chunk):
+        m = torch.from_numpy(monomials(c_all[s:s + chunk]))  # (S, P)
+        z = m @ m0
+        if bool((z <= 0).any()):
+            raise ConfigError("a shift has no weight in the pool (the pool's events do not cover it)")
+        mean = (m @ m1) / z[:, None]
+        cov = torch.einsum("sp,pkl->skl", m, m2) / z[:, None, None] - mean[:, :, None] * mean[:, None, :]
+        cov = cov + 1e-9 * torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(k, dtype=cov.dtype)
+        n = n_all[s:s + chunk]
+        noise = torch.randn(mean.shape, generator=g, dtype=torch.float64)
+        draws = mean + torch.einsum("skl,sl->sk", torch.linalg.cholesky(cov), noise) / torch.sqrt(n)[:, None]
+        out.append(torch.cat([draws, torch.log(n)[:, None]], dim=1).float())
+    return torch.cat(out)

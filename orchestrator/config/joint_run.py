@@ -102,8 +102,9 @@ class EventRatioConfig(_Strict):
 class JointDeepSetsConfig(_Strict):
     """Deep Sets with the multivariate Gaussian head (:mod:`orchestrator.jobs.joint_train`): phi on ``train_events``
     of the scan (their exact scores at the scan's points), rho on ``rho_sets`` synthetic sets (from the summary's
-    moments over those events) validated on ``rho_val_sets`` simulated ones, at shifts over the scan's and
-    evaluation's box widened by ``rho_margin``, sizes over the evaluation's range of N."""
+    moments over ``moment_events`` fresh events at the scan's points) validated on ``rho_val_sets`` simulated
+    ones, at shifts over the scan's and evaluation's box widened by ``rho_margin``, sizes over the evaluation's
+    range of N."""
 
     enabled: bool = True
     hidden: int = Field(128, gt=0)
@@ -113,6 +114,7 @@ class JointDeepSetsConfig(_Strict):
     train_events: int = Field(2_000_000, gt=0)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     phi_train: JointTrain = JointTrain()
+    moment_events: int = Field(8_000_000, gt=0)  # fresh, at the scan's points: their MC error is a bias at large N
     rho_sets: int = Field(200_000, gt=0)
     rho_val_sets: int = Field(500, gt=0)
     rho_margin: float = Field(0.5, ge=0)

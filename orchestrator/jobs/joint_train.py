@@ -4,7 +4,8 @@
   (seed stream ``(seed, 30000)``) with their exact coefficients as a control variate.
 - :func:`train_joint_deepsets`: Deep Sets with the multivariate Gaussian head (:mod:`models.deepsets_joint`):
   phi on the scan's events and their exact scores at the scan's points, then rho on synthetic sets (the
-  summary's moments over the scan's events, reweighted exactly to any shift: :func:`models.deepsets_joint.synthetic_pooled`)
+  summary's moments over ``moment_events`` fresh events at the scan's points, seed streams ``(seed, 50000, point)``,
+  reweighted exactly to any shift: :func:`models.deepsets_joint.synthetic_pooled`)
   at shifts uniform over the scan's and evaluation's box widened by ``rho_margin`` on each side and sizes
   log-uniform over the evaluation's range of N, validated on fresh simulated sets (seed streams ``(seed, 40000, k)``).
 """
@@ -17,10 +18,11 @@ import numpy as np
 
 from orchestrator.config.joint_run import JointRunConfig
 
-__all__ = ["CALIBRATION_STREAM", "RHO_STREAM", "scan_events", "train_event_ratio", "train_joint_deepsets"]
+__all__ = ["CALIBRATION_STREAM", "RHO_STREAM", "MOMENT_STREAM", "scan_events", "train_event_ratio", "train_joint_deepsets"]
 
 CALIBRATION_STREAM = 30_000
 RHO_STREAM = 40_000
+MOMENT_STREAM = 50_000
 
 
 def scan_events(events_dir: Path, n_events: int, seed: int) -> tuple[np.ndarray, int]:
@@ -128,12 +130,20 @@ def train_joint_deepsets(cfg: JointRunConfig, table, scan, events_dir: Path, tra
         phi_hist = pretrain_phi(net, ev[n_val:], scores[n_val:], ev[:n_val], scores[:n_val],
                                 config(dc.phi_train, "mse"), on_epoch=EpochLogger(tracker, adv, prefix="phi_"))
     net.to("cpu")
-    stage("deepsets: the summary's moments over the scan's events, reweighted to any shift")
-    proj = likelihood.project(table, ev.astype(np.float64))
+    per_point = dc.moment_events // len(points)
+    stage(f"deepsets: the summary's moments over {per_point * len(points):,} fresh events at the scan's points, "
+          "reweighted to any shift")
     gamma = likelihood.normalisation(table)
     m = monomials(points)
-    mixture = (proj @ m.T / (m @ gamma)).mean(axis=1)  # the pool's density: equal parts of every point
-    moments = summary_moments(net, ev, proj / mixture[:, None])
+    parts = []
+    with progress("deepsets moments", len(points), "points") as adv:
+        for k, c in enumerate(points):  # the pool's density: equal parts of every point
+            pool = sampler.sample_array(table, c, per_point, (cfg.seed, MOMENT_STREAM, k)).T.astype(np.float32)
+            proj = likelihood.project(table, pool.astype(np.float64))
+            parts.append(summary_moments(net, pool, proj / (proj @ m.T / (m @ gamma)).mean(axis=1)[:, None]))
+            if adv:
+                adv(1)
+    moments = tuple(np.mean([p[i] for p in parts], axis=0) for i in range(3))
     rng = np.random.default_rng([cfg.seed, RHO_STREAM])
     box = rho_box(np.concatenate([points, np.asarray(cfg.evaluation_design().points)]), dc.rho_margin)
 

@@ -108,8 +108,8 @@ def plot_joint_fit(rows: Sequence[Mapping], shifts: Sequence[str], path: Path, t
         ax.set_xlabel(f"δ{a[1:].upper().replace('P', chr(8242))}")
         ax.set_ylabel(f"δ{b[1:].upper().replace('P', chr(8242))}")
         ax.grid(alpha=0.3)
-        if (i, j) == pairs[0]:
-            ax.legend(loc="best", fontsize=8)
+        if (i, j) == pairs[0]:  # below the panel: the points fill the design's corners
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4, fontsize=8, frameon=False)
     return _finish(plt, fig, path, title)
 
 

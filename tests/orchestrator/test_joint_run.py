@@ -19,7 +19,7 @@ models:
   ml_fit: {enabled: true}
   event_ratio: {hidden: 16, layers: 2, train_events: 30000, reference_events: 5000, train: {epochs: 2, batch_size: 1024}}
   deepsets: {hidden: 16, rho_hidden: 16, train_events: 30000, phi_train: {epochs: 2, batch_size: 1024}, rho_sets: 40,
-             rho_val_sets: 10, rho_train: {epochs: 3, batch_size: 16}}
+             rho_val_sets: 10, moment_events: 9000, rho_train: {epochs: 3, batch_size: 16}}
 evaluation: {shifts: {dc9: "-0.5,0.5", dc10: "-0.5,0.5"}, sets: 4, events_per_set: [500, 1000]}
 """
 
