@@ -82,8 +82,11 @@ def train_event_ratio(cfg: JointRunConfig, table, scan, events_dir: Path, tracke
 def rho_sizes(counts, n_sets: int, rng) -> np.ndarray:
     """Set sizes for rho's training: log-uniform over ``[min(counts), max(counts)]`` (one N: that N).
 
-    >>> rho_sizes([2000, 70000], 4, np.random.default_rng(0)).tolist()
-    [14779, 5948, 3418, 2040]
+    >>> n = rho_sizes([2000, 70000], 10000, np.random.default_rng(0))
+    >>> bool(n.min() >= 2000 and n.max() <= 70000), bool(abs(np.median(n) - np.sqrt(2000 * 70000)) < 600)
+    (True, True)
+    >>> rho_sizes([24000], 3, np.random.default_rng(0)).tolist()
+    [24000, 24000, 24000]
     """
     lo, hi = np.log(min(counts)), np.log(max(counts))
     return np.rint(np.exp(rng.uniform(lo, hi, n_sets))).astype(int)
