@@ -259,9 +259,6 @@ class MultivariateGaussianNLLLoss(nn.Module):
     -0.7327
     """
 
-    def proper(self) -> MultivariateGaussianNLLLoss:
-        return self
-
     def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         mean, L = split_multivariate(out)
         if target.shape != mean.shape:
