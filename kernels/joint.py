@@ -72,7 +72,7 @@ __all__ = [
     "JOINT_SEED_OFFSET",
     "joint_seed",
     "scores_at",
-    "voxel_score_sums",
+    "voxel_score_sums", "voxel_sums",
     "voxel_nuisance_score_sums",
 ]
 
@@ -213,10 +213,10 @@ def voxel_score_sums(table: JTable, true_events, observed, points, bins: int, no
     bins them (the smeared event at detector level); the scores are those of their truth. Regressed on
     the voxel image, these give the image's own score at each point (:mod:`models.resnet_score`).
     """
-    return _voxel_sums(scores_at(table, true_events, points, norm, is_signal), observed, bins)
+    return voxel_sums(scores_at(table, true_events, points, norm, is_signal), observed, bins)
 
 
-def _voxel_sums(t: np.ndarray, observed, bins: int) -> np.ndarray:
+def voxel_sums(t: np.ndarray, observed, bins: int) -> np.ndarray:
     """Per-event values ``t`` ``(n, K)`` summed over the voxels of the events' ``observed`` values: ``(K, B, B, B)``."""
     from kernels.voxels import bin_index
     x = np.asarray(observed)
@@ -446,7 +446,7 @@ def voxel_nuisance_score_sums(ntable, true_events, observed, d: float, bins: int
                               is_signal=None) -> np.ndarray:
     """The sums of the joint scores in the whitened nuisances at ``(d, u = 0)`` (:func:`nuisance_scores`) over the
     events of each voxel, ``(n_u, B, B, B)`` float32, binned as :func:`voxel_score_sums` bins them."""
-    return _voxel_sums(nuisance_scores(ntable, true_events, d, norm, is_signal), observed, bins)
+    return voxel_sums(nuisance_scores(ntable, true_events, d, norm, is_signal), observed, bins)
 
 
 def _delta_powers(c: np.ndarray, r: float) -> np.ndarray:

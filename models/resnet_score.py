@@ -57,7 +57,7 @@ from models.heads import GaussianHead, check_head, finish_output, head_units
 from models.resnet3d import BasicBlock3d, ImagePreprocess
 from models.training import TrainConfig, train
 
-__all__ = ["ScoreResNet3d", "pretrain_voxel_scores", "image_summaries", "train_rho"]
+__all__ = ["ScoreResNet3d", "add_voxel_trunk", "voxel_scores", "pretrain_voxel_scores", "image_summaries", "train_rho"]
 
 _COUNT = 1
 
@@ -87,13 +87,7 @@ class ScoreResNet3d(nn.Module):
         self.outputs = 1
         self.gaussian = GaussianHead() if head == "gaussian" else None
         k = self.n_scores = len(points) + self.nuisance_scores * len(u_points)
-        self.preprocess = ImagePreprocess(2)
-        c = torch.linspace(-1.0, 1.0, bins)
-        self.register_buffer("coords", torch.stack(torch.meshgrid(c, c, c, indexing="ij"))[None])
-        self.stem = nn.Sequential(nn.Conv3d(5, width, 3, padding=1, bias=False), nn.BatchNorm3d(width), nn.ReLU(inplace=True))
-        self.blocks = nn.Sequential(*[BasicBlock3d(width, width) for _ in range(blocks)])
-        self.out = nn.Conv3d(width, k, 1)
-        self.register_buffer("score_scale", torch.ones(k))  # per-event rms of each joint score (the labels' unit)
+        add_voxel_trunk(self, bins, width, blocks, k)
         self.register_buffer("pooled_mean", torch.zeros(k))
         self.register_buffer("pooled_std", torch.ones(k))
         self.rho = mlp(k, rho_hidden, rho_layers, head_units(head, 1))
@@ -109,12 +103,7 @@ class ScoreResNet3d(nn.Module):
 
     def voxel_scores(self, x: torch.Tensor) -> torch.Tensor:
         """Per-voxel score sums ``(batch, K, B, B, B)``, in units of ``score_scale``."""
-        if x.ndim != 5 or x.shape[1] != 2 or tuple(x.shape[2:]) != tuple(self.coords.shape[2:]):
-            raise ConfigError(f"expected images of shape (batch, 2, {', '.join(map(str, self.coords.shape[2:]))}), "
-                              f"got {tuple(x.shape)}")
-        h = torch.cat([self.preprocess(x), self.coords.expand(x.shape[0], -1, -1, -1, -1).to(x.dtype)], dim=1)
-        counts = torch.nan_to_num(x[:, _COUNT : _COUNT + 1])
-        return self.out(self.blocks(self.stem(h))) * counts
+        return voxel_scores(self, x)
 
     def summary(self, x: torch.Tensor) -> torch.Tensor:
         """The image's K score sums ``(batch, K)`` (raw: before ``pooled_mean``/``pooled_std``)."""
@@ -123,6 +112,30 @@ class ScoreResNet3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = (self.summary(x) - self.pooled_mean) / self.pooled_std
         return finish_output(self.rho(p.float()), self.head_kind, self.outputs, self.gaussian)
+
+
+def add_voxel_trunk(net: nn.Module, bins: int, width: int, blocks: int, k: int) -> None:
+    """Register on ``net`` the fully convolutional trunk of the module docstring, with ``k`` output channels:
+    ``preprocess``, ``coords``, ``stem``, ``blocks``, ``out`` and the labels' unit ``score_scale`` (the per-event
+    rms of each joint score), in that order (the order of the state dict). :func:`voxel_scores` runs it."""
+    net.preprocess = ImagePreprocess(2)
+    c = torch.linspace(-1.0, 1.0, bins)
+    net.register_buffer("coords", torch.stack(torch.meshgrid(c, c, c, indexing="ij"))[None])
+    net.stem = nn.Sequential(nn.Conv3d(5, width, 3, padding=1, bias=False), nn.BatchNorm3d(width), nn.ReLU(inplace=True))
+    net.blocks = nn.Sequential(*[BasicBlock3d(width, width) for _ in range(blocks)])
+    net.out = nn.Conv3d(width, k, 1)
+    net.register_buffer("score_scale", torch.ones(k))
+
+
+def voxel_scores(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The trunk of :func:`add_voxel_trunk` on raw images ``(batch, 2, B, B, B)``: per-voxel score sums
+    ``(batch, K, B, B, B)``, in units of ``score_scale`` (the output channels times the occupancy)."""
+    if x.ndim != 5 or x.shape[1] != 2 or tuple(x.shape[2:]) != tuple(net.coords.shape[2:]):
+        raise ConfigError(f"expected images of shape (batch, 2, {', '.join(map(str, net.coords.shape[2:]))}), "
+                          f"got {tuple(x.shape)}")
+    h = torch.cat([net.preprocess(x), net.coords.expand(x.shape[0], -1, -1, -1, -1).to(x.dtype)], dim=1)
+    counts = torch.nan_to_num(x[:, _COUNT : _COUNT + 1])
+    return net.out(net.blocks(net.stem(h))) * counts
 
 
 class _Voxels(nn.Module):

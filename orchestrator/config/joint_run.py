@@ -121,6 +121,27 @@ class JointDeepSetsConfig(_Strict):
     rho_train: JointTrain = JointTrain(lr=1e-3, batch_size=512, epochs=30, weight_decay=0.0)
 
 
+class JointResNetConfig(_Strict):
+    """The 3D ResNet with the multivariate Gaussian head (:mod:`orchestrator.jobs.joint_resnet`): the trunk on
+    ``score_images`` fresh images of ``bins``^3 voxels (their exact voxel scores at the scan's points), rho on
+    the summaries of ``rho_images`` more, validated on ``rho_val_images``; shifts over the scan's and
+    evaluation's box widened by ``rho_margin``, sizes over the evaluation's range of N."""
+
+    enabled: bool = True
+    bins: int = Field(16, ge=2, le=64)
+    width: int = Field(16, gt=0)
+    blocks: int = Field(2, ge=0)
+    rho_hidden: int = Field(128, gt=0)
+    rho_layers: int = Field(3, ge=1)
+    score_images: int = Field(2000, gt=0)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    phi_train: JointTrain = JointTrain(lr=2e-3, batch_size=16, epochs=20, weight_decay=0.0)
+    rho_images: int = Field(10_000, gt=0)
+    rho_val_images: int = Field(500, gt=0)
+    rho_margin: float = Field(0.5, ge=0)
+    rho_train: JointTrain = JointTrain(lr=1e-3, batch_size=256, epochs=60, weight_decay=0.0)
+
+
 class JointMLFit(_Strict):
     enabled: bool = True
 
@@ -129,6 +150,7 @@ class JointModels(_Strict):
     ml_fit: JointMLFit = JointMLFit()
     event_ratio: EventRatioConfig | None = EventRatioConfig()
     deepsets: JointDeepSetsConfig | None = None
+    resnet3d: JointResNetConfig | None = None
 
 
 class JointEvaluation(_Design):
@@ -203,8 +225,10 @@ class JointRunConfig(_Strict):
         if ds is not None and ds.enabled and ds.train_events > scan.n_points * self.scan.events_per_point:
             raise ValueError(f"models.deepsets.train_events ({ds.train_events}) is more than the scan holds "
                              f"({scan.n_points} points x {self.scan.events_per_point} events)")
-        if not self.models.ml_fit.enabled and not any(m is not None and m.enabled for m in (er, ds)):
-            raise ValueError("no estimator is enabled (models.ml_fit, models.event_ratio, models.deepsets)")
+        rn = self.models.resnet3d
+        if not self.models.ml_fit.enabled and not any(m is not None and m.enabled for m in (er, ds, rn)):
+            raise ValueError("no estimator is enabled (models.ml_fit, models.event_ratio, models.deepsets, "
+                             "models.resnet3d)")
         return self
 
     @property

@@ -1,7 +1,8 @@
 """``wcscan run`` over several Wilson coefficients: a design scan -> the event ratio -> the joint evaluation.
 
 generate the scan's design on Ray (Parquet, one partition per point) -> train the per-event ratio
-(:mod:`models.event_ratio`) on the scan's events, calibrate it on fresh Standard-Model events -> at every
+(:mod:`models.event_ratio`) on the scan's events, calibrate it on fresh Standard-Model events; Deep Sets and
+the 3D ResNet with multivariate Gaussian heads, if configured -> at every
 point of the evaluation design and every set size N, draw independent test sets and fit each with every
 estimator (the joint ML fit and the learned ratio, on the same sets) -> one row per (point, N) with each
 coefficient's metrics beside its marginal bound, the correlations beside the bound's and the joint coverage
@@ -9,8 +10,10 @@ coefficient's metrics beside its marginal bound, the correlations beside the bou
 ``OUT/report.md`` and MLflow (a parent run, a child per estimator).
 
 Seed streams: the scan's chunks ``(seed, point, chunk)``; the test sets ``(seed, 20000 + point, N index)``;
-the calibration events ``(seed, 30000)``; the Deep Sets' rho sets ``(seed, 40000, set)``
-(:mod:`orchestrator.jobs.joint_train`): no test set shares an event with training or calibration.
+the calibration events ``(seed, 30000)``; the Deep Sets' rho sets ``(seed, 40000, set)`` and moments
+``(seed, 50000, point)`` (:mod:`orchestrator.jobs.joint_train`); the ResNet's images ``(seed, 60000, image)``,
+``(seed, 70000, image)`` and ``(seed, 70001, image)`` (:mod:`orchestrator.jobs.joint_resnet`): no test set
+shares an event with training or calibration.
 """
 
 from __future__ import annotations
@@ -128,6 +131,17 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
                 deepsets, histories["deepsets"] = train_joint_deepsets(cfg, table, scan, events_dir, tracker,
                                                                        progress, stage)
             fitters["deepsets"] = lambda sets, adv: _Estimates(*deepsets.estimate(sets, progress=adv or None))
+        rc = cfg.models.resnet3d
+        resnet = None
+        if rc is not None and rc.enabled:
+            from models.resnet_joint import set_images
+            from orchestrator.jobs.joint_resnet import train_joint_resnet
+
+            with tracker.child("resnet3d"):
+                resnet, histories["resnet3d"] = train_joint_resnet(cfg, table, scan, tracker, progress, stage)
+            fitters["resnet3d"] = lambda sets, adv: _Estimates(*resnet.estimate(set_images(sets, rc.bins),
+                                                                                progress=adv or None))
+        models = {"event_ratio": net, "deepsets": deepsets, "resnet3d": resnet}
         rows: dict[str, list[dict]] = {name: [] for name in fitters}
         n_sets_total = len(evald.points) * len(ec.events_per_set) * ec.sets * len(fitters)
         stage(f"evaluating {', '.join(fitters)} on {len(evald.points)} points x {ec.sets} independent test sets at "
@@ -157,10 +171,8 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
                 tracker.tags({"estimator": ev.name, "dataset_manifest_sha256": checksum})
                 tracker.metrics(ev.summary)
                 tracker.artifact(path, "evaluation")
-                if ev.name == "event_ratio" and net is not None:
-                    tracker.model(net)
-                if ev.name == "deepsets" and deepsets is not None:
-                    tracker.model(deepsets)
+                if models.get(ev.name) is not None:
+                    tracker.model(models[ev.name])
         report = write_joint_report(out, cfg, evaluations, figures, checksum, tracker.uri,
                                     tracker.run_id or "(not logged)")
         for f in figures:

@@ -20,6 +20,8 @@ models:
   event_ratio: {hidden: 16, layers: 2, train_events: 30000, reference_events: 5000, train: {epochs: 2, batch_size: 1024}}
   deepsets: {hidden: 16, rho_hidden: 16, train_events: 30000, phi_train: {epochs: 2, batch_size: 1024}, rho_sets: 40,
              rho_val_sets: 10, moment_events: 9000, rho_train: {epochs: 3, batch_size: 16}}
+  resnet3d: {bins: 4, width: 4, blocks: 1, rho_hidden: 8, score_images: 20, phi_train: {epochs: 2, batch_size: 8},
+             rho_images: 30, rho_val_images: 10, rho_train: {epochs: 3, batch_size: 16}}
 evaluation: {shifts: {dc9: "-0.5,0.5", dc10: "-0.5,0.5"}, sets: 4, events_per_set: [500, 1000]}
 """
 
@@ -38,7 +40,7 @@ def test_the_joint_run_writes_one_row_per_point_and_n_for_every_estimator(joint_
     code, out = joint_run
     assert code == 0
     cols = list(joint_columns(("dc9", "dc10")))
-    for name in ("ml_fit", "event_ratio", "deepsets"):
+    for name in ("ml_fit", "event_ratio", "deepsets", "resnet3d"):
         with open(out / "evaluation" / name / "points.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert list(rows[0]) == cols
@@ -71,7 +73,7 @@ def test_the_joint_run_logs_a_parent_and_a_child_per_estimator_with_per_n_metric
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags["coefficients"] == "dc9,dc10"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert sorted(children) == ["deepsets", "event_ratio", "ml_fit"]
+    assert sorted(children) == ["deepsets", "event_ratio", "ml_fit", "resnet3d"]
     for child in children.values():
         for key in ("sigma_over_crb_mean_dc10_N500", "joint_coverage_68_mean_N1000", "corr_gap_max_N500"):
             assert key in child.data.metrics
@@ -80,6 +82,10 @@ def test_the_joint_run_logs_a_parent_and_a_child_per_estimator_with_per_n_metric
     deepsets = children["deepsets"].info.run_id
     assert [m.step for m in client.get_metric_history(deepsets, "phi_val_loss")] == [0, 1]
     assert [m.step for m in client.get_metric_history(deepsets, "rho_val_loss")] == [0, 1, 2]
+    resnet = children["resnet3d"].info.run_id
+    assert [m.step for m in client.get_metric_history(resnet, "phi_val_loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(resnet, "rho_val_loss")] == [0, 1, 2]
+    assert client.list_artifacts(resnet, "model")  # the trained network, rebuildable from its hparams
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -89,6 +95,8 @@ def test_the_joint_run_logs_a_parent_and_a_child_per_estimator_with_per_n_metric
     (("train_events: 30000, ref", "train_events: 90000, ref"), "models.event_ratio.train_events (90000) is more than"),
     (("train_events: 30000, phi", "train_events: 90000, phi"), "models.deepsets.train_events (90000) is more than"),
     (("rho_sets: 40", "rho_sets: 0"), "models.deepsets.rho_sets"),
+    (("rho_images: 30", "rho_images: 0"), "models.resnet3d.rho_images"),
+    (("bins: 4, width", "bins: 1, width"), "models.resnet3d.bins"),
     (('dc10: "-1:1:3"}', 'dc10: "0.5"}'), "dc10 takes one value"),
 ])
 def test_a_bad_joint_config_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, edit, message):
