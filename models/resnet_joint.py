@@ -1,7 +1,9 @@
 r"""The 3D ResNet in several Wilson coefficients: per-voxel joint scores and a multivariate Gaussian head.
 
-The fully convolutional trunk of :mod:`models.resnet_score` (:func:`~models.resnet_score.add_voxel_trunk`) reads
-a voxel image of N events and gives, per voxel, K x n score sums: the voxel's events' joint scores
+The fully convolutional trunk of :mod:`models.resnet_score` (:func:`~models.resnet_score.add_voxel_trunk`), plus a
+learned table of each voxel's mean score per event (``voxel_bias``, started at its training mean:
+:meth:`JointScoreResNet3d.fit_voxel_bias`, the trunk's last layer at zero), reads a voxel image of N events and
+gives, per voxel, K x n score sums: the voxel's events' joint scores
 :math:`\partial_c \ln q(z, c_k)` at K reference points :math:`c_k` of the coefficient space
 (:func:`models.event_ratio.ratio_scores`), as well as the voxel's occupancy and mean q2 tell them. Their sum
 over the image, over N, is the image's estimate of the set's log-likelihood gradient at every :math:`c_k`, per
@@ -79,6 +81,9 @@ class JointScoreResNet3d(nn.Module):
         self.n = n
         self.score_points = pts
         add_voxel_trunk(self, bins, width, blocks, k)
+        self.voxel_bias = nn.Parameter(torch.zeros(1, k, bins, bins, bins))
+        nn.init.zeros_(self.out.weight)  # at the start, the table alone: each voxel's mean score per event
+        nn.init.zeros_(self.out.bias)
         self.register_buffer("pooled_mean", torch.zeros(k, dtype=torch.float64))
         self.register_buffer("pooled_std", torch.ones(k, dtype=torch.float64))
         self.head = MultivariateGaussianHead(n)
@@ -92,6 +97,15 @@ class JointScoreResNet3d(nn.Module):
     def fit_preprocess(self, images, max_images: int = 1024) -> JointScoreResNet3d:
         self.preprocess.fit(images, max_images=max_images)
         return self
+
+    @torch.no_grad()
+    def fit_voxel_bias(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Set ``voxel_bias`` to each voxel's mean score per event over training images ``(M, 2, B, B, B)`` and their
+        voxel score sums ``(M, K n, B, B, B)`` (in units of ``score_scale``): binned score regression, which the
+        trunk then corrects from what the image shows (each voxel's mean q2, its neighbours)."""
+        counts = torch.nan_to_num(images[:, _COUNT]).double().sum(dim=0)
+        sums = labels.double().sum(dim=0)
+        self.voxel_bias.copy_((sums / counts.clamp_min(1.0)).float()[None])
 
     def voxel_scores(self, x: torch.Tensor) -> torch.Tensor:
         """Per-voxel score sums ``(batch, K n, B, B, B)``, in units of ``score_scale``."""

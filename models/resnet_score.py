@@ -135,7 +135,9 @@ def voxel_scores(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
                           f"got {tuple(x.shape)}")
     h = torch.cat([net.preprocess(x), net.coords.expand(x.shape[0], -1, -1, -1, -1).to(x.dtype)], dim=1)
     counts = torch.nan_to_num(x[:, _COUNT : _COUNT + 1])
-    return net.out(net.blocks(net.stem(h))) * counts
+    y = net.out(net.blocks(net.stem(h)))
+    bias = getattr(net, "voxel_bias", None)  # models.resnet_joint: each voxel's mean score per event
+    return (y if bias is None else y + bias) * counts
 
 
 class _Voxels(nn.Module):
@@ -168,6 +170,8 @@ def pretrain_voxel_scores(net: ScoreResNet3d, images, labels, val_images, val_la
         events = torch.nan_to_num(x[:, _COUNT]).double().sum().clamp_min(1.0)
         net.score_scale.copy_(((t.double() ** 2).sum(dim=(0, 2, 3, 4)) / events).sqrt().clamp_min(1e-12))
     scale = net.score_scale.float()[None, :, None, None, None]
+    if hasattr(net, "fit_voxel_bias"):  # a per-voxel table of the mean score per event (models.resnet_joint)
+        net.fit_voxel_bias(x, t / scale)
     return train(_Voxels(net), TensorDataset(x, t / scale), TensorDataset(_tensor(val_images), _tensor(val_labels) / scale),
                  config, on_epoch=on_epoch)
 
