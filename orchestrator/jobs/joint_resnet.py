@@ -5,19 +5,25 @@
    evaluation's range of N (:func:`orchestrator.jobs.joint_train.rho_sizes`), seed streams
    ``(seed, 60000, image)``, with the per-voxel sums of their events' exact joint scores at the scan's points;
    the trunk regresses them (``phi_train``).
-2. **rho.** ``rho_images`` fresh images (and ``rho_val_images``) over the same box and sizes, seed streams
-   ``(seed, 70000, image)``, reduced once to their summaries by the frozen trunk; rho and the multivariate
-   Gaussian head learn the estimate and its covariance from them (``rho_train``).
+2. **rho.** ``rho_images`` images over the same box and sizes, reduced once to their summaries by the frozen
+   trunk; rho and the multivariate Gaussian head learn the estimate and its covariance from them
+   (``rho_train``). Each image's events are thinned from one pool of ``rho_pool_events`` events over the box's
+   corners and centre (:class:`kernels.pool.EventPool`, seed ``(seed, 75000)``): tens of thousands of images
+   for the cost of a few million events. ``rho_pool_events: 0`` draws each image afresh instead (seed streams
+   ``(seed, 70000, image)``). The ``rho_val_images`` that choose rho's best epoch are always fresh
+   (``(seed, 70001, image)``), so the validation loss is the real images'.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SCORE_IMAGE_STREAM", "RHO_IMAGE_STREAM", "draw_images", "train_joint_resnet"]
+__all__ = ["SCORE_IMAGE_STREAM", "RHO_IMAGE_STREAM", "POOL_STREAM", "draw_images", "pool_images",
+           "train_joint_resnet"]
 
 SCORE_IMAGE_STREAM = 60_000
 RHO_IMAGE_STREAM = 70_000
+POOL_STREAM = 75_000
 
 
 def draw_images(table, shifts, sizes, bins: int, seed: int, stream: int, score_points=None, advance=None):
@@ -50,6 +56,22 @@ def draw_images(table, shifts, sizes, bins: int, seed: int, stream: int, score_p
         if advance:
             advance(1)
     return images, labels
+
+
+def pool_images(pool, shifts, sizes, bins: int, rng, batch: int = 256, advance=None):
+    """Batches ``(images (b, 2, B, B, B), shifts (b, n))`` of sets of ``sizes[k]`` events thinned from ``pool``
+    (:class:`kernels.pool.EventPool`) at ``shifts[k]``, ``batch`` images at a time (bounded memory); ``advance(1)``
+    per image."""
+    from kernels.voxels import voxelize
+
+    c_all = np.asarray(shifts, dtype=np.float64)
+    for s in range(0, len(c_all), batch):
+        chunk = range(s, min(len(c_all), s + batch))
+        x = np.concatenate([pool.draw(c_all[k], int(sizes[k]), rng) for k in chunk])
+        image_id = np.repeat(np.arange(len(chunk)), [int(sizes[k]) for k in chunk])
+        yield voxelize(x[:, 1], x[:, 2], x[:, 3], x[:, 0], bins, image_id=image_id, n_images=len(chunk)), c_all[chunk]
+        if advance:
+            advance(len(chunk))
 
 
 def train_joint_resnet(cfg, table, scan, tracker, progress, stage):
@@ -91,14 +113,32 @@ def train_joint_resnet(cfg, table, scan, tracker, progress, stage):
         phi_hist = pretrain_voxel_scores(net, x[n_val:], y[n_val:], x[:n_val], y[:n_val], config(rc.phi_train, "mse"),
                                          on_epoch=EpochLogger(tracker, adv, prefix="phi_"))
     del x, y
-    stage(f"resnet3d: rho on the summaries of {rc.rho_images:,} fresh images ({rc.rho_val_images:,} to validate)")
+    pooled = rc.rho_pool_events > 0
+    stage(f"resnet3d: rho on the summaries of {rc.rho_images:,} images"
+          + (f" thinned from a pool of {rc.rho_pool_events:,} events" if pooled else " drawn afresh")
+          + f" ({rc.rho_val_images:,} fresh ones to validate)")
     summaries = []
-    for what, n_images, stream in (("train", rc.rho_images, RHO_IMAGE_STREAM),
-                                   ("validation", rc.rho_val_images, RHO_IMAGE_STREAM + 1)):
+    if pooled:
+        from kernels.pool import EventPool, corners_and_centre
+
+        with progress("resnet3d rho: the event pool", rc.rho_pool_events, "events") as adv:
+            pool = EventPool(table, corners_and_centre(box), rc.rho_pool_events, (cfg.seed, POOL_STREAM), box=box, advance=adv or None)
+        rng = np.random.default_rng([cfg.seed, POOL_STREAM, 1])
+        shifts = rng.uniform(box[:, 0], box[:, 1], (rc.rho_images, table.n_shifts))
+        sizes = rho_sizes(counts, rc.rho_images, rng)
+        with progress("resnet3d rho: pool images", rc.rho_images, "images") as adv:
+            summaries.append(image_summaries(net, pool_images(pool, shifts, sizes, rc.bins, rng, advance=adv or None)))
+        stage(f"resnet3d rho: {pool.overflow / max(pool.kept, 1):.1e} of the kept events above the pool's weight "
+              f"bound {pool.w_max:.2f}")
+        del pool
+    fresh = [("validation", rc.rho_val_images, RHO_IMAGE_STREAM + 1)]
+    if not pooled:
+        fresh.insert(0, ("train", rc.rho_images, RHO_IMAGE_STREAM))
+    for what, n_images, stream in fresh:
         x, _, shifts = draw(f"resnet3d rho: {what} images", n_images, stream)
-        pooled, _ = image_summaries(net, [(x, shifts)])
-        summaries.append((pooled, torch.from_numpy(shifts).float()))
+        summaries.append(image_summaries(net, [(x, shifts)]))
         del x
+    summaries = [(p, c.float()) for p, c in summaries]
     seed_everything(cfg.seed)
     with progress("train resnet3d rho", rc.rho_train.epochs, "epochs") as adv:
         rho_hist = train_rho(net, *summaries[0], *summaries[1], config(rc.rho_train, "mvn_nll"),

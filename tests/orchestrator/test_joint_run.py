@@ -21,7 +21,7 @@ models:
   deepsets: {hidden: 16, rho_hidden: 16, train_events: 30000, phi_train: {epochs: 2, batch_size: 1024}, rho_sets: 40,
              rho_val_sets: 10, moment_events: 9000, rho_train: {epochs: 3, batch_size: 16}}
   resnet3d: {bins: 4, width: 4, blocks: 1, rho_hidden: 8, score_images: 20, phi_train: {epochs: 2, batch_size: 8},
-             rho_images: 30, rho_val_images: 10, rho_train: {epochs: 3, batch_size: 16}}
+             rho_images: 30, rho_pool_events: 20000, rho_val_images: 10, rho_train: {epochs: 3, batch_size: 16}}
 evaluation: {shifts: {dc9: "-0.5,0.5", dc10: "-0.5,0.5"}, sets: 4, events_per_set: [500, 1000]}
 """
 
