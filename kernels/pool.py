@@ -81,6 +81,10 @@ class EventPool:
 
     def draw(self, shifts, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` events ``(n, 4)`` (float32, :data:`kernels.event_store.COLUMNS`) at ``shifts``, none twice."""
+        return self.events[self.take(shifts, n, rng)]
+
+    def take(self, shifts, n: int, rng: np.random.Generator) -> np.ndarray:
+        """The pool rows of :meth:`draw`'s events: ``events[rows]``, and their projections ``a[rows]``."""
         c = np.asarray(shifts, dtype=np.float64)
         size = self.events.shape[0]
         need = int(n)
@@ -105,7 +109,7 @@ class EventPool:
             taken += hi - lo
         idx = np.concatenate(picked)
         self.kept += idx.size
-        return self.events[idx]
+        return idx
 
 
 def corners_and_centre(box) -> np.ndarray:

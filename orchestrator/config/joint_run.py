@@ -123,10 +123,10 @@ class JointDeepSetsConfig(_Strict):
 
 class JointResNetConfig(_Strict):
     """The 3D ResNet with the multivariate Gaussian head (:mod:`orchestrator.jobs.joint_resnet`): the trunk on
-    ``score_images`` fresh images of ``bins``^3 voxels (their exact voxel scores at the scan's points), rho on
-    the summaries of ``rho_images`` more, thinned from a pool of ``rho_pool_events`` events (0: each drawn afresh),
-    validated on ``rho_val_images`` fresh ones; shifts over the scan's and evaluation's box widened by
-    ``rho_margin``, sizes over the evaluation's range of N."""
+    ``score_images`` images of ``bins``^3 voxels (their exact voxel scores at the scan's points), rho on the
+    summaries of ``rho_images`` more, both thinned from one pool of ``pool_events`` events (0: each image drawn
+    afresh) and validated on fresh ones; shifts over the scan's and evaluation's box widened by ``rho_margin``,
+    sizes over the evaluation's range of N."""
 
     enabled: bool = True
     bins: int = Field(16, ge=2, le=64)
@@ -137,8 +137,8 @@ class JointResNetConfig(_Strict):
     score_images: int = Field(2000, gt=0)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     phi_train: JointTrain = JointTrain(lr=2e-3, batch_size=16, epochs=20, weight_decay=0.0)
-    rho_images: int = Field(20_000, gt=0)
-    rho_pool_events: int = Field(4_000_000, ge=0)
+    rho_images: int = Field(60_000, gt=0)
+    pool_events: int = Field(4_000_000, ge=0)
     rho_val_images: int = Field(500, gt=0)
     rho_margin: float = Field(0.5, ge=0)
     rho_train: JointTrain = JointTrain(lr=1e-3, batch_size=256, epochs=60, weight_decay=0.0)

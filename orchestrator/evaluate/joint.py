@@ -103,6 +103,10 @@ def joint_summary(rows: Sequence[dict], shifts: Sequence[str]) -> dict:
                 out[f"sigma_over_crb_eff_mean_{s}_N{n}"] = float(np.nanmean(sig / eff))
                 out[f"sigma_over_crb_eff_max_{s}_N{n}"] = float(np.nanmax(sig / eff))
                 out[f"abs_bias_over_crb_eff_max_{s}_N{n}"] = float(np.nanmax(be))
+            if f"sigma_over_crb_image_{s}" in sel[0]:  # a ResNet's: against what its images keep
+                img = np.array([r[f"sigma_over_crb_image_{s}"] for r in sel], dtype=float)
+                out[f"sigma_over_crb_image_mean_{s}_N{n}"] = float(np.nanmean(img))
+                out[f"sigma_over_crb_image_max_{s}_N{n}"] = float(np.nanmax(img))
         if pairs:
             out[f"corr_gap_max_N{n}"] = float(max(abs(r[f"corr_{a}_{b}"] - r[f"corr_crb_{a}_{b}"])
                                                   for r in sel for a, b in pairs))

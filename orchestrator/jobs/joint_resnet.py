@@ -1,17 +1,19 @@
-"""Training of the joint job's 3D ResNet (:mod:`models.resnet_joint`), on fresh images, none stored.
+"""Training of the joint job's 3D ResNet (:mod:`models.resnet_joint`) on simulated images, none stored.
 
-1. **Voxel scores.** ``score_images`` images (and ``val_fraction`` more for validation), each of N events at
-   shifts uniform over the scan's and evaluation's box widened by ``rho_margin`` and sizes log-uniform over the
-   evaluation's range of N (:func:`orchestrator.jobs.joint_train.rho_sizes`), seed streams
-   ``(seed, 60000, image)``, with the per-voxel sums of their events' exact joint scores at the scan's points;
-   the trunk regresses them (``phi_train``).
+1. **Voxel scores.** ``score_images`` images, each of N events at shifts uniform over the scan's and
+   evaluation's box widened by ``rho_margin`` and sizes log-uniform over the evaluation's range of N
+   (:func:`orchestrator.jobs.joint_train.rho_sizes`), with the per-voxel sums of their events' exact joint scores
+   at the scan's points; the trunk regresses them (``phi_train``), validated on ``val_fraction`` as many fresh
+   images (seed streams ``(seed, 60001, image)``).
 2. **rho.** ``rho_images`` images over the same box and sizes, reduced once to their summaries by the frozen
    trunk; rho and the multivariate Gaussian head learn the estimate and its covariance from them
-   (``rho_train``). Each image's events are thinned from one pool of ``rho_pool_events`` events over the box's
-   corners and centre (:class:`kernels.pool.EventPool`, seed ``(seed, 75000)``): tens of thousands of images
-   for the cost of a few million events. ``rho_pool_events: 0`` draws each image afresh instead (seed streams
-   ``(seed, 70000, image)``). The ``rho_val_images`` that choose rho's best epoch are always fresh
-   (``(seed, 70001, image)``), so the validation loss is the real images'.
+   (``rho_train``), validated on ``rho_val_images`` fresh ones (``(seed, 70001, image)``), so both validation
+   losses are the real images'.
+
+The training images of both stages are thinned from one pool of ``pool_events`` events over the box's corners
+and centre (:class:`kernels.pool.EventPool`, seed ``(seed, 75000)``; their scores from the pool's stored
+projections): tens of thousands of images for the cost of a few million events. ``pool_events: 0`` draws
+each afresh instead (seed streams ``(seed, 60000, image)`` and ``(seed, 70000, image)``).
 """
 
 from __future__ import annotations
@@ -58,18 +60,28 @@ def draw_images(table, shifts, sizes, bins: int, seed: int, stream: int, score_p
     return images, labels
 
 
-def pool_images(pool, shifts, sizes, bins: int, rng, batch: int = 256, advance=None):
-    """Batches ``(images (b, 2, B, B, B), shifts (b, n))`` of sets of ``sizes[k]`` events thinned from ``pool``
-    (:class:`kernels.pool.EventPool`) at ``shifts[k]``, ``batch`` images at a time (bounded memory); ``advance(1)``
-    per image."""
+def pool_images(pool, shifts, sizes, bins: int, rng, batch: int = 256, score_points=None, advance=None):
+    """Batches ``(images (b, 2, B, B, B), shifts (b, n), labels)`` of sets of ``sizes[k]`` events thinned from
+    ``pool`` (:class:`kernels.pool.EventPool`) at ``shifts[k]``, ``batch`` images at a time (bounded memory); with
+    ``score_points`` the labels are :func:`draw_images`' voxel score sums, from the pool's stored projections (else
+    None). ``advance(1)`` per image."""
+    from kernels.joint import voxel_sums
     from kernels.voxels import voxelize
+    from models.event_ratio import ratio_scores
 
     c_all = np.asarray(shifts, dtype=np.float64)
+    pts = None if score_points is None else np.asarray(score_points, dtype=np.float64)
     for s in range(0, len(c_all), batch):
         chunk = range(s, min(len(c_all), s + batch))
-        x = np.concatenate([pool.draw(c_all[k], int(sizes[k]), rng) for k in chunk])
-        image_id = np.repeat(np.arange(len(chunk)), [int(sizes[k]) for k in chunk])
-        yield voxelize(x[:, 1], x[:, 2], x[:, 3], x[:, 0], bins, image_id=image_id, n_images=len(chunk)), c_all[chunk]
+        rows = [pool.take(c_all[k], int(sizes[k]), rng) for k in chunk]
+        x = pool.events[np.concatenate(rows)]
+        image_id = np.repeat(np.arange(len(chunk)), [r.size for r in rows])
+        images = voxelize(x[:, 1], x[:, 2], x[:, 3], x[:, 0], bins, image_id=image_id, n_images=len(chunk))
+        labels = None
+        if pts is not None:
+            labels = np.stack([voxel_sums(ratio_scores(pool.a[r], pts).reshape(r.size, -1), pool.events[r], bins)
+                               for r in rows]).astype(np.float32)
+        yield images, c_all[chunk], labels
         if advance:
             advance(len(chunk))
 
@@ -102,34 +114,47 @@ def train_joint_resnet(cfg, table, scan, tracker, progress, stage):
         return x, y, shifts
 
     n_val = max(1, int(rc.val_fraction * rc.score_images))
-    stage(f"resnet3d: {rc.score_images:,} + {n_val:,} fresh {rc.bins}^3 images with their voxel scores at the "
-          f"scan's {len(points)} points, {min(counts):,} to {max(counts):,} events over the box "
-          f"{np.round(box, 2).tolist()}")
-    x, y, _ = draw("resnet3d: images with voxel scores", rc.score_images + n_val, SCORE_IMAGE_STREAM, points)
+    pooled = rc.pool_events > 0
+    where = f"thinned from a pool of {rc.pool_events:,} events" if pooled else "drawn afresh"
+    pool = None
+    if pooled:
+        from kernels.pool import EventPool, corners_and_centre
+
+        with progress("resnet3d: the event pool", rc.pool_events, "events") as adv:
+            pool = EventPool(table, corners_and_centre(box), rc.pool_events, (cfg.seed, POOL_STREAM), box=box,
+                             advance=adv or None)
+        rng = np.random.default_rng([cfg.seed, POOL_STREAM, 1])
+
+    def from_pool(what, n_images, score_points=None):
+        shifts = rng.uniform(box[:, 0], box[:, 1], (n_images, table.n_shifts))
+        sizes = rho_sizes(counts, n_images, rng)
+        with progress(what, n_images, "images") as adv:
+            yield from pool_images(pool, shifts, sizes, rc.bins, rng, score_points=score_points, advance=adv or None)
+
+    stage(f"resnet3d: {rc.score_images:,} {rc.bins}^3 images {where} with their voxel scores at the scan's "
+          f"{len(points)} points ({n_val:,} fresh ones to validate), {min(counts):,} to {max(counts):,} events over "
+          f"the box {np.round(box, 2).tolist()}")
+    xv, yv, _ = draw("resnet3d: validation images with voxel scores", n_val, SCORE_IMAGE_STREAM + 1, points)
+    if pooled:
+        parts = list(from_pool("resnet3d: images with voxel scores", rc.score_images, points))
+        x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[2] for p in parts])
+        del parts
+    else:
+        x, y, _ = draw("resnet3d: images with voxel scores", rc.score_images, SCORE_IMAGE_STREAM, points)
     seed_everything(cfg.seed)
     net = JointScoreResNet3d(table.n_shifts, points, bins=rc.bins, width=rc.width, blocks=rc.blocks,
                              rho_hidden=rc.rho_hidden, rho_layers=rc.rho_layers)
     with progress("train resnet3d (voxel scores)", rc.phi_train.epochs, "epochs") as adv:
-        phi_hist = pretrain_voxel_scores(net, x[n_val:], y[n_val:], x[:n_val], y[:n_val], config(rc.phi_train, "mse"),
+        phi_hist = pretrain_voxel_scores(net, x, y, xv, yv, config(rc.phi_train, "mse"),
                                          on_epoch=EpochLogger(tracker, adv, prefix="phi_"))
-    del x, y
-    pooled = rc.rho_pool_events > 0
-    stage(f"resnet3d: rho on the summaries of {rc.rho_images:,} images"
-          + (f" thinned from a pool of {rc.rho_pool_events:,} events" if pooled else " drawn afresh")
-          + f" ({rc.rho_val_images:,} fresh ones to validate)")
+    del x, y, xv, yv
+    stage(f"resnet3d: rho on the summaries of {rc.rho_images:,} images {where} ({rc.rho_val_images:,} fresh ones "
+          "to validate)")
     summaries = []
     if pooled:
-        from kernels.pool import EventPool, corners_and_centre
-
-        with progress("resnet3d rho: the event pool", rc.rho_pool_events, "events") as adv:
-            pool = EventPool(table, corners_and_centre(box), rc.rho_pool_events, (cfg.seed, POOL_STREAM), box=box, advance=adv or None)
-        rng = np.random.default_rng([cfg.seed, POOL_STREAM, 1])
-        shifts = rng.uniform(box[:, 0], box[:, 1], (rc.rho_images, table.n_shifts))
-        sizes = rho_sizes(counts, rc.rho_images, rng)
-        with progress("resnet3d rho: pool images", rc.rho_images, "images") as adv:
-            summaries.append(image_summaries(net, pool_images(pool, shifts, sizes, rc.bins, rng, advance=adv or None)))
-        stage(f"resnet3d rho: {pool.overflow / max(pool.kept, 1):.1e} of the kept events above the pool's weight "
-              f"bound {pool.w_max:.2f}")
+        summaries.append(image_summaries(net, ((x, c) for x, c, _ in from_pool("resnet3d rho: images", rc.rho_images))))
+        stage(f"resnet3d: {pool.overflow / max(pool.kept, 1):.1e} of the pool's kept events above its weight bound "
+              f"{pool.w_max:.2f}")
         del pool
     fresh = [("validation", rc.rho_val_images, RHO_IMAGE_STREAM + 1)]
     if not pooled:
@@ -143,5 +168,5 @@ def train_joint_resnet(cfg, table, scan, tracker, progress, stage):
     with progress("train resnet3d rho", rc.rho_train.epochs, "epochs") as adv:
         rho_hist = train_rho(net, *summaries[0], *summaries[1], config(rc.rho_train, "mvn_nll"),
                              on_epoch=EpochLogger(tracker, adv, prefix="rho_"))
-    net.to("cpu")
+    net.to("cpu").eval()  # batch norm's statistics are the training images' from here on
     return net, {"phi": phi_hist, "rho": rho_hist}

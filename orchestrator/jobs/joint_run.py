@@ -134,6 +134,7 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
         rc = cfg.models.resnet3d
         resnet = None
         if rc is not None and rc.enabled:
+            from kernels.image_information import image_information
             from models.resnet_joint import set_images
             from orchestrator.jobs.joint_resnet import train_joint_resnet
 
@@ -151,6 +152,7 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
             for i, c in enumerate(evald.points):
                 fisher = likelihood.fisher_information(table, c)
                 I_nuis = None if ntable is None else likelihood.fisher_information_nuisances(ntable, c)
+                I_image = None if resnet is None else image_information(table, c, rc.bins)["image"]
                 for j, n in enumerate(ec.events_per_set):
                     sets = _test_sets(table, ntable, nc.prior_scale, c, n, ec.sets, cfg.seed, i, j)
                     bound = np.linalg.inv(fisher) / n
@@ -162,7 +164,10 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
                                                           n_events=n, shifts=shifts)
                         if eff is not None:
                             add_efficient_bound(row, shifts, *eff)
-                        rows[name].append({k: row[k] for k in columns})
+                        extra = ()
+                        if name == "resnet3d":  # beside the bound of what its images keep
+                            extra = add_image_bound(row, shifts, I_image, n)
+                        rows[name].append({k: row[k] for k in columns + extra})
         evaluations = [JointEvaluation(name, r, joint_summary(r, shifts)) for name, r in rows.items()]
         figures = _figures(out / "figures", evaluations, shifts, ec.events_per_set)
         for ev in evaluations:
@@ -180,6 +185,24 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
         tracker.artifact(report)
         run_id, uri = tracker.run_id, tracker.uri
     return JointJobResult(out, shifts, evaluations, report, run_id, uri, tracker.unlogged(), histories)
+
+
+def add_image_bound(row: dict, shifts, image_information, n: int) -> tuple[str, ...]:
+    """Add each coefficient's bound from what a voxel image keeps (``sigma_crb_image_<shift>``, the others free:
+    :mod:`kernels.image_information`, its mean-q2 channel a conservative lower bound on the information) and
+    ``sigma_over_crb_image_<shift>`` to ``row``; returns their names.
+
+    >>> row = {"sigma_dc9": 0.2}
+    >>> add_image_bound(row, ["dc9"], np.array([[25.0]]), 4), row["sigma_over_crb_image_dc9"]
+    (('sigma_crb_image_dc9', 'sigma_over_crb_image_dc9'), 2.0)
+    """
+    sig = np.sqrt(np.diag(np.linalg.inv(np.atleast_2d(image_information))) / n)
+    names: list[str] = []
+    for s, b in zip(shifts, sig):
+        row[f"sigma_crb_image_{s}"] = float(b)
+        row[f"sigma_over_crb_image_{s}"] = float(row[f"sigma_{s}"] / b)
+        names += [f"sigma_crb_image_{s}", f"sigma_over_crb_image_{s}"]
+    return tuple(names)
 
 
 @dataclass

@@ -15,7 +15,9 @@ def joint_summary_table(evaluations, shifts: Sequence[str], n: int) -> tuple[lis
     """Header and rows at set size ``n``: per estimator and coefficient, sigma / sigma_CRB mean (max), the largest
     |bias| / sigma_CRB, the largest correlation gap and the joint coverage (mean, range)."""
     eff = f"sigma_over_crb_eff_mean_{shifts[0]}_N{n}" in evaluations[0].summary
-    header = ["estimator", "coefficient", "σ/σ_CRB mean (max)", "max |bias|/σ_CRB",
+    image = any(f"sigma_over_crb_image_mean_{shifts[0]}_N{n}" in ev.summary for ev in evaluations)
+    header = ["estimator", "coefficient", "σ/σ_CRB mean (max)", *(["σ/σ_CRB,image mean (max)"] if image else []),
+              "max |bias|/σ_CRB",
               *(["σ/σ_CRB,eff mean (max)", "max |bias|/σ_CRB,eff"] if eff else []), "max |corr − corr_CRB|",
               *(["max |corr − corr_CRB,eff|"] if eff else []),
               "joint coverage 68% (range)", "joint coverage 95% (range)"]
@@ -27,6 +29,7 @@ def joint_summary_table(evaluations, shifts: Sequence[str], n: int) -> tuple[lis
             rows.append([
                 ev.name if first else "", c,
                 f"{s[f'sigma_over_crb_mean_{c}_N{n}']:.3f} ({s[f'sigma_over_crb_max_{c}_N{n}']:.3f})",
+                *([_image_cell(s, c, n)] if image else []),
                 f"{s[f'abs_bias_over_crb_max_{c}_N{n}']:.2f}",
                 *([f"{s[f'sigma_over_crb_eff_mean_{c}_N{n}']:.3f} ({s[f'sigma_over_crb_eff_max_{c}_N{n}']:.3f})",
                    f"{s[f'abs_bias_over_crb_eff_max_{c}_N{n}']:.2f}"] if eff else []),
@@ -38,6 +41,14 @@ def joint_summary_table(evaluations, shifts: Sequence[str], n: int) -> tuple[lis
                  f"{s[f'joint_coverage_95_max_N{n}']:.2f})") if first else "",
             ])
     return header, rows
+
+
+def _image_cell(summary: dict, c: str, n: int) -> str:
+    """A ResNet's sigma over its images' own bound (:mod:`kernels.image_information`), "—" for the others."""
+    key = f"sigma_over_crb_image_mean_{c}_N{n}"
+    if key not in summary:
+        return "—"
+    return f"{summary[key]:.3f} ({summary[f'sigma_over_crb_image_max_{c}_N{n}']:.3f})"
 
 
 def _point_table(evaluations, shifts, n: int) -> str:

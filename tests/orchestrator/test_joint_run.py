@@ -21,7 +21,7 @@ models:
   deepsets: {hidden: 16, rho_hidden: 16, train_events: 30000, phi_train: {epochs: 2, batch_size: 1024}, rho_sets: 40,
              rho_val_sets: 10, moment_events: 9000, rho_train: {epochs: 3, batch_size: 16}}
   resnet3d: {bins: 4, width: 4, blocks: 1, rho_hidden: 8, score_images: 20, phi_train: {epochs: 2, batch_size: 8},
-             rho_images: 30, rho_pool_events: 20000, rho_val_images: 10, rho_train: {epochs: 3, batch_size: 16}}
+             rho_images: 30, pool_events: 20000, rho_val_images: 10, rho_train: {epochs: 3, batch_size: 16}}
 evaluation: {shifts: {dc9: "-0.5,0.5", dc10: "-0.5,0.5"}, sets: 4, events_per_set: [500, 1000]}
 """
 
@@ -43,7 +43,11 @@ def test_the_joint_run_writes_one_row_per_point_and_n_for_every_estimator(joint_
     for name in ("ml_fit", "event_ratio", "deepsets", "resnet3d"):
         with open(out / "evaluation" / name / "points.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
-        assert list(rows[0]) == cols
+        # the ResNet's rows add its images' own bound (>= the unbinned one) and its sigma over it
+        image = [f"{k}_{s}" for s in ("dc9", "dc10") for k in ("sigma_crb_image", "sigma_over_crb_image")]
+        assert list(rows[0]) == cols + (image if name == "resnet3d" else [])
+        if name == "resnet3d":
+            assert all(float(r["sigma_crb_image_dc9"]) >= float(r["sigma_crb_dc9"]) for r in rows)
         assert [(float(r["dc9_true"]), float(r["dc10_true"]), int(r["n_events"])) for r in rows] == [
             (d9, d10, n) for d9 in (-0.5, 0.5) for d10 in (-0.5, 0.5) for n in (500, 1000)]
         for r in rows:
