@@ -45,7 +45,7 @@ from torch import nn
 from kernels.errors import ConfigError
 from models.event_posterior import FEATURES
 from models.features import N_EVENT_VARIABLES, as_events, mlp
-from models.heads import MultivariateGaussianHead, split_multivariate
+from models.heads import MultivariateGaussianHead, multivariate_estimates
 
 __all__ = ["JointDeepSets", "summary_moments", "synthetic_pooled"]
 
@@ -119,20 +119,7 @@ class JointDeepSets(nn.Module):
         arr = as_events(sets)
         if arr.ndim != 3:
             raise ConfigError(f"sets must have shape (M, N, 4), got {arr.shape}")
-        was = self.training
-        self.eval()
-        dev = self.pooled_mean.device
-        values, covs = [], []
-        try:
-            for s in range(0, arr.shape[0], batch):
-                mean, L = split_multivariate(self(torch.from_numpy(arr[s:s + batch]).to(dev), event_chunk=event_chunk))
-                values.append(mean.double().cpu().numpy())
-                covs.append((L @ L.transpose(-1, -2)).double().cpu().numpy())
-                if progress is not None:
-                    progress(min(batch, arr.shape[0] - s))
-        finally:
-            self.train(was)
-        return np.concatenate(values), np.concatenate(covs)
+        return multivariate_estimates(self, arr, batch, progress, event_chunk=event_chunk)
 
 
 @torch.no_grad()

@@ -249,6 +249,29 @@ def split_multivariate(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out[..., 0], out[..., 1:]
 
 
+@torch.no_grad()
+def multivariate_estimates(net: nn.Module, arr, batch: int, progress=None, **kwargs) -> tuple:
+    """Estimates ``(M, n)`` and covariances ``(M, n, n)`` of ``net``'s multivariate Gaussian outputs on the inputs
+    ``arr`` (numpy, first axis M), ``batch`` at a time, in eval mode (restored after; ``progress(k)`` per batch,
+    ``kwargs`` to the forward)."""
+    import numpy as np
+
+    was = net.training
+    net.eval()
+    dev = next(net.parameters()).device
+    values, covs = [], []
+    try:
+        for s in range(0, arr.shape[0], batch):
+            mean, L = split_multivariate(net(torch.from_numpy(arr[s:s + batch]).to(dev), **kwargs))
+            values.append(mean.double().cpu().numpy())
+            covs.append((L @ L.transpose(-1, -2)).double().cpu().numpy())
+            if progress is not None:
+                progress(min(batch, arr.shape[0] - s))
+    finally:
+        net.train(was)
+    return np.concatenate(values), np.concatenate(covs)
+
+
 class MultivariateGaussianNLLLoss(nn.Module):
     r"""The Gaussian negative log-likelihood of ``(mean, L)`` outputs against target vectors, mean over the batch:
     :math:`\ell = \sum_i \ln L_{ii} + \tfrac12 \lVert L^{-1}(y - \mu) \rVert^2` (the constant left out),

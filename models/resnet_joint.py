@@ -38,7 +38,7 @@ from torch import nn
 from kernels.errors import ConfigError
 from kernels.voxels import check_bins, voxelize
 from models.features import mlp
-from models.heads import MultivariateGaussianHead, split_multivariate
+from models.heads import MultivariateGaussianHead, multivariate_estimates
 from models.resnet_score import add_voxel_trunk, voxel_scores
 
 __all__ = ["JointScoreResNet3d", "set_images"]
@@ -136,17 +136,4 @@ class JointScoreResNet3d(nn.Module):
         arr = np.asarray(images, dtype=np.float32)
         if arr.ndim != 5:
             raise ConfigError(f"images must have shape (M, 2, B, B, B), got {arr.shape}")
-        was = self.training
-        self.eval()
-        dev = self.pooled_mean.device
-        values, covs = [], []
-        try:
-            for s in range(0, arr.shape[0], batch):
-                mean, L = split_multivariate(self(torch.from_numpy(arr[s:s + batch]).to(dev)))
-                values.append(mean.double().cpu().numpy())
-                covs.append((L @ L.transpose(-1, -2)).double().cpu().numpy())
-                if progress is not None:
-                    progress(min(batch, arr.shape[0] - s))
-        finally:
-            self.train(was)
-        return np.concatenate(values), np.concatenate(covs)
+        return multivariate_estimates(self, arr, batch, progress)
