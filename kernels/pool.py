@@ -34,7 +34,7 @@ from kernels import likelihood, sampler
 from kernels.errors import ConfigError
 from kernels.theory import monomials
 
-__all__ = ["EventPool", "corners_and_centre"]
+__all__ = ["EventPool", "corners_and_centre", "mixture_density"]
 
 _MARGIN = 1.05
 
@@ -66,14 +66,10 @@ class EventPool:
         order = np.random.default_rng([*np.atleast_1d(seed), 1 << 20]).permutation(int(n))
         self.events = np.concatenate(events)[order]
         self.a = np.concatenate(a)[order]
-        self.q_mix = np.mean([self._q(c) for c in comp], axis=0)
+        self.q_mix = mixture_density(self.a, self.norm, comp)
         self.w_max = _MARGIN * max(float(np.max(self._w(c))) for c in _grid(self.box))
         self.kept = 0
         self.overflow = 0
-
-    def _q(self, c) -> np.ndarray:
-        m = monomials(np.asarray(c, dtype=np.float64))
-        return self.a @ m / float(self.norm @ m)
 
     def _w(self, c, lo: int = 0, hi: int | None = None) -> np.ndarray:
         m = monomials(np.asarray(c, dtype=np.float64))
@@ -110,6 +106,14 @@ class EventPool:
         idx = np.concatenate(picked)
         self.kept += idx.size
         return idx
+
+
+def mixture_density(a: np.ndarray, norm: np.ndarray, components) -> np.ndarray:
+    r"""``(E,)``: the density of events with projections ``a (E, P)`` (:func:`kernels.likelihood.project`) under an
+    equal mixture of the generator at ``components (K, n)``, :math:`\frac1K \sum_k a \cdot m(c_k) / \Gamma \cdot m(c_k)`
+    (``norm``: :func:`kernels.likelihood.normalisation`); the density at one shift is ``components = [c]``."""
+    m = monomials(np.atleast_2d(np.asarray(components, dtype=np.float64)))
+    return (a @ m.T / (m @ norm)).mean(axis=1)
 
 
 def corners_and_centre(box) -> np.ndarray:

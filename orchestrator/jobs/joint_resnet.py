@@ -79,8 +79,9 @@ def pool_images(pool, shifts, sizes, bins: int, rng, batch: int = 256, score_poi
         images = voxelize(x[:, 1], x[:, 2], x[:, 3], x[:, 0], bins, image_id=image_id, n_images=len(chunk))
         labels = None
         if pts is not None:
-            labels = np.stack([voxel_sums(ratio_scores(pool.a[r], pts).reshape(r.size, -1), pool.events[r], bins)
-                               for r in rows]).astype(np.float32)
+            ends = np.cumsum([r.size for r in rows])
+            labels = np.stack([voxel_sums(ratio_scores(pool.a[r], pts).reshape(r.size, -1), x[e - r.size:e], bins)
+                               for r, e in zip(rows, ends)]).astype(np.float32)
         yield images, c_all[chunk], labels
         if advance:
             advance(len(chunk))
@@ -88,8 +89,6 @@ def pool_images(pool, shifts, sizes, bins: int, rng, batch: int = 256, score_poi
 
 def train_joint_resnet(cfg, table, scan, tracker, progress, stage):
     """The ResNet of ``cfg.models.resnet3d`` (module docstring); returns the network and its histories."""
-    import torch
-
     from models.resnet_joint import JointScoreResNet3d
     from models.resnet_score import image_summaries, pretrain_voxel_scores, train_rho
     from models.training import TrainConfig, seed_everything

@@ -107,7 +107,7 @@ def train_joint_deepsets(cfg: JointRunConfig, table, scan, events_dir: Path, tra
     import torch
 
     from kernels import likelihood, sampler
-    from kernels.theory import monomials
+    from kernels.pool import mixture_density
     from models.deepsets_joint import JointDeepSets, summary_moments, synthetic_pooled
     from models.deepsets_score import pooled_vectors, pretrain_phi, train_rho
     from models.event_ratio import ratio_scores
@@ -137,13 +137,12 @@ def train_joint_deepsets(cfg: JointRunConfig, table, scan, events_dir: Path, tra
     stage(f"deepsets: the summary's moments over {per_point * len(points):,} fresh events at the scan's points, "
           "reweighted to any shift")
     gamma = likelihood.normalisation(table)
-    m = monomials(points)
     parts = []
     with progress("deepsets moments", len(points), "points") as adv:
         for k, c in enumerate(points):  # the pool's density: equal parts of every point
             pool = sampler.sample_array(table, c, per_point, (cfg.seed, MOMENT_STREAM, k)).T.astype(np.float32)
             proj = likelihood.project(table, pool.astype(np.float64))
-            parts.append(summary_moments(net, pool, proj / (proj @ m.T / (m @ gamma)).mean(axis=1)[:, None]))
+            parts.append(summary_moments(net, pool, proj / mixture_density(proj, gamma, points)[:, None]))
             if adv:
                 adv(1)
     moments = tuple(np.mean([p[i] for p in parts], axis=0) for i in range(3))
