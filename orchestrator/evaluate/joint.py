@@ -73,6 +73,24 @@ def add_efficient_bound(row: dict, shifts: Sequence[str], sigma_eff, cov_eff) ->
     return row
 
 
+def add_image_bound(row: dict, shifts: Sequence[str], image_information, n: int) -> tuple[str, ...]:
+    """Add each coefficient's bound from what a voxel image keeps (``sigma_crb_image_<shift>``, the others free:
+    :mod:`kernels.image_information`, its mean-q2 channel a conservative lower bound on the information) and
+    ``sigma_over_crb_image_<shift>`` to ``row``; returns their names.
+
+    >>> row = {"sigma_dc9": 0.2}
+    >>> add_image_bound(row, ["dc9"], np.array([[25.0]]), 4), row["sigma_over_crb_image_dc9"]
+    (('sigma_crb_image_dc9', 'sigma_over_crb_image_dc9'), 2.0)
+    """
+    sig = np.sqrt(np.diag(np.linalg.inv(np.atleast_2d(image_information))) / n)
+    names: list[str] = []
+    for s, b in zip(shifts, sig):
+        row[f"sigma_crb_image_{s}"] = float(b)
+        row[f"sigma_over_crb_image_{s}"] = float(row[f"sigma_{s}"] / b)
+        names += [f"sigma_crb_image_{s}", f"sigma_over_crb_image_{s}"]
+    return tuple(names)
+
+
 def joint_summary(rows: Sequence[dict], shifts: Sequence[str]) -> dict:
     """The summary of an estimator's joint rows, per set size N (``_N<n>`` suffixes): each coefficient's mean
     and largest sigma / sigma_CRB and largest |bias| / sigma_CRB over the points, the largest gap between the

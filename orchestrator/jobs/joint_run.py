@@ -76,7 +76,7 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
     from kernels.files import sha256_file
     from models.event_ratio import fit_sets_learned
     from orchestrator.evaluate.fit import write_points_csv
-    from orchestrator.evaluate.joint import add_efficient_bound, joint_summary
+    from orchestrator.evaluate.joint import add_efficient_bound, add_image_bound, joint_summary
     from orchestrator.generate.dataset import generate
     from orchestrator.jobs.joint_train import train_event_ratio, train_joint_deepsets
     from orchestrator.report.joint import write_joint_report
@@ -185,24 +185,6 @@ def joint_run_job(cfg: JointRunConfig, out: Path, *, tracking_uri: str | None = 
         tracker.artifact(report)
         run_id, uri = tracker.run_id, tracker.uri
     return JointJobResult(out, shifts, evaluations, report, run_id, uri, tracker.unlogged(), histories)
-
-
-def add_image_bound(row: dict, shifts, image_information, n: int) -> tuple[str, ...]:
-    """Add each coefficient's bound from what a voxel image keeps (``sigma_crb_image_<shift>``, the others free:
-    :mod:`kernels.image_information`, its mean-q2 channel a conservative lower bound on the information) and
-    ``sigma_over_crb_image_<shift>`` to ``row``; returns their names.
-
-    >>> row = {"sigma_dc9": 0.2}
-    >>> add_image_bound(row, ["dc9"], np.array([[25.0]]), 4), row["sigma_over_crb_image_dc9"]
-    (('sigma_crb_image_dc9', 'sigma_over_crb_image_dc9'), 2.0)
-    """
-    sig = np.sqrt(np.diag(np.linalg.inv(np.atleast_2d(image_information))) / n)
-    names: list[str] = []
-    for s, b in zip(shifts, sig):
-        row[f"sigma_crb_image_{s}"] = float(b)
-        row[f"sigma_over_crb_image_{s}"] = float(row[f"sigma_{s}"] / b)
-        names += [f"sigma_crb_image_{s}", f"sigma_over_crb_image_{s}"]
-    return tuple(names)
 
 
 @dataclass
