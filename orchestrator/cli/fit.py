@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from orchestrator.cli.common import PATH, common_options, progress_factory, stdout
-from orchestrator.cli.types import COEFFICIENTS, COLUMN_MAP, FINITE, WINDOW
+from orchestrator.cli.types import COEFFICIENTS, COLUMN_MAP, FINITE, TRUTH, WINDOW
 
 EPILOG = """\b
 Examples:
@@ -22,6 +22,10 @@ Examples:
   # several coefficients at once, on a dataset from 'wcscan generate --shift dc9=... --shift dc10=...'
   wcscan fit --dataset out/events-c9c10 --events-per-set 24000 --sets 10 --out out/fit-c9c10.csv
 \b
+  # your own events, delta C9 and delta C10 jointly: one point per (dc9, dc10) of the truth columns
+  wcscan fit --events-file my.parquet --coefficients C9,C10 --column-map dc10=c10_gen \\
+      --events-per-set 24000 --sets 20 --out out/mine-c9c10.csv
+\b
   # delta C10 free as well, on a delta C9-only dataset (its delta C10 is 0)
   wcscan fit --dataset out/events --coefficients C9,C10 --events-per-set 2000 --sets 50
 \b
@@ -29,8 +33,9 @@ Examples:
   wcscan fit --events-file my.parquet --level gen --nuisances bsz --events-per-set 24000 --sets 20
 
 Sets are consecutive disjoint blocks of each point's events, in stored (file) order. Without --dc9-column,
---dc9-true or a dc9 column the truth is unknown: bias, mse and the pulls are nan and sigma_crb is taken at
-the mean estimate. Every part is checked against the manifest's sha256 before it is used.
+--dc9-true, --truth or a dc9 column the truth is unknown: bias, mse and the pulls are nan and sigma_crb is
+taken at the mean estimate. With --coefficients on --events-file, each coefficient's truth column is its shift
+column (dc9, dc10, dc9p, dc10p; --column-map dc10=COL names another): the file has all of them or none. Every part is checked against the manifest's sha256 before it is used.
 
 The CSV has one row per point: dc9_true, n_sets, n_events, mean, bias, sigma, sigma_left, sigma_right,
 sigma_crb, sigma_over_crb, mse, pull_mean, pull_width, coverage_68, coverage_95 (of the intervals
@@ -61,7 +66,7 @@ COLUMNS = (
 )
 
 
-@click.command(epilog=EPILOG, short_help="Unbinned ML fit of delta C9 on sets, beside sigma_CRB.")
+@click.command(epilog=EPILOG, short_help="Unbinned ML fit of delta C9 (or several coefficients) on sets, beside sigma_CRB.")
 @click.option("--dataset", type=PATH, metavar="DIR", help="Dataset directory from 'wcscan generate' (or --events-file).")
 @click.option("--events-file", metavar="FILE",
               help="Your own events: FILE.parquet, or FILE.root[:TREE] (needs pip install 'wcscan[root]').")
@@ -74,6 +79,8 @@ COLUMNS = (
 @click.option("--dc9-column", metavar="COL",
               help="With --events-file: the file's true-dC9 column; one point per value (default: a dc9 column).")
 @click.option("--dc9-true", type=FINITE, default=None, help="With --events-file: all rows are one point at this dC9.")
+@click.option("--truth", type=TRUTH, default=None, metavar="dc9=V,dc10=V",
+              help="With --events-file: all rows are one point with these true shifts, one per fitted coefficient.")
 @click.option("--q2-window", "q2_windows", type=WINDOW, multiple=True,
               help="With --events-file: q2 window of the events in GeV^2; repeat for several (default: 1.1,6.0).")
 @click.option("--nuisances", type=click.Choice(["none", "bsz", "bsz+pc"]), default="none", show_default=True,
@@ -86,10 +93,10 @@ COLUMNS = (
               help="With --nuisances bsz: the form-factor prior's widths times S (> 0)  [default: 1]")
 @click.option("--out", type=PATH, metavar="FILE.csv", help="Write the per-point table as CSV, and its figure (.png) beside it.")
 @common_options
-def fit(dataset, events_file, events_per_set, sets, level, column_map, dc9_column, dc9_true, q2_windows, nuisances,
-        coefficients, prior_scale, out, quiet, verbose):
-    """Cut each scan point's events into disjoint sets, fit delta C9 on each with an unbinned maximum-likelihood
-    fit, and summarise per point beside the Cramer-Rao bound sigma_CRB."""
+def fit(dataset, events_file, events_per_set, sets, level, column_map, dc9_column, dc9_true, truth, q2_windows,
+        nuisances, coefficients, prior_scale, out, quiet, verbose):
+    """Cut each scan point's events into disjoint sets, fit delta C9 (or several coefficients jointly) on each
+    with an unbinned maximum-likelihood fit, and summarise per point beside the Cramer-Rao bound sigma_CRB."""
     from rich import box
     from rich.table import Table
 
@@ -98,7 +105,7 @@ def fit(dataset, events_file, events_per_set, sets, level, column_map, dc9_colum
 
     res = fit_job(events_per_set, sets, dataset, events_file, level, column_map, dc9_column, dc9_true,
                   list(q2_windows) or None, out, progress_factory(quiet), nuisances=nuisances, prior_scale=prior_scale,
-                  coefficients=coefficients)
+                  coefficients=coefficients, truth=truth)
     console = stdout()
     if res.rows and "mean" not in res.rows[0]:
         _print_joint(console, res, sets, events_per_set, nuisances)

@@ -42,6 +42,7 @@ FINITE = GrammarType("VALUE", grammar.parse_finite)
 COUNTS = GrammarType("N,N,...", grammar.parse_counts)
 SHIFT = GrammarType("NAME=VALUES", grammar.parse_shift)
 COEFFICIENTS = GrammarType("C9,C10,...", grammar.parse_coefficients)
+TRUTH = GrammarType("NAME=VALUE,...", grammar.parse_truth)
 DESIGN = GrammarType("grid|sobol:N|lhs:N", grammar.parse_design)
 
 

@@ -14,7 +14,7 @@ import math
 from kernels.errors import ConfigError
 
 __all__ = ["parse_finite", "parse_dc9", "parse_window", "parse_column_map", "parse_counts", "distinct",
-           "parse_shift", "parse_coefficients", "parse_design", "scan_design"]
+           "parse_shift", "parse_coefficients", "parse_truth", "parse_design", "scan_design"]
 
 
 def parse_finite(text: str, what: str = "value") -> float:
@@ -129,14 +129,16 @@ def parse_column_map(text: str) -> dict[str, str]:
     {'Q2': 'q2', 'ctl': 'cos_theta_mu'}
     """
     from kernels.event_store import COLUMNS
+    from kernels.theory import SHIFT_COLUMNS
 
+    names = (*COLUMNS, *SHIFT_COLUMNS.values())  # the events' columns, and each coefficient's truth column
     mapping: dict[str, str] = {}
     for item in text.split(","):
         name, sep, column = (s.strip() for s in item.partition("="))
         if not sep or not name or not column:
             raise ConfigError(f"{item.strip()!r}: expected NAME=COLUMN, e.g. q2=Q2")
-        if name not in (*COLUMNS, "dc9"):
-            raise ConfigError(f"{name!r} is not a wcscan column (one of {', '.join((*COLUMNS, 'dc9'))})")
+        if name not in names:
+            raise ConfigError(f"{name!r} is not a wcscan column (one of {', '.join(names)})")
         if column in mapping:
             raise ConfigError(f"column {column!r} is mapped twice")
         mapping[column] = name
@@ -170,6 +172,27 @@ def parse_coefficients(text: str) -> list[str]:
     if any(not item.strip() for item in items):
         raise ConfigError(f"{text!r}: empty name in the comma list")
     return list(shift_columns(items))
+
+
+def parse_truth(text: str) -> dict[str, float]:
+    """``--truth NAME=VALUE,...``: the true shift of each coefficient (any name :func:`kernels.design.shift_column`
+    reads), keyed by shift column.
+
+    >>> parse_truth("C9=-0.8,dc10=0.25")
+    {'dc9': -0.8, 'dc10': 0.25}
+    """
+    from kernels.design import shift_column
+
+    truth: dict[str, float] = {}
+    for item in str(text).split(","):
+        name, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or not name or not value:
+            raise ConfigError(f"{item.strip()!r}: expected NAME=VALUE, e.g. dc9=-0.8")
+        col = shift_column(name)
+        if col in truth:
+            raise ConfigError(f"--truth names {col} twice")
+        truth[col] = parse_finite(value, f"--truth {name}")
+    return truth
 
 
 def parse_design(text: str) -> tuple[str, int | None]:

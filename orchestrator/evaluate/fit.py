@@ -1,21 +1,12 @@
-"""Unbinned maximum-likelihood fits of delta C9 on sets drawn from a dataset or a user's events.
+"""Unbinned maximum-likelihood fits of delta C9 (or of several coefficients jointly) on sets drawn from a dataset.
 
 For each scan point, the first ``sets * events_per_set`` events are cut into
 ``sets`` disjoint, consecutive sets of ``events_per_set`` events; each set is
 fitted, and the ensemble of estimates is summarised beside the Cramer-Rao
 bound ``sigma_crb`` into one row per point (:data:`POINT_COLUMNS`).
 :func:`fit_point` does this for one point; :func:`fit_dataset` applies it to
-each point of an event dataset, :func:`fit_events_file` to the points of a
-user's Parquet (or ROOT) file of events:
-
-- with a ``dc9`` column (or ``dc9_column=NAME``), rows are grouped by its
-  value, one point per distinct value, in ascending order; within a point the
-  rows keep the file's order;
-- with ``dc9_true=VALUE``, all rows are one point with that truth (any ``dc9``
-  column is ignored);
-- otherwise all rows are one point whose truth is unknown (NaN): ``dc9_true``,
-  ``bias``, ``mse`` and the pulls are NaN, and ``sigma_crb`` is evaluated at
-  the mean estimate instead of the truth.
+each point of an event dataset. A user's own file of events is read and
+grouped into points by :mod:`orchestrator.evaluate.events_file`.
 """
 
 from __future__ import annotations
@@ -24,36 +15,29 @@ import csv
 import io
 import logging
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from kernels.errors import ConfigError, DatasetError
-from kernels.event_store import COLUMNS, LEVELS, load_events, read_event_manifest, read_point, validate_events
+from kernels.event_store import COLUMNS, LEVELS, read_event_manifest, read_point, validate_events
 from kernels.files import atomic_write_text
 from kernels.metrics import NUISANCE_COLUMNS, POINT_COLUMNS
-from kernels.theory import SCAN_COEFFICIENTS
 from orchestrator.config.checks import positive_int
 from orchestrator.evaluate.joint import fitted_coefficients
 
 __all__ = [
     "POINT_COLUMNS",
-    "EventsPoint",
     "fit_point",
     "fit_dataset",
-    "read_events_file",
-    "fit_events_points",
-    "fit_events_file",
     "write_points_csv",
     "Profiled",
     "check_nuisances",
     "refuse_short_points",
-    "refuse_short_events",
     "csv_cell",
     "profiled_theory",
 ]
@@ -269,166 +253,6 @@ def profiled_theory(ntable: Any, prior_scale: float) -> Callable[[list, Any, Any
         return Profiled(ntable, prior_scale, profile_normalisation(ntable, model))
 
     return theory
-
-
-# --- a user's events ------------------------------------------------------------
-
-
-class EventsPoint(NamedTuple):
-    """The events of one point of a user's file and their truth (NaN when unknown)."""
-
-    dc9_true: float
-    events: pa.Table
-
-
-def _column_map(column_map: Mapping[str, str] | None, dc9_column: str | None) -> dict[str, str]:
-    """The file -> wcscan column map, with ``dc9_column`` mapped to ``dc9``."""
-    cm = dict(column_map or {})
-    if dc9_column is None:
-        return cm
-    if cm.get(dc9_column, "dc9") != "dc9":
-        raise ConfigError(f"--dc9-column {dc9_column!r} is also mapped to {cm[dc9_column]!r} by --column-map")
-    other = [k for k, v in cm.items() if v == "dc9" and k != dc9_column]
-    if other:
-        raise ConfigError(f"--dc9-column {dc9_column!r} and --column-map dc9={other[0]} name two truth columns")
-    cm[dc9_column] = "dc9"
-    return cm
-
-
-def read_events_file(
-    path: str | os.PathLike,
-    column_map: Mapping[str, str] | None = None,
-    windows: Sequence[tuple[float, float]] | None = None,
-    *,
-    dc9_column: str | None = None,
-    dc9_true: float | None = None,
-) -> list[EventsPoint]:
-    """Load, validate and group a user's events into points (see the module docstring).
-
-    ``column_map`` maps the file's column names to wcscan's; ``dc9_column``
-    names the file's truth column (default: a ``dc9`` column if there is one).
-    The events are validated against ``windows`` (default 1.1 to 6.0 GeV^2);
-    every problem is a one-line DatasetError naming the file, the column and
-    the number of rows.
-    """
-    from kernels import theory
-
-    if dc9_column is not None and dc9_true is not None:
-        raise ConfigError("give --dc9-column or --dc9-true, not both")
-    if dc9_true is not None:
-        try:
-            dc9_true = float(dc9_true)
-        except (TypeError, ValueError):
-            raise ConfigError(f"--dc9-true must be a number, got {dc9_true!r}") from None
-        if not math.isfinite(dc9_true):
-            raise ConfigError(f"--dc9-true must be finite, got {dc9_true!r}")
-    windows = [tuple(map(float, w)) for w in theory.validate_windows(windows or theory.DEFAULT_WINDOWS)]
-    source = os.fspath(path)
-    table = load_events(path, _column_map(column_map, dc9_column))
-    names = table.column_names
-    twice = sorted({c for c in names if names.count(c) > 1 and c in (*COLUMNS, "dc9")})
-    if twice:
-        raise DatasetError(
-            f"{source}: two columns are named {twice[0]!r} after the column map ({table.num_rows} rows); "
-            "map only one of them"
-        )
-    validate_events(table, source, q2_windows=windows)
-    if dc9_true is not None:
-        return [EventsPoint(dc9_true, table)]
-    if "dc9" not in names:
-        if dc9_column is not None:  # load_events refuses an absent mapped column; kept for safety
-            raise DatasetError(f"{source}: no column {dc9_column!r} ({table.num_rows} rows)")
-        log.info("%s: no dc9 column: one point, truth unknown", source)
-        return [EventsPoint(math.nan, table)]
-
-    col = f"column {dc9_column!r} (dc9)" if dc9_column not in (None, "dc9") else "column 'dc9'"
-    typ = table.schema.field("dc9").type
-    if not (pa.types.is_floating(typ) or pa.types.is_integer(typ)):
-        raise DatasetError(
-            f"{source}: {col} has type {typ}, expected a number ({table.num_rows} rows affected)"
-        )
-    dc9 = table.column("dc9").to_numpy(zero_copy_only=False).astype(np.float64)
-    n_bad = int(np.count_nonzero(~np.isfinite(dc9)))
-    if n_bad:
-        raise DatasetError(f"{source}: {col} has {n_bad} non-finite or null value(s) of {table.num_rows} rows")
-    if dc9.size == 0:
-        return [EventsPoint(math.nan, table)]
-    order = np.argsort(dc9, kind="stable")  # one pass; rows keep the file's order within a point
-    values, starts = np.unique(dc9[order], return_index=True)
-    bounds = [*starts.tolist(), dc9.size]
-    return [
-        EventsPoint(float(v), table.take(order[bounds[i] : bounds[i + 1]]))
-        for i, v in enumerate(values)
-    ]
-
-
-def refuse_short_events(points: Sequence[EventsPoint], events_per_set: int, sets: int, source: str = "events") -> None:
-    """A DatasetError when there are no points, or naming the first with fewer than ``sets * events_per_set`` events."""
-    if not points:
-        raise DatasetError(f"{source}: no events")
-    need = events_per_set * sets
-    short = [(i, p) for i, p in enumerate(points) if p.events.num_rows < need]
-    if short:
-        i, p = short[0]
-        at = f"point {i} (dc9={p.dc9_true:g}) has" if math.isfinite(p.dc9_true) else "has"
-        more = f"; {len(short) - 1} more point(s) are short too" if len(short) > 1 else ""
-        raise DatasetError(
-            f"{source}: {at} {p.events.num_rows} events, needs {need} "
-            f"({sets} sets x {events_per_set} events){more}"
-        )
-
-
-def fit_events_points(
-    points: Sequence[EventsPoint],
-    events_per_set: int,
-    sets: int,
-    windows: Sequence[tuple[float, float]] | None = None,
-    level: str = "gen",
-    detector: Any = None,
-    progress: Callable[[int], None] | None = None,
-    *,
-    source: str = "events",
-    profiled: Callable[[list, Any, Any], Profiled] | None = None,
-) -> list[dict]:
-    """Fit the points of :func:`read_events_file`; one row per point (:data:`POINT_COLUMNS`).
-
-    ``level`` picks the pdf: at ``det`` and ``det_bkg`` it includes the
-    acceptance and background of ``detector`` (a DetectorConfig or a dict of
-    its settings; default: the toy's defaults). Every point's event count is
-    checked before any fit runs.
-    """
-    positive_int(events_per_set, "--events-per-set")
-    positive_int(sets, "--sets")
-    if level not in LEVELS:
-        raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    refuse_short_events(points, events_per_set, sets, source)
-
-    from kernels import detector as detector_module
-    from kernels import theory
-
-    windows = theory.validate_windows(windows or theory.DEFAULT_WINDOWS)
-    table = theory.jtable(list(SCAN_COEFFICIENTS), windows)
-    det = detector if isinstance(detector, detector_module.DetectorConfig) else (
-        detector_module.DetectorConfig.from_dict(detector)
-    )
-    model = det.pdf_model(level, table.windows)
-    prof = None if profiled is None else profiled(list(SCAN_COEFFICIENTS), table.windows, model)
-    return [
-        fit_point(table, model, p.events, p.dc9_true, events_per_set, sets,
-                  label=f"point {i}", source=source, progress=progress, profiled=prof)
-        for i, p in enumerate(points)
-    ]
-
-
-def fit_events_file(path: str | os.PathLike, column_map: Mapping[str, str] | None, events_per_set: int, sets: int,
-                    *, dc9_column: str | None = None, dc9_true: float | None = None, **options) -> list[dict]:
-    """Fit a user's events file: :func:`read_events_file`, then :func:`fit_events_points` (``options``).
-
-    ``path`` is a Parquet file, or a ROOT file ``F.root`` / ``F.root:TREE``
-    (needs uproot: ``pip install 'wcscan[root]'``). Returns one row per point.
-    """
-    points = read_events_file(path, column_map, options.get("windows"), dc9_column=dc9_column, dc9_true=dc9_true)
-    return fit_events_points(points, events_per_set, sets, source=os.fspath(path), **options)
 
 
 def csv_cell(value) -> str:

@@ -82,7 +82,7 @@ def _ellipse(ax, centre, sx, sy, rho, level: float = 0.68, **kw):
 
 def plot_joint_fit(rows: Sequence[Mapping], shifts: Sequence[str], path: Path, title: str = "") -> Path:
     """A joint fit of several coefficients, one panel per pair: at each point the truth, the bound's 68%
-    region around it (sigma_CRB and its correlation), and the estimates' mean with their own 68% region (the
+    region around it (sigma_CRB and its correlation; around the mean estimate when the truth is unknown), and the estimates' mean with their own 68% region (the
     spread and correlation over sets). Drawn from the rows alone (``points.csv``)."""
     plt = _pyplot()
     shifts = list(shifts)
@@ -100,7 +100,8 @@ def plot_joint_fit(rows: Sequence[Mapping], shifts: Sequence[str], path: Path, t
             m = (float(r[f"mean_{a}"]), float(r[f"mean_{b}"]))
             first = k == 0
             ax.plot(*t, "k+", ms=8, label="truth" if first else None)
-            _ellipse(ax, t, float(r[f"sigma_crb_{a}"]), float(r[f"sigma_crb_{b}"]), float(r[f"corr_crb_{a}_{b}"]),
+            at = t if np.isfinite(t).all() else m  # the truth unknown: the bound at the mean estimate
+            _ellipse(ax, at, float(r[f"sigma_crb_{a}"]), float(r[f"sigma_crb_{b}"]), float(r[f"corr_crb_{a}_{b}"]),
                      color="k", lw=1.2, label="σ_CRB, 68%" if first else None)
             ax.plot(*m, "o", color="C0", ms=3, label="mean estimate" if first else None)
             _ellipse(ax, m, float(r[f"sigma_{a}"]), float(r[f"sigma_{b}"]), float(r[f"corr_{a}_{b}"]),

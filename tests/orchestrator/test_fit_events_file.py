@@ -23,7 +23,8 @@ import kernels.theory
 from kernels.errors import ConfigError, DatasetError
 from kernels.event_store import COLUMNS, load_events
 from orchestrator.cli import main
-from orchestrator.evaluate.fit import POINT_COLUMNS, fit_events_file, read_events_file
+from orchestrator.evaluate.events_file import fit_events_file, read_events_file
+from orchestrator.evaluate.fit import POINT_COLUMNS
 
 
 def events(n: int, seed: int = 0, **extra) -> dict[str, np.ndarray]:

@@ -131,6 +131,65 @@ def test_fit_frees_a_coefficient_the_dataset_does_not_scan_and_refuses_to_drop_o
     assert "listed twice" in capsys.readouterr().err
 
 
+def _users_file(dataset: Path, path: Path, rename: dict[str, str]) -> Path:
+    """The dataset's four points in one Parquet file, interleaved, its columns renamed as a user's might be."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((dataset / MANIFEST).read_text())
+    parts = [read_point(dataset, manifest, "gen", i).slice(0, 4000) for i in range(4)]
+    # interleave the points row by row: the file's order within a point must survive the grouping
+    table = pa.concat_tables(parts).take(np.arange(16000).reshape(4, 4000).T.ravel())
+    pq.write_table(table.rename_columns([rename.get(c, c) for c in table.column_names]), path)
+    return path
+
+
+def test_a_users_events_are_fitted_jointly_grouped_by_their_truth_vector(c9c10_dataset, tmp_path, capsys):
+    from orchestrator.jobs.fit import fit_job
+
+    path = _users_file(c9c10_dataset, tmp_path / "mine.parquet", {"dc10": "c10_gen", "q2": "Q2"})
+    expected = fit_job(2000, 2, dataset=c9c10_dataset).rows  # the same events, in the same order per point
+    out = tmp_path / "mine.csv"
+    assert main(["fit", "--events-file", str(path), "--coefficients", "C9,C10", "--column-map", "dc10=c10_gen,q2=Q2",
+                 "--events-per-set", "2000", "--sets", "2", "--out", str(out), "-q"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(float(r["dc9_true"]), float(r["dc10_true"])) for r in rows] == [(-1, 0), (-1, 0.5), (0, 0), (0, 0.5)]
+    assert list(rows[0]) == list(expected[0])
+    for got, want in zip(rows, expected):
+        for key in ("mean_dc9", "mean_dc10", "sigma_crb_dc10", "corr_crb_dc9_dc10", "joint_coverage_68"):
+            assert float(got[key]) == pytest.approx(want[key], rel=1e-12, nan_ok=True), key
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert "Joint ML fit of dc9, dc10" in capsys.readouterr().out
+
+    one = tmp_path / "one.parquet"  # one point of known truth, given on the command line
+    _users_file(c9c10_dataset, one, {})
+    (row,) = fit_job(1000, 2, events_file=str(one), coefficients=["C9", "C10"], truth={"dc9": 0.0, "dc10": 0.5}).rows
+    assert (row["dc9_true"], row["dc10_true"]) == (0.0, 0.5) and np.isfinite(row["bias_dc10"])
+    (unknown,) = fit_job(1000, 2, events_file=str(_users_file(c9c10_dataset, tmp_path / "u.parquet",
+                                                             {"dc9": "a", "dc10": "b"})),
+                         coefficients=["C9", "C10"]).rows
+    assert np.isnan(unknown["bias_dc9"]) and np.isnan(unknown["joint_coverage_68"])
+    assert unknown["sigma_crb_dc10"] > 0  # the bound at the mean estimate
+
+
+@pytest.mark.parametrize("extra, rename, message", [
+    (("--coefficients", "C9,C10"), {"dc10": "x"}, "has a truth column for dc9 but not for dc10"),
+    (("--coefficients", "C9,C10", "--dc9-true", "0"), {}, "--dc9-true sets delta C9 alone"),
+    (("--coefficients", "C9,C10", "--truth", "dc9=0"), {}, "the fit needs exactly dc9, dc10"),
+    (("--coefficients", "C9,C10", "--truth", "dc9=0,dc10=inf"), {}, "not a finite number"),
+    (("--coefficients", "C10",), {}, "--coefficients dc10 alone on --events-file"),
+    (("--coefficients", "C9,C10", "--column-map", "dc10=q2"), {}, "two columns are named 'dc10'"),
+])
+def test_bad_joint_events_file_options_are_one_line_exit_2(c9c10_dataset, tmp_path, capsys, extra, rename, message):
+    path = _users_file(c9c10_dataset, tmp_path / "mine.parquet", rename)
+    out = tmp_path / "x.csv"
+    assert main(["fit", "--events-file", str(path), *extra, "--events-per-set", "100", "--sets", "1",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def test_joint_bounds_from_one_fisher_matrix(tmp_path):
     """The joint bounds on small tables (two form factors): alone <= marginal <= profiled, the marginal bound
     is the inverse Fisher matrix's, and a vanishing prior gives back the fixed-theory bound."""
