@@ -80,37 +80,76 @@ def _ellipse(ax, centre, sx, sy, rho, level: float = 0.68, **kw):
     ax.plot(centre[0] + xy[0], centre[1] + xy[1], **kw)
 
 
+def _label(shift: str) -> str:
+    """``dc10p`` -> ``δC10′``."""
+    return f"δ{shift[1:].upper().replace('P', chr(8242))}"
+
+
+def _gaussian(ax, centre: float, sigma: float, **kw) -> None:
+    """The density of N(centre, sigma^2) over centre +- 3.5 sigma (nothing when either is not finite)."""
+    if not (np.isfinite(centre) and np.isfinite(sigma) and sigma > 0):
+        return
+    x = centre + sigma * np.linspace(-3.5, 3.5, 141)
+    ax.plot(x, np.exp(-0.5 * ((x - centre) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi)), **kw)
+
+
 def plot_joint_fit(rows: Sequence[Mapping], shifts: Sequence[str], path: Path, title: str = "") -> Path:
-    """A joint fit of several coefficients, one panel per pair: at each point the truth, the bound's 68%
-    region around it (sigma_CRB and its correlation; around the mean estimate when the truth is unknown), and the estimates' mean with their own 68% region (the
-    spread and correlation over sets). Drawn from the rows alone (``points.csv``)."""
+    """A corner plot of a joint fit of several coefficients. Below the diagonal, one panel per pair: at each
+    point the truth, the bound's 68% region around it (sigma_CRB and its correlation; around the mean
+    estimate when the truth is unknown), and the estimates' mean with their own 68% region (the spread and
+    correlation over sets). On the diagonal, each coefficient's marginal at every point: the bound's
+    Gaussian N(truth, sigma_CRB^2) beside the estimates' N(mean, sigma^2). Drawn from the rows alone
+    (``points.csv``)."""
     plt = _pyplot()
     shifts = list(shifts)
-    pairs = [(i, j) for j in range(len(shifts)) for i in range(j)]
-    n = len(shifts) - 1
-    fig, axes = plt.subplots(n, n, figsize=(4.6 * n + 0.6, 4.2 * n), squeeze=False)
+    n = len(shifts)
+    fig, axes = plt.subplots(n, n, figsize=(3.9 * n + 0.6, 3.6 * n), squeeze=False)
     for ax in axes.ravel():
         ax.set_visible(False)
-    for i, j in pairs:
-        a, b = shifts[i], shifts[j]
-        ax = axes[j - 1, i]
+
+    def centre(r, a):
+        t, m = float(r[f"{a}_true"]), float(r[f"mean_{a}"])
+        return (t if np.isfinite(t) else m), m
+
+    for i, a in enumerate(shifts):  # the diagonal: the marginal densities
+        ax = axes[i, i]
         ax.set_visible(True)
         for k, r in enumerate(rows):
-            t = (float(r[f"{a}_true"]), float(r[f"{b}_true"]))
-            m = (float(r[f"mean_{a}"]), float(r[f"mean_{b}"]))
-            first = k == 0
-            ax.plot(*t, "k+", ms=8, label="truth" if first else None)
-            at = t if np.isfinite(t).all() else m  # the truth unknown: the bound at the mean estimate
-            _ellipse(ax, at, float(r[f"sigma_crb_{a}"]), float(r[f"sigma_crb_{b}"]), float(r[f"corr_crb_{a}_{b}"]),
-                     color="k", lw=1.2, label="σ_CRB, 68%" if first else None)
-            ax.plot(*m, "o", color="C0", ms=3, label="mean estimate" if first else None)
-            _ellipse(ax, m, float(r[f"sigma_{a}"]), float(r[f"sigma_{b}"]), float(r[f"corr_{a}_{b}"]),
-                     color="C0", lw=1.2, ls="--", label="estimates, 68%" if first else None)
-        ax.set_xlabel(f"δ{a[1:].upper().replace('P', chr(8242))}")
-        ax.set_ylabel(f"δ{b[1:].upper().replace('P', chr(8242))}")
+            at, m = centre(r, a)
+            _gaussian(ax, at, float(r[f"sigma_crb_{a}"]), color="k", lw=1.0)
+            _gaussian(ax, m, float(r[f"sigma_{a}"]), color="C0", lw=1.0, ls="--")
+        ax.set_yticks([])
+        ax.set_xlabel(_label(a))
+        ax.set_title(f"{_label(a)}: marginal", fontsize=9)
         ax.grid(alpha=0.3)
-        if (i, j) == pairs[0]:  # below the panel: the points fill the design's corners
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=4, fontsize=8, frameon=False)
+    for j in range(n):  # below the diagonal: each pair's 68% regions
+        for i in range(j):
+            a, b = shifts[i], shifts[j]
+            ax = axes[j, i]
+            ax.set_visible(True)
+            for k, r in enumerate(rows):
+                t = (float(r[f"{a}_true"]), float(r[f"{b}_true"]))
+                m = (float(r[f"mean_{a}"]), float(r[f"mean_{b}"]))
+                first = k == 0
+                ax.plot(*t, "k+", ms=8, label="truth" if first else None)
+                at = t if np.isfinite(t).all() else m  # the truth unknown: the bound at the mean estimate
+                _ellipse(ax, at, float(r[f"sigma_crb_{a}"]), float(r[f"sigma_crb_{b}"]), float(r[f"corr_crb_{a}_{b}"]),
+                         color="k", lw=1.2, label="σ_CRB, 68%" if first else None)
+                ax.plot(*m, "o", color="C0", ms=3, label="mean estimate" if first else None)
+                _ellipse(ax, m, float(r[f"sigma_{a}"]), float(r[f"sigma_{b}"]), float(r[f"corr_{a}_{b}"]),
+                         color="C0", lw=1.2, ls="--", label="estimates, 68%" if first else None)
+            ax.set_xlabel(_label(a))
+            ax.set_ylabel(_label(b))
+            ax.grid(alpha=0.3)
+    for i in range(n - 1):  # a diagonal panel shares its column's axis
+        axes[i, i].set_xlim(axes[n - 1, i].get_xlim())
+    if n > 1:  # the legend in the empty corner above the diagonal
+        handles, labels = axes[1, 0].get_legend_handles_labels()
+        legend = axes[0, n - 1]
+        legend.set_visible(True)
+        legend.axis("off")
+        legend.legend(handles, labels, loc="center", fontsize=9, frameon=False,
+                      title="diagonal: bound's (solid) and\nestimates' (dashed) Gaussians", title_fontsize=8)
     return _finish(plt, fig, path, title)
 
 

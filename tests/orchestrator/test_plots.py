@@ -59,3 +59,43 @@ def test_the_luminosity_section_puts_each_estimator_beside_the_bound_at_its_set_
     assert "9.0" not in text  # only the point at δC9 = 0
     png = plots.plot_luminosity_bounds(rows, tmp_path / "l.png", estimators={"ml_fit_profiled": (24000, 0.0142)})
     assert png.stat().st_size > 0
+
+
+def _joint_row(t9, t10, mean9, mean10, s9=0.04, s10=0.09):
+    return {"dc9_true": t9, "dc10_true": t10, "mean_dc9": mean9, "mean_dc10": mean10, "sigma_dc9": s9,
+            "sigma_dc10": s10, "sigma_crb_dc9": 0.04, "sigma_crb_dc10": 0.09, "corr_dc9_dc10": -0.3,
+            "corr_crb_dc9_dc10": -0.25}
+
+
+def test_the_joint_fit_corner_plot_has_each_marginal_on_its_diagonal(tmp_path, monkeypatch):
+    from orchestrator.report import plots
+
+    saved = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (saved.append(fig), real(fig, path))[1])
+    rows = [_joint_row(-1.0, 0.0, -0.98, 0.01, s9=0.05), _joint_row(0.0, 0.5, 0.0, 0.5)]
+    plots.plot_joint_fit(rows, ["dc9", "dc10"], tmp_path / "corner.png")
+    axes = saved[0].axes
+    grid = np.array(axes).reshape(2, 2)
+    diag = grid[0, 0]
+    assert diag.get_visible() and grid[1, 1].get_visible() and grid[1, 0].get_visible()
+    assert not grid[0, 1].lines  # the empty corner holds the legend only
+    peaks = sorted((float(ln.get_xdata()[np.argmax(ln.get_ydata())]), float(ln.get_ydata().max()))
+                   for ln in diag.lines)
+    # per point the bound's Gaussian at the truth and the estimates' at their mean, with 1 / (sigma sqrt(2 pi))
+    np.testing.assert_allclose([p[0] for p in peaks], [-1.0, -0.98, 0.0, 0.0], atol=1e-9)
+    heights = {round(x, 2): h for x, h in peaks}
+    assert heights[-0.98] == pytest.approx(1 / (0.05 * np.sqrt(2 * np.pi)))
+    assert diag.get_xlim() == grid[1, 0].get_xlim()  # the diagonal shares its column's axis
+
+
+def test_the_corner_plot_centres_the_bound_on_the_mean_when_the_truth_is_unknown(tmp_path, monkeypatch):
+    from orchestrator.report import plots
+
+    saved = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (saved.append(fig), real(fig, path))[1])
+    plots.plot_joint_fit([_joint_row(np.nan, np.nan, 0.3, -0.2)], ["dc9", "dc10"], tmp_path / "c.png")
+    diag = np.array(saved[0].axes).reshape(2, 2)[0, 0]
+    centres = [float(ln.get_xdata()[np.argmax(ln.get_ydata())]) for ln in diag.lines]
+    np.testing.assert_allclose(centres, [0.3, 0.3], atol=1e-9)
