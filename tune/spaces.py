@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from ray import tune
 
-__all__ = ["MODELS", "resnet_space", "deepsets_space", "space_for"]
+__all__ = ["MODELS", "JOINT_MODELS", "resnet_space", "deepsets_space", "space_for", "joint_space"]
 
 MODELS = ("resnet3d", "deepsets")
+#: The joint job's learned estimators (several coefficients, any N), swept by ``wcscan tune --config``.
+JOINT_MODELS = ("event_ratio", "deepsets", "resnet3d")
 
 
 def resnet_space(tiny: bool = False) -> dict:
@@ -92,3 +94,30 @@ def space_for(model: str, tiny: bool = False, head: str = "point") -> dict:
     if head == "gaussian":
         space.update(head="gaussian", loss="beta_nll")
     return space
+
+
+def joint_space(model: str, tiny: bool = False) -> dict:
+    """The space of a joint model (:data:`JOINT_MODELS`): keys are the field paths of its section of a joint
+    run config (``models.<model>``: ``hidden``, ``rho_train.lr``, ...), the values what a trial sets there.
+
+    >>> sorted(joint_space("deepsets"))
+    ['hidden', 'phi_layers', 'phi_train.lr', 'rho_hidden', 'rho_layers', 'rho_train.batch_size', 'rho_train.lr']
+    >>> joint_space("event_ratio", tiny=True)["hidden"].categories
+    [8, 16]
+    """
+    from kernels.errors import ConfigError
+
+    small = (lambda *v: tune.choice(list(v[:2]))) if tiny else (lambda *v: tune.choice(list(v)))
+    if model == "event_ratio":
+        return {"hidden": small(8, 16) if tiny else tune.choice([64, 128, 256]), "layers": small(2, 3, 4),
+                "train.lr": tune.loguniform(1e-3, 1e-2), "train.batch_size": small(1024, 2048, 4096)}
+    if model == "deepsets":
+        return {"hidden": small(8, 16) if tiny else tune.choice([32, 64, 128]), "phi_layers": small(2, 3),
+                "rho_hidden": small(8, 16) if tiny else tune.choice([32, 64, 128]), "rho_layers": small(2, 3),
+                "phi_train.lr": tune.loguniform(1e-3, 1e-2), "rho_train.lr": tune.loguniform(3e-4, 3e-3),
+                "rho_train.batch_size": small(16, 32) if tiny else tune.choice([256, 512, 1024])}
+    if model == "resnet3d":
+        return {"width": small(4, 8) if tiny else tune.choice([8, 16, 32]), "blocks": small(1, 2),
+                "rho_hidden": small(8, 16) if tiny else tune.choice([64, 128]), "rho_layers": small(2, 3),
+                "phi_train.lr": tune.loguniform(5e-4, 5e-3), "rho_train.lr": tune.loguniform(3e-4, 3e-3)}
+    raise ConfigError(f"a joint sweep's model must be one of {', '.join(JOINT_MODELS)}, got {model!r}")

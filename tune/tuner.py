@@ -27,7 +27,8 @@ from pathlib import Path
 from kernels.errors import ConfigError
 from tune.trainables import DataSpec, load_checkpoint, make_trainable
 
-__all__ = ["SEARCHES", "SCHEDULERS", "CRASH_ENV", "SweepResult", "run_sweep", "best_checkpoint", "load_checkpoint"]
+__all__ = ["SEARCHES", "SCHEDULERS", "CRASH_ENV", "SweepResult", "run_sweep", "sweep", "best_checkpoint",
+           "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class SweepResult:
     #: One line, when the tracking store stopped answering: what it did not get and how to log it later.
     unlogged: str | None = None
     errors: int = 0
+    #: A joint sweep's (``wcscan tune --config``): every estimator's evaluation beside the best, and the report.
+    evaluations: list = field(default_factory=list)
+    report: Path | None = None
 
 
 def _scheduler(name: str, epochs: int):
@@ -122,9 +126,6 @@ def run_sweep(
 
     Ray should be running (``ray.init``); Tune starts a local one otherwise.
     """
-    import ray
-    from ray import tune
-
     from tune.spaces import space_for
 
     if num_samples < 1:
@@ -142,21 +143,58 @@ def run_sweep(
     space = space_for(model, tiny)
     if spec.images is not None and model == "resnet3d":
         space.pop("bins", None)  # fixed by the image dataset
-    sched = _scheduler(scheduler, epochs)
-    out.mkdir(parents=True, exist_ok=True)  # after every check: a refused sweep leaves nothing behind
-    if max_concurrent is None:
-        cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else (os.cpu_count() or 1)
-        max_concurrent = max(1, int(cpus // cpus_per_trial))
-    storage_path = _storage(out, storage)
-    name = name or model
-    path = f"{storage_path.rstrip('/')}/{name}"
     pools = None
     if data == "object-store" and not (model == "resnet3d" and spec.images is not None):
         from kernels.event_store import read_pools
 
         pools = read_pools(spec.dataset)  # once, on the driver; tune.with_parameters puts them in the object store
-    trainable = make_trainable(spec, cpus_per_trial, gpus_per_trial, pools)
+    res = sweep(make_trainable(spec, cpus_per_trial, gpus_per_trial, pools), space, out, name or model,
+                num_samples=num_samples, max_t=epochs, search=search, scheduler=scheduler, storage=storage,
+                resume=resume, max_concurrent=max_concurrent, cpus_per_trial=cpus_per_trial, seed=seed, stop=stop,
+                callbacks=callbacks, verbose=verbose,
+                settings=dict(model=model, gpus_per_trial=gpus_per_trial, tiny=tiny, data=data))
+    res.spec = spec
+    return res
 
+
+def sweep(
+    trainable,
+    space: dict,
+    out: str | os.PathLike,
+    name: str,
+    *,
+    num_samples: int,
+    max_t: int,
+    search: str = "optuna",
+    scheduler: str = "asha",
+    storage: str | None = None,
+    resume: bool = False,
+    max_concurrent: int | None = None,
+    cpus_per_trial: float = 1,
+    seed: int = 0,
+    stop=None,
+    callbacks=None,
+    verbose: int = 0,
+    settings: dict | None = None,
+) -> SweepResult:
+    """Run (or with ``resume`` continue) a sweep of any ``trainable`` (resources declared) over ``space``, at
+    ``STORAGE/name``: trials ranked by their lowest ``val_loss``, ASHA over ``max_t`` reports. ``settings`` go
+    into the result's beside the sweep's own. :func:`run_sweep` is this over a model family and a dataset."""
+    import ray
+    from ray import tune
+
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    if search not in SEARCHES:
+        raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    sched = _scheduler(scheduler, max_t)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # after every check: a refused sweep leaves nothing behind
+    if max_concurrent is None:
+        cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else (os.cpu_count() or 1)
+        max_concurrent = max(1, int(cpus // cpus_per_trial))
+    storage_path = _storage(out, storage)
+    path = f"{storage_path.rstrip('/')}/{name}"
     if resume:
         if not tune.Tuner.can_restore(path):
             raise ConfigError(f"nothing to resume at {path}; run without --resume first")
@@ -182,11 +220,11 @@ def run_sweep(
         )
     grid = tuner.fit()
     trials = _trial_rows(grid)
-    res = SweepResult(out, path, spec, trials=trials, errors=sum(t["error"] for t in trials),
+    res = SweepResult(out, path, None, trials=trials, errors=sum(t["error"] for t in trials),
                       interrupted=_interrupted(grid, num_samples),
-                      settings=dict(model=model, num_samples=num_samples, cpus_per_trial=cpus_per_trial,
-                                    gpus_per_trial=gpus_per_trial, search=search, scheduler=scheduler,
-                                    storage=storage_path, max_concurrent=max_concurrent, tiny=tiny, data=data))
+                      settings=dict(**(settings or {}), num_samples=num_samples, cpus_per_trial=cpus_per_trial,
+                                    search=search, scheduler=scheduler, storage=storage_path,
+                                    max_concurrent=max_concurrent))
     done = [t for t in trials if t["best_val_loss"] == t["best_val_loss"]]  # not NaN
     if done:
         best = min(done, key=lambda t: t["best_val_loss"])

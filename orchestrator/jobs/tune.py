@@ -30,7 +30,7 @@ from pathlib import Path
 from tune.trainables import retrain
 from tune.tuner import SweepResult, best_checkpoint, load_checkpoint, run_sweep
 
-__all__ = ["tune_job", "run_tune", "evaluate_network"]
+__all__ = ["tune_job", "run_tune", "evaluate_network", "log_trial"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _track(res: SweepResult, tracking_uri, experiment: str, eval_sets: int, resu
         for t in res.trials:
             if t["status"] == "NOT_STARTED":  # an interrupted sweep's pending trial: logged when resumed
                 continue
-            _log_trial(tracker, t, logged.get(t["trial_id"]))
+            log_trial(tracker, t, logged.get(t["trial_id"]))
         if res.interrupted:
             tracker.status = "KILLED"
             tracker.tags({"interrupted": "true"})
@@ -101,7 +101,7 @@ def _track(res: SweepResult, tracking_uri, experiment: str, eval_sets: int, resu
     res.unlogged = tracker.unlogged()
 
 
-def _log_trial(tracker, trial: dict, run_id: str | None) -> None:
+def log_trial(tracker, trial: dict, run_id: str | None) -> None:
     """A trial's child run: new (``run_id`` None), or reopened with only the epochs it does not hold yet."""
     with tracker.child(f"trial-{trial['trial_id']}", run_id=run_id):
         done = 0
