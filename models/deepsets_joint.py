@@ -26,6 +26,14 @@ mean and covariance of phi under c are ratios of the pooled moments ``sum_e b_e 
 ``Normal(mean(c), cov(c) / N)`` (the central limit), so :func:`synthetic_pooled` draws as many training sets
 as wanted, at any c and N, at no simulation cost. Sets simulated in full validate rho.
 
+**The summary's own fit.** The same moments give the summary's mean ``mu(c)`` and covariance ``Sigma(c)`` at any
+c, exactly in form. Once they are stored in the network (:meth:`JointDeepSets.set_moments`), :meth:`~JointDeepSets.estimate`
+starts from rho's estimate and takes Gauss-Newton steps on the set's Gaussian likelihood of its summary,
+``N (s - mu(c))^T Sigma(c)^{-1} (s - mu(c))`` (:func:`summary_fit`); the covariance is then the inverse of the
+summary's Fisher matrix ``N J^T Sigma^{-1} J`` (``J = d mu / d c``) at the estimate. So rho need only land near
+the answer: the last step is not learned. A set whose steps do not converge, or leave the box rho trained over,
+keeps rho's estimate and covariance.
+
 Training reuses the two stages of :mod:`models.deepsets_score` (:func:`~models.deepsets_score.pretrain_phi`,
 :func:`~models.deepsets_score.pooled_vectors`, :func:`~models.deepsets_score.train_rho`). Where the events and
 sets come from is the caller's business (:mod:`orchestrator.jobs.joint_deepsets`).
@@ -47,7 +55,7 @@ from models.event_posterior import FEATURES
 from models.features import N_EVENT_VARIABLES, as_events, mlp
 from models.heads import MultivariateGaussianHead, multivariate_estimates
 
-__all__ = ["JointDeepSets", "summary_moments", "synthetic_pooled"]
+__all__ = ["JointDeepSets", "summary_moments", "synthetic_pooled", "summary_fit"]
 
 
 class JointDeepSets(nn.Module):
@@ -85,6 +93,23 @@ class JointDeepSets(nn.Module):
             self.register_buffer(name, torch.ones(k, dtype=torch.float64))
         self.head = MultivariateGaussianHead(n)
         self.rho = mlp(k + 1, rho_hidden, rho_layers, MultivariateGaussianHead.units(n))
+        p = (n + 1) * (n + 2) // 2  # the monomials of c
+        self.register_buffer("moment0", torch.zeros(p, dtype=torch.float64))  # zero: no moments, rho alone
+        self.register_buffer("moment1", torch.zeros(p, k, dtype=torch.float64))
+        self.register_buffer("moment2", torch.zeros(p, k, k, dtype=torch.float64))
+        self.register_buffer("box", torch.zeros(n, 2, dtype=torch.float64))
+
+    def set_moments(self, moments, box) -> JointDeepSets:
+        """Store the summary's pooled moments (:func:`summary_moments`) and the box ``(n, 2)`` rho was trained
+        over: :meth:`estimate` then refines rho's estimates by the summary's own fit (module docstring)."""
+        for name, value in zip(("moment0", "moment1", "moment2"), moments):
+            getattr(self, name).copy_(torch.as_tensor(np.asarray(value), dtype=torch.float64))
+        self.box.copy_(torch.as_tensor(np.asarray(box), dtype=torch.float64))
+        return self
+
+    @property
+    def has_moments(self) -> bool:
+        return bool(self.moment0.abs().sum() > 0)
 
     def fit_features(self, events, max_events: int = 1_000_000) -> JointDeepSets:
         """Fit the event standardisation on training events ``(n, 4)``."""
@@ -114,12 +139,35 @@ class JointDeepSets(nn.Module):
         return self.finish(self.rho(p), p)
 
     @torch.no_grad()
-    def estimate(self, sets, batch: int = 8, event_chunk: int = 1 << 15, progress=None) -> tuple[np.ndarray, np.ndarray]:
-        """Estimates ``(M, n)`` and covariances ``(M, n, n)`` of sets ``(M, N, 4)`` (``progress(k)`` per batch)."""
+    def estimate(self, sets, batch: int = 8, event_chunk: int = 1 << 15, progress=None,
+                 refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Estimates ``(M, n)`` and covariances ``(M, n, n)`` of sets ``(M, N, 4)`` (``progress(k)`` per batch):
+        rho's, refined by the summary's own fit when the network holds its moments and ``refine``."""
         arr = as_events(sets)
         if arr.ndim != 3:
             raise ConfigError(f"sets must have shape (M, N, 4), got {arr.shape}")
-        return multivariate_estimates(self, arr, batch, progress, event_chunk=event_chunk)
+        if not (refine and self.has_moments):
+            return multivariate_estimates(self, arr, batch, progress, event_chunk=event_chunk)
+        pooled = []
+        was = self.training
+        self.eval()
+        dev = self.pooled_mean.device
+        try:
+            for s in range(0, arr.shape[0], batch):
+                pooled.append(self.pooled(torch.from_numpy(arr[s:s + batch]).to(dev), event_chunk=event_chunk))
+                if progress is not None:
+                    progress(min(batch, arr.shape[0] - s))
+            p = torch.cat(pooled)
+            from models.heads import split_multivariate
+
+            mean, L = split_multivariate(self.finish(self.rho(p), p))
+        finally:
+            self.train(was)
+        start, cov = mean.double().cpu().numpy(), (L @ L.transpose(-1, -2)).double().cpu().numpy()
+        raw = (p[:, :-1].double() * self.pooled_std + self.pooled_mean).cpu().numpy()
+        moments = tuple(m.cpu().numpy() for m in (self.moment0, self.moment1, self.moment2))
+        c, c_cov, ok = summary_fit(moments, raw, arr.shape[1], start, self.box.cpu().numpy())
+        return np.where(ok[:, None], c, start), np.where(ok[:, None, None], c_cov, cov)
 
 
 @torch.no_grad()
@@ -180,3 +228,95 @@ def synthetic_pooled(moments, shifts, sizes, seed, chunk: int = 2048) -> torch.T
         draws = mean + torch.einsum("skl,sl->sk", torch.linalg.cholesky(cov), noise) / torch.sqrt(n)[:, None]
         out.append(torch.cat([draws, torch.log(n)[:, None]], dim=1).float())
     return torch.cat(out)
+
+
+def _monomial_gradients(c: np.ndarray) -> np.ndarray:
+    """``d m_p / d c_a`` for a batch of points ``c`` (S, n): ``(S, n, P)`` (the monomials of
+    :func:`kernels.theory.monomials`)."""
+    S, n = c.shape
+    g = np.zeros((S, n, (n + 1) * (n + 2) // 2))
+    g[:, np.arange(n), 1 + np.arange(n)] = 1.0
+    col = 1 + n
+    for i in range(n):
+        for j in range(i, n):
+            g[:, i, col] += c[:, j]
+            g[:, j, col] += c[:, i]
+            col += 1
+    return g
+
+
+def _summary_model(c: np.ndarray, m0, m1, m2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The summary's mean ``mu`` (S, L), its gradient ``J = d mu / d c`` (S, n, L) and covariance (S, L, L) per event
+    at the shifts ``c`` (S, n), from the pooled moments; NaN where the pool gives a shift no weight."""
+    from kernels.theory import monomials
+
+    m, g = monomials(c), _monomial_gradients(c)
+    z, zg = m @ m0, g @ m0  # (S,), (S, n)
+    z = np.where(z > 0, z, np.nan)
+    mu = (m @ m1) / z[:, None]
+    J = ((g @ m1) - zg[:, :, None] * mu[:, None, :]) / z[:, None, None]
+    sigma = np.einsum("sp,pkl->skl", m, m2) / z[:, None, None] - mu[:, :, None] * mu[:, None, :]
+    k = mu.shape[1]
+    sigma += 1e-9 * np.einsum("skk->s", sigma)[:, None, None] / k * np.eye(k)
+    bad = ~np.isfinite(sigma).all(axis=(1, 2))
+    sigma[bad] = np.eye(k)  # keeps the solves finite; the set's chi-square is NaN through mu
+    return mu, J, sigma
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a^-1 b`` per set; a singular ``a`` gives NaN for its set (that set then keeps rho's estimate)."""
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        out = np.full(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + a.shape[-1:] + b.shape[-1:], np.nan)
+        for i in range(a.shape[0]):  # only when some set's matrix is singular: the others one by one
+            try:
+                out[i] = np.linalg.solve(a[i], b[i])
+            except np.linalg.LinAlgError:
+                pass
+        return out
+
+
+def summary_fit(moments, summaries, n_events: int, start, box, iterations: int = 30,
+                tol: float = 1e-7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The summary's own fit (module docstring): Gauss-Newton from ``start`` (S, n) on the Gaussian likelihood of
+    each set's raw summary ``summaries`` (S, L) of ``n_events`` events, under the pooled ``moments``
+    (:func:`summary_moments`). Returns the estimates (S, n), their covariances (S, n, n) and whether each
+    converged inside ``box`` (n, 2) widened by half its width.
+
+    >>> rng = np.random.default_rng(1)   # a summary of mean (c, 2c) and unit covariance per event, at c = 0.3
+    >>> m0, m1 = np.array([1.0, 0, 0]), np.array([[0.0, 0], [1, 2], [0, 0]])
+    >>> m2 = np.array([np.eye(2), np.zeros((2, 2)), [[1.0, 2], [2, 4]]])  # E[s s^T] = 1 + mu mu^T
+    >>> s = np.array([0.3, 0.6]) + rng.normal(size=(4000, 2)) / 100      # sets of 10,000 events
+    >>> c, cov, ok = summary_fit((m0, m1, m2), s, 10000, np.full((4000, 1), 0.1), np.array([[-1.0, 1.0]]))
+    >>> bool(ok.all()), round(float(c.mean()), 3), round(float(np.sqrt(cov[0, 0, 0]) * np.sqrt(5e4)), 3)
+    (True, 0.3, 1.0)
+    >>> round(float(c.std() / np.sqrt(cov[:, 0, 0]).mean()), 1)   # the spread is the bound's, 1 / sqrt(5 N)
+    1.0
+    """
+    m0, m1, m2 = (np.asarray(a, dtype=np.float64) for a in moments)
+    s = np.asarray(summaries, dtype=np.float64)
+    c = np.array(start, dtype=np.float64, copy=True)
+    box = np.asarray(box, dtype=np.float64)
+    width = box[:, 1] - box[:, 0]
+    lo, hi = box[:, 0] - 0.5 * width, box[:, 1] + 0.5 * width
+    S, n = c.shape
+    ok = np.zeros(S, dtype=bool)
+    cap = 0.25 * width  # a trust region: no step moves a coefficient by more than a quarter of the box
+    mu, J, sigma = _summary_model(c, m0, m1, m2)
+    for _ in range(iterations):
+        W_J = _solve(sigma, J.transpose(0, 2, 1))  # Sigma^-1 J^T, (S, L, n)
+        info = J @ W_J  # J Sigma^-1 J^T per event, (S, n, n)
+        step = _solve(info, np.einsum("sln,sl->sn", W_J, s - mu)[:, :, None])[:, :, 0]
+        with np.errstate(invalid="ignore"):
+            ok = np.all(np.abs(step) <= tol * np.maximum(1.0, width), axis=1)
+            scale = np.minimum(1.0, np.min(cap / np.maximum(np.abs(step), 1e-300), axis=1))
+        c = c + scale[:, None] * step
+        if ok.all():
+            break
+        mu, J, sigma = _summary_model(c, m0, m1, m2)
+    info = J @ _solve(sigma, J.transpose(0, 2, 1))
+    inside = np.all((c >= lo) & (c <= hi), axis=1) & np.isfinite(c).all(axis=1)
+    cov = _solve(info * n_events, np.broadcast_to(np.eye(n), info.shape))
+    good = ok & inside & np.isfinite(cov).all(axis=(1, 2))
+    return c, cov, good

@@ -119,6 +119,7 @@ class JointDeepSetsConfig(_Strict):
     rho_val_sets: int = Field(500, gt=0)
     rho_margin: float = Field(0.5, ge=0)
     rho_train: JointTrain = JointTrain(lr=1e-3, batch_size=512, epochs=30, weight_decay=0.0)
+    refine: bool = True  # rho's estimate refined by the summary's own fit on the same moments
 
 
 class JointResNetConfig(_Strict):

@@ -7,7 +7,9 @@
   summary's moments over ``moment_events`` fresh events at the scan's points, seed streams ``(seed, 50000, point)``,
   reweighted exactly to any shift: :func:`models.deepsets_joint.synthetic_pooled`)
   at shifts uniform over the scan's and evaluation's box widened by ``rho_margin`` on each side and sizes
-  log-uniform over the evaluation's range of N, validated on fresh simulated sets (seed streams ``(seed, 40000, k)``).
+  log-uniform over the evaluation's range of N, validated on fresh simulated sets (seed streams ``(seed, 40000, k)``);
+  with ``refine``, the moments and the box are kept in the network, whose estimates are then refined by the
+  summary's own fit (:func:`models.deepsets_joint.summary_fit`).
 """
 
 from __future__ import annotations
@@ -171,4 +173,6 @@ def train_joint_deepsets(cfg: JointRunConfig, table, scan, events_dir: Path, tra
         rho_hist = train_rho(net, pooled, torch.from_numpy(shifts).float(), val_pooled, val_labels,
                              config(dc.rho_train, "mvn_nll"), on_epoch=EpochLogger(tracker, adv, prefix="rho_"))
     net.to("cpu")
+    if dc.refine:  # the estimates refined by the summary's own fit on the same moments
+        net.set_moments(moments, box)
     return net, {"phi": phi_hist, "rho": rho_hist}

@@ -289,7 +289,9 @@ def _track_and_evaluate(res, cfg: JointRunConfig, model: str, events_dir: Path, 
                 tracker.metrics({f"{ev.name}.{k}": v for k, v in ev.summary.items()})
             manifest = events_dir / "manifest.json"
             checksum = sha256_file(manifest) if manifest.is_file() else "none: the ResNet draws its own images"
-            report = write_joint_report(res.out, best_cfg, evaluations, figures, checksum, tracker.uri,
+            titled = best_cfg.model_copy(update={"name": f"{cfg.name}, the best {model} of a sweep "
+                                                         f"(trial {best['trial_id']})"})
+            report = write_joint_report(res.out, titled, evaluations, figures, checksum, tracker.uri,
                                         tracker.run_id or "(not logged)")
             for f in figures:
                 tracker.artifact(f, "figures")

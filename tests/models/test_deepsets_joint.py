@@ -106,3 +106,52 @@ def test_the_summary_moments_reweight_a_standard_model_pool_to_the_summary_distr
     assert np.all(synth[:, -1] == np.float32(np.log(n)))
     with pytest.raises(ConfigError, match="must match"):
         summary_moments(net, pool[:10], np.ones((9, 6)))
+
+
+def test_the_summarys_own_fit_on_the_exact_scores_reaches_the_cramer_rao_bound(c9_c10_table_coarse):
+    """With the exact joint scores at three points as the summary, Gauss-Newton on its Gaussian likelihood, from
+    the SM, lands on the truth with the bound's spread and covariance: the fit itself loses nothing."""
+    from kernels import likelihood, sampler
+    from models.deepsets_joint import summary_fit
+    from models.event_ratio import ratio_scores, ratio_targets
+
+    table = c9_c10_table_coarse
+    pts = np.array([[0.0, 0.0], [1.0, -1.0], [-1.0, 1.0]])
+    a = likelihood.project(table, sampler.sample_array(table, [0.0, 0.0], 1_000_000, (5,)).T.astype(np.float64))
+    phi = ratio_scores(a, pts).reshape(len(a), -1)
+    b = np.concatenate([np.ones((len(a), 1)), ratio_targets(a)], axis=1)
+    moments = (b.mean(axis=0), b.T @ phi / len(a), np.einsum("ep,ek,el->pkl", b, phi, phi) / len(a))
+    c, n, m = np.array([-0.6, 0.4]), 4000, 200
+    ev = likelihood.project(table, sampler.sample_array(table, c, m * n, (7,)).T.astype(np.float64))
+    summaries = ratio_scores(ev, pts).reshape(m, n, -1).mean(axis=1)
+    values, covs, ok = summary_fit(moments, summaries, n, np.zeros((m, 2)), [[-1.0, 1.0], [-1.0, 1.0]])
+    assert ok.all()
+    crb = np.sqrt(np.diag(np.linalg.inv(likelihood.fisher_information(table, c)) / n))
+    err = np.sqrt(np.diagonal(covs, axis1=1, axis2=2))
+    np.testing.assert_allclose(err.mean(axis=0), crb, rtol=0.03)
+    np.testing.assert_allclose(values.std(axis=0), crb, rtol=0.15)
+    assert np.all(np.abs(values.mean(axis=0) - c) < 0.35 * crb)
+
+
+def test_deepsets_estimates_are_refined_once_it_holds_its_moments_and_keep_rhos_outside_the_box():
+    from models.deepsets_joint import summary_moments
+
+    torch.manual_seed(0)
+    net = JointDeepSets(2, [[0.0, 0.0], [1.0, -1.0]], hidden=8, rho_hidden=8, features="plain")
+    rng = np.random.default_rng(0)
+    net.fit_features(rng.uniform(1, 6, (1000, 4)))
+    pool = rng.uniform(0, 1, (20_000, 4))
+    weights = np.concatenate([np.ones((20_000, 1)), pool[:, :2], pool[:, :1] ** 2, pool[:, :1] * pool[:, 1:2],
+                              pool[:, 1:2] ** 2], axis=1)  # a density linear in the monomials of c
+    sets = rng.uniform(0, 1, (6, 3000, 4))
+    rho, rho_cov = net.estimate(sets)
+    assert not net.has_moments
+    net.set_moments(summary_moments(net, pool, weights), [[-1.0, 1.0], [-1.0, 1.0]])
+    assert net.has_moments
+    np.testing.assert_allclose(net.estimate(sets, refine=False)[0], rho)
+    values, covs = net.estimate(sets)
+    assert values.shape == (6, 2) and covs.shape == (6, 2, 2) and np.isfinite(values).all()
+    net.set_moments(summary_moments(net, pool, weights), [[50.0, 51.0], [50.0, 51.0]])  # rho's start far outside
+    far, far_cov = net.estimate(sets)
+    np.testing.assert_allclose(far, rho)
+    np.testing.assert_allclose(far_cov, rho_cov)
