@@ -121,15 +121,25 @@ def tune(model, dataset, run_config, images, num_samples, epochs, cpus_per_trial
                    search=search, scheduler=scheduler, storage=storage, resume=resume, max_concurrent=max_concurrent,
                    data=data, tiny=tiny, seed=seed, tracking_uri=tracking_uri, address=address,
                    verbose=0 if quiet else 1, stage=stage_printer("tune", quiet))
-    console = stdout()
-    console.print(f"{len(res.trials)} trials ({res.errors} failed) in {res.experiment_path}", soft_wrap=True)
-    if res.best is not None:
-        cfg = ", ".join(f"{k}={fmt(v)}" for k, v in res.best["config"].items())
-        console.print(f"best trial {res.best['trial_id']}: val_loss {res.best['best_val_loss']:.4g} ({cfg})",
-                      soft_wrap=True)
+    console = _print_trials(res)
     if res.evaluation is not None:
         console.print("best on test MC: " + ", ".join(f"{k} {fmt(v)}" for k, v in res.evaluation.summary.items()),
                       soft_wrap=True)
+    _print_tracking(console, res)
+
+
+def _print_trials(res):
+    """The sweep's trials and its best; returns the console."""
+    console = stdout()
+    console.print(f"{len(res.trials)} trials ({res.errors} failed) in {res.experiment_path}", soft_wrap=True)
+    if res.best is not None:
+        chosen = ", ".join(f"{k}={fmt(v)}" for k, v in res.best["config"].items())
+        console.print(f"best trial {res.best['trial_id']}: val_loss {res.best['best_val_loss']:.4g} ({chosen})",
+                      soft_wrap=True)
+    return console
+
+
+def _print_tracking(console, res) -> None:
     if res.unlogged:
         warn(res.unlogged)
     else:
@@ -148,12 +158,7 @@ def _joint(model, run_config, out, quiet, **options) -> None:
                                "sweep a delta C9 model with --dataset")
     res = joint_tune_job(cfg, model, out, verbose=0 if quiet else 1, progress=progress_factory(quiet),
                          stage=stage_printer("tune", quiet), **options)
-    console = stdout()
-    console.print(f"{len(res.trials)} trials ({res.errors} failed) in {res.experiment_path}", soft_wrap=True)
-    if res.best is not None:
-        chosen = ", ".join(f"{k}={fmt(v)}" for k, v in res.best["config"].items())
-        console.print(f"best trial {res.best['trial_id']}: val_loss {res.best['best_val_loss']:.4g} ({chosen})",
-                      soft_wrap=True)
+    console = _print_trials(res)
     for ev in res.evaluations:  # the ML fit, then the best network, on the same test sets
         for n in cfg.evaluation.events_per_set:
             s = ev.summary
@@ -163,7 +168,4 @@ def _joint(model, run_config, out, quiet, **options) -> None:
                           soft_wrap=True)
     if res.report is not None:
         console.print(f"report: {res.report}", soft_wrap=True)
-    if res.unlogged:
-        warn(res.unlogged)
-    else:
-        console.print(f"MLflow: {res.tracking_uri} (parent run {res.run_id})", soft_wrap=True)
+    _print_tracking(console, res)

@@ -241,7 +241,7 @@ def _track_and_evaluate(res, cfg: JointRunConfig, model: str, events_dir: Path, 
     from kernels.files import sha256_file
     from orchestrator.evaluate.fit import write_points_csv
     from orchestrator.jobs.joint_evaluate import estimators, evaluate_joint, joint_figures
-    from orchestrator.jobs.tune import log_trial
+    from orchestrator.jobs.tune import log_sweep
     from orchestrator.report.joint import write_joint_report
     from orchestrator.track.runs import Tracker
 
@@ -255,18 +255,8 @@ def _track_and_evaluate(res, cfg: JointRunConfig, model: str, events_dir: Path, 
             tracker.params({"sweep": res.settings, "config": cfg.model_dump()})
             tracker.tags({"kind": "tune", "model": model, "config": cfg.name, "experiment_path": path,
                           "coefficients": ",".join(cfg.shift_columns)})
-        logged = {r.data.tags.get("trial_id"): r.info.run_id for r in tracker.children()} if tracker.resumed else {}
-        for t in res.trials:
-            if t["status"] != "NOT_STARTED":
-                log_trial(tracker, t, logged.get(t["trial_id"]))
-        if res.interrupted:
-            tracker.status = "KILLED"
-            tracker.tags({"interrupted": "true"})
-        elif res.best is not None:
-            best = res.best
-            tracker.tags({"best_trial_id": best["trial_id"], **{f"best.{k}": v for k, v in best["config"].items()}})
-            tracker.metrics({"best_val_loss": best["best_val_loss"], "trials": len(res.trials),
-                             "trial_errors": res.errors})
+        best = log_sweep(tracker, res)
+        if best is not None:
             ckpt = _final_checkpoint(best["result"])
             if ckpt is not None:
                 net, _ = load_joint_checkpoint(ckpt)

@@ -30,7 +30,7 @@ from pathlib import Path
 from tune.trainables import retrain
 from tune.tuner import SweepResult, best_checkpoint, load_checkpoint, run_sweep
 
-__all__ = ["tune_job", "run_tune", "evaluate_network", "log_trial"]
+__all__ = ["tune_job", "run_tune", "evaluate_network", "log_sweep", "log_trial"]
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +75,8 @@ def _track(res: SweepResult, tracking_uri, experiment: str, eval_sets: int, resu
         else:
             tracker.params({"sweep": res.settings, "data": spec.to_dict()})
             tracker.tags({"kind": "tune", "model": spec.model, "experiment_path": path})
-        logged = {r.data.tags.get("trial_id"): r.info.run_id for r in tracker.children()} if tracker.resumed else {}
-        for t in res.trials:
-            if t["status"] == "NOT_STARTED":  # an interrupted sweep's pending trial: logged when resumed
-                continue
-            log_trial(tracker, t, logged.get(t["trial_id"]))
-        if res.interrupted:
-            tracker.status = "KILLED"
-            tracker.tags({"interrupted": "true"})
-        elif res.best is not None:
-            best = res.best
-            tracker.tags({"best_trial_id": best["trial_id"], **{f"best.{k}": v for k, v in best["config"].items()}})
-            tracker.metrics({"best_val_loss": best["best_val_loss"], "trials": len(res.trials),
-                             "trial_errors": res.errors})
+        best = log_sweep(tracker, res)
+        if best is not None:
             ckpt = best_checkpoint(best["result"])
             if ckpt is not None:
                 net, state = load_checkpoint(ckpt)
@@ -99,6 +88,26 @@ def _track(res: SweepResult, tracking_uri, experiment: str, eval_sets: int, resu
             _log_evaluation(tracker, res.evaluation, res.out)
         res.run_id, res.tracking_uri = tracker.run_id, tracker.uri
     res.unlogged = tracker.unlogged()
+
+
+def log_sweep(tracker, res: SweepResult) -> dict | None:
+    """A sweep's trials as child runs (a resumed parent's: only what they lack), the parent KILLED if the sweep
+    was interrupted, else the best trial's settings as ``best.*`` tags and its metrics; returns the best trial
+    to evaluate, or None."""
+    logged = {r.data.tags.get("trial_id"): r.info.run_id for r in tracker.children()} if tracker.resumed else {}
+    for t in res.trials:
+        if t["status"] == "NOT_STARTED":  # an interrupted sweep's pending trial: logged when resumed
+            continue
+        log_trial(tracker, t, logged.get(t["trial_id"]))
+    if res.interrupted:
+        tracker.status = "KILLED"
+        tracker.tags({"interrupted": "true"})
+        return None
+    best = res.best
+    if best is not None:
+        tracker.tags({"best_trial_id": best["trial_id"], **{f"best.{k}": v for k, v in best["config"].items()}})
+        tracker.metrics({"best_val_loss": best["best_val_loss"], "trials": len(res.trials), "trial_errors": res.errors})
+    return best
 
 
 def log_trial(tracker, trial: dict, run_id: str | None) -> None:
