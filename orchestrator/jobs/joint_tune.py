@@ -163,13 +163,6 @@ def load_joint_checkpoint(checkpoint) -> tuple:
     return _network(state), state
 
 
-def _final_checkpoint(result):
-    """The checkpoint a joint trial saved when its training ended (None if ASHA stopped it before)."""
-    if result.best_checkpoints:
-        return result.get_best_checkpoint("val_loss", "min")
-    return result.checkpoint
-
-
 def joint_tune_job(cfg: JointRunConfig, model: str, out: Path | None = None, *, num_samples: int = 8,
                    epochs: int | None = None, eval_sets: int | None = None, cpus_per_trial: float = 1,
                    gpus_per_trial: float = 0, gpu_wait: float = 600.0, max_concurrent: int | None = None,
@@ -242,6 +235,7 @@ def _track_and_evaluate(res, cfg: JointRunConfig, model: str, events_dir: Path, 
     from orchestrator.evaluate.fit import write_points_csv
     from orchestrator.jobs.joint_evaluate import estimators, evaluate_joint, joint_figures
     from orchestrator.jobs.tune import log_sweep
+    from tune.tuner import best_checkpoint
     from orchestrator.report.joint import write_joint_report
     from orchestrator.track.runs import Tracker
 
@@ -257,17 +251,17 @@ def _track_and_evaluate(res, cfg: JointRunConfig, model: str, events_dir: Path, 
                           "coefficients": ",".join(cfg.shift_columns)})
         best = log_sweep(tracker, res)
         if best is not None:
-            ckpt = _final_checkpoint(best["result"])
+            best_cfg = trial_config(cfg, model, best["config"])
+            ckpt = best_checkpoint(best["result"])  # the one its training saved when it ended
             if ckpt is not None:
                 net, _ = load_joint_checkpoint(ckpt)
             else:  # stopped (or its checkpoint gone) before its training ended: train its config again
                 log.warning("the best trial %s has no final checkpoint: training its config again", best["trial_id"])
                 stage(f"training the best trial's {model} again (no final checkpoint)")
-                net, _ = _train(model, trial_config(cfg, model, best["config"]), events_dir,
+                net, _ = _train(model, best_cfg, events_dir,
                                 _Silent(), progress, stage)
                 net.eval()
                 tracker.tags({"best_retrained": "true"})
-            best_cfg = trial_config(cfg, model, best["config"])
             table = theory.jtable(list(cfg.theory.coefficients), [tuple(w) for w in cfg.theory.windows])
             fitters = estimators(best_cfg, table, None, True, {model: net})
             evaluations = evaluate_joint(best_cfg, table, fitters, None, progress, stage)
