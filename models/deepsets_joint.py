@@ -54,6 +54,7 @@ from kernels.errors import ConfigError
 from models.event_posterior import FEATURES
 from models.features import N_EVENT_VARIABLES, as_events, mlp
 from models.heads import MultivariateGaussianHead, multivariate_estimates
+from models.summary_fit import gauss_newton, monomial_gradients
 
 __all__ = ["JointDeepSets", "summary_moments", "synthetic_pooled", "summary_fit"]
 
@@ -230,27 +231,12 @@ def synthetic_pooled(moments, shifts, sizes, seed, chunk: int = 2048) -> torch.T
     return torch.cat(out)
 
 
-def _monomial_gradients(c: np.ndarray) -> np.ndarray:
-    """``d m_p / d c_a`` for a batch of points ``c`` (S, n): ``(S, n, P)`` (the monomials of
-    :func:`kernels.theory.monomials`)."""
-    S, n = c.shape
-    g = np.zeros((S, n, (n + 1) * (n + 2) // 2))
-    g[:, np.arange(n), 1 + np.arange(n)] = 1.0
-    col = 1 + n
-    for i in range(n):
-        for j in range(i, n):
-            g[:, i, col] += c[:, j]
-            g[:, j, col] += c[:, i]
-            col += 1
-    return g
-
-
 def _summary_model(c: np.ndarray, m0, m1, m2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The summary's mean ``mu`` (S, L), its gradient ``J = d mu / d c`` (S, n, L) and covariance (S, L, L) per event
     at the shifts ``c`` (S, n), from the pooled moments; NaN where the pool gives a shift no weight."""
     from kernels.theory import monomials
 
-    m, g = monomials(c), _monomial_gradients(c)
+    m, g = monomials(c), monomial_gradients(c)
     z, zg = m @ m0, g @ m0  # (S,), (S, n)
     z = np.where(z > 0, z, np.nan)
     mu = (m @ m1) / z[:, None]
@@ -261,20 +247,6 @@ def _summary_model(c: np.ndarray, m0, m1, m2) -> tuple[np.ndarray, np.ndarray, n
     bad = ~np.isfinite(sigma).all(axis=(1, 2))
     sigma[bad] = np.eye(k)  # keeps the solves finite; the set's chi-square is NaN through mu
     return mu, J, sigma
-
-
-def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a^-1 b`` per set; a singular ``a`` gives NaN for its set (that set then keeps rho's estimate)."""
-    try:
-        return np.linalg.solve(a, b)
-    except np.linalg.LinAlgError:
-        out = np.full(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + a.shape[-1:] + b.shape[-1:], np.nan)
-        for i in range(a.shape[0]):  # only when some set's matrix is singular: the others one by one
-            try:
-                out[i] = np.linalg.solve(a[i], b[i])
-            except np.linalg.LinAlgError:
-                pass
-        return out
 
 
 def summary_fit(moments, summaries, n_events: int, start, box, iterations: int = 30,
@@ -295,28 +267,5 @@ def summary_fit(moments, summaries, n_events: int, start, box, iterations: int =
     1.0
     """
     m0, m1, m2 = (np.asarray(a, dtype=np.float64) for a in moments)
-    s = np.asarray(summaries, dtype=np.float64)
-    c = np.array(start, dtype=np.float64, copy=True)
-    box = np.asarray(box, dtype=np.float64)
-    width = box[:, 1] - box[:, 0]
-    lo, hi = box[:, 0] - 0.5 * width, box[:, 1] + 0.5 * width
-    S, n = c.shape
-    ok = np.zeros(S, dtype=bool)
-    cap = 0.25 * width  # a trust region: no step moves a coefficient by more than a quarter of the box
-    mu, J, sigma = _summary_model(c, m0, m1, m2)
-    for _ in range(iterations):
-        W_J = _solve(sigma, J.transpose(0, 2, 1))  # Sigma^-1 J^T, (S, L, n)
-        info = J @ W_J  # J Sigma^-1 J^T per event, (S, n, n)
-        step = _solve(info, np.einsum("sln,sl->sn", W_J, s - mu)[:, :, None])[:, :, 0]
-        with np.errstate(invalid="ignore"):
-            ok = np.all(np.abs(step) <= tol * np.maximum(1.0, width), axis=1)
-            scale = np.minimum(1.0, np.min(cap / np.maximum(np.abs(step), 1e-300), axis=1))
-        c = c + scale[:, None] * step
-        if ok.all():
-            break
-        mu, J, sigma = _summary_model(c, m0, m1, m2)
-    info = J @ _solve(sigma, J.transpose(0, 2, 1))
-    inside = np.all((c >= lo) & (c <= hi), axis=1) & np.isfinite(c).all(axis=1)
-    cov = _solve(info * n_events, np.broadcast_to(np.eye(n), info.shape))
-    good = ok & inside & np.isfinite(cov).all(axis=(1, 2))
-    return c, cov, good
+    return gauss_newton(lambda c: _summary_model(c, m0, m1, m2), summaries, n_events, start, box,
+                        iterations=iterations, tol=tol)

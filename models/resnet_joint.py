@@ -38,8 +38,9 @@ from torch import nn
 from kernels.errors import ConfigError
 from kernels.voxels import check_bins, voxelize
 from models.features import mlp
-from models.heads import MultivariateGaussianHead, multivariate_estimates
+from models.heads import MultivariateGaussianHead, multivariate_estimates, split_multivariate
 from models.resnet_score import add_voxel_trunk, voxel_scores
+from models.summary_fit import emulator_model, gauss_newton
 
 __all__ = ["JointScoreResNet3d", "set_images"]
 
@@ -88,6 +89,13 @@ class JointScoreResNet3d(nn.Module):
         self.register_buffer("pooled_std", torch.ones(k, dtype=torch.float64))
         self.head = MultivariateGaussianHead(n)
         self.rho = mlp(k + 1, rho_hidden, rho_layers, MultivariateGaussianHead.units(n))
+        p = (n + 1) * (n + 2) // 2  # the monomials of c; the emulator's rows: m(c), then m(c) / N
+        self.register_buffer("emulator_rate", torch.zeros(p, dtype=torch.float64))  # zero: no emulator, rho alone
+        self.register_buffer("emulator_mean", torch.zeros(2 * p, k, dtype=torch.float64))
+        self.register_buffer("emulator_cov", torch.zeros(2 * p, k, k, dtype=torch.float64))
+        self.register_buffer("emulator_ridge", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("refine_min_events", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("box", torch.zeros(n, 2, dtype=torch.float64))
 
     @property
     def trunk(self) -> nn.ModuleList:
@@ -106,6 +114,23 @@ class JointScoreResNet3d(nn.Module):
         counts = torch.nan_to_num(images[:, _COUNT]).double().sum(dim=0)
         sums = labels.double().sum(dim=0)
         self.voxel_bias.copy_((sums / counts.clamp_min(1.0)).float()[None])
+
+    def set_emulator(self, emulator: dict, box, min_events: int = 1) -> JointScoreResNet3d:
+        """Store the summary's emulator (:func:`models.summary_fit.fit_emulator`) and the box ``(n, 2)`` rho was
+        trained over: :meth:`estimate` then refines rho's estimates of images of ``min_events`` or more by the
+        summary's own fit."""
+        for name in ("rate", "mean", "cov", "ridge"):
+            getattr(self, f"emulator_{name}").copy_(torch.as_tensor(np.asarray(emulator[name]), dtype=torch.float64))
+        self.box.copy_(torch.as_tensor(np.asarray(box), dtype=torch.float64))
+        self.refine_min_events.fill_(float(min_events))
+        return self
+
+    @property
+    def has_emulator(self) -> bool:
+        return bool(self.emulator_rate.abs().sum() > 0)
+
+    def emulator(self) -> dict:
+        return {name: getattr(self, f"emulator_{name}").cpu().numpy() for name in ("rate", "mean", "cov", "ridge")}
 
     def voxel_scores(self, x: torch.Tensor) -> torch.Tensor:
         """Per-voxel score sums ``(batch, K n, B, B, B)``, in units of ``score_scale``."""
@@ -130,10 +155,41 @@ class JointScoreResNet3d(nn.Module):
         return self.finish(self.rho(p), p)
 
     @torch.no_grad()
-    def estimate(self, images, batch: int = 16, progress=None) -> tuple[np.ndarray, np.ndarray]:
-        """Estimates ``(M, n)`` and covariances ``(M, n, n)`` of raw images ``(M, 2, B, B, B)``
-        (``progress(k)`` per batch)."""
+    def estimate(self, images, batch: int = 16, progress=None, refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Estimates ``(M, n)`` and covariances ``(M, n, n)`` of raw images ``(M, 2, B, B, B)`` (``progress(k)`` per
+        batch): rho's, refined by the summary's own fit on its emulator when the network holds one and ``refine``,
+        for images of its ``refine_min_events`` or more (a set whose fit does not converge inside the box keeps
+        rho's)."""
         arr = np.asarray(images, dtype=np.float32)
         if arr.ndim != 5:
             raise ConfigError(f"images must have shape (M, 2, B, B, B), got {arr.shape}")
-        return multivariate_estimates(self, arr, batch, progress)
+        if not (refine and self.has_emulator):
+            return multivariate_estimates(self, arr, batch, progress)
+        was = self.training
+        self.eval()
+        dev = self.pooled_mean.device
+        raw, start, cov = [], [], []
+        try:
+            for s in range(0, arr.shape[0], batch):
+                x = self.summary(torch.from_numpy(arr[s:s + batch]).to(dev))
+                k = self.n_scores
+                p = torch.cat([(x[:, :k] - self.pooled_mean) / self.pooled_std, x[:, k:]], dim=1).float()
+                mean, L = split_multivariate(self.finish(self.rho(p), p))
+                raw.append(x.cpu().numpy())
+                start.append(mean.double().cpu().numpy())
+                cov.append((L @ L.transpose(-1, -2)).double().cpu().numpy())
+                if progress is not None:
+                    progress(min(batch, arr.shape[0] - s))
+        finally:
+            self.train(was)
+        raw, start, cov = np.concatenate(raw), np.concatenate(start), np.concatenate(cov)
+        values, covs = start.copy(), cov.copy()
+        sizes = np.rint(np.exp(raw[:, -1]))
+        emulator, box = self.emulator(), self.box.cpu().numpy()
+        for n in np.unique(sizes[sizes >= float(self.refine_min_events)]):  # the 1/N term: one fit per set size
+            rows = sizes == n
+            c, c_cov, ok = gauss_newton(lambda c, n=n: emulator_model(emulator, c, n), raw[rows, :-1], n,
+                                        start[rows], box)
+            idx = np.flatnonzero(rows)[ok]
+            values[idx], covs[idx] = c[ok], c_cov[ok]
+        return values, covs

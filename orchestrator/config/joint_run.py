@@ -143,6 +143,8 @@ class JointResNetConfig(_Strict):
     rho_val_images: int = Field(500, gt=0)
     rho_margin: float = Field(0.5, ge=0)
     rho_train: JointTrain = JointTrain(lr=1e-3, batch_size=256, epochs=60, weight_decay=0.0)
+    refine: bool = True  # rho's estimate refined by the summary's own fit on its emulator (models.summary_fit)
+    refine_min_events: int = Field(12_000, ge=1)  # from this N up: below, the emulator's fit was wider than rho's
 
 
 class JointMLFit(_Strict):

@@ -9,6 +9,9 @@
    trunk; rho and the multivariate Gaussian head learn the estimate and its covariance from them
    (``rho_train``), validated on ``rho_val_images`` fresh ones (``(seed, 70001, image)``), so both validation
    losses are the real images'.
+3. **The summary's emulator** (``refine``): its mean and covariance as functions of the shift and N, regressed
+   on rho's training summaries (:func:`models.summary_fit.fit_emulator`); the network's estimates are then
+   rho's refined by the summary's own fit.
 
 The training images of both stages are thinned from one pool of ``pool_events`` events over the box's corners
 and centre (:class:`kernels.pool.EventPool`, seed ``(seed, 75000)``; their scores from the pool's stored
@@ -167,5 +170,13 @@ def train_joint_resnet(cfg, table, scan, tracker, progress, stage):
     with progress("train resnet3d rho", rc.rho_train.epochs, "epochs") as adv:
         rho_hist = train_rho(net, *summaries[0], *summaries[1], config(rc.rho_train, "mvn_nll"),
                              on_epoch=EpochLogger(tracker, adv, prefix="rho_"))
+    if rc.refine:  # the summary's mean and covariance at any shift and N, from rho's own training summaries
+        from models.summary_fit import fit_emulator
+
+        raw, shifts = (t.double().numpy() for t in summaries[0])
+        net.set_emulator(fit_emulator(raw[:, :-1], shifts, np.rint(np.exp(raw[:, -1])), table.rate_integral()), box,
+                         rc.refine_min_events)
+        stage(f"resnet3d: the summary's emulator regressed on {len(raw):,} images; the estimates of "
+              f"{rc.refine_min_events:,} events or more refined by its fit")
     net.to("cpu").eval()  # batch norm's statistics are the training images' from here on
     return net, {"phi": phi_hist, "rho": rho_hist}
