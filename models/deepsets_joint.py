@@ -149,23 +149,13 @@ class JointDeepSets(nn.Module):
             raise ConfigError(f"sets must have shape (M, N, 4), got {arr.shape}")
         if not (refine and self.has_moments):
             return multivariate_estimates(self, arr, batch, progress, event_chunk=event_chunk)
-        pooled = []
-        was = self.training
-        self.eval()
-        dev = self.pooled_mean.device
-        try:
-            for s in range(0, arr.shape[0], batch):
-                pooled.append(self.pooled(torch.from_numpy(arr[s:s + batch]).to(dev), event_chunk=event_chunk))
-                if progress is not None:
-                    progress(min(batch, arr.shape[0] - s))
-            p = torch.cat(pooled)
-            from models.heads import split_multivariate
 
-            mean, L = split_multivariate(self.finish(self.rho(p), p))
-        finally:
-            self.train(was)
-        start, cov = mean.double().cpu().numpy(), (L @ L.transpose(-1, -2)).double().cpu().numpy()
-        raw = (p[:, :-1].double() * self.pooled_std + self.pooled_mean).cpu().numpy()
+        def forward(x):
+            p = self.pooled(x, event_chunk=event_chunk)
+            return self.finish(self.rho(p), p), p
+
+        start, cov, p = multivariate_estimates(self, arr, batch, progress, forward=forward)
+        raw = p[:, :-1] * self.pooled_std.cpu().numpy() + self.pooled_mean.cpu().numpy()
         moments = tuple(m.cpu().numpy() for m in (self.moment0, self.moment1, self.moment2))
         c, c_cov, ok = summary_fit(moments, raw, arr.shape[1], start, self.box.cpu().numpy())
         return np.where(ok[:, None], c, start), np.where(ok[:, None, None], c_cov, cov)

@@ -250,26 +250,35 @@ def split_multivariate(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def multivariate_estimates(net: nn.Module, arr, batch: int, progress=None, **kwargs) -> tuple:
+def multivariate_estimates(net: nn.Module, arr, batch: int, progress=None, forward=None, **kwargs) -> tuple:
     """Estimates ``(M, n)`` and covariances ``(M, n, n)`` of ``net``'s multivariate Gaussian outputs on the inputs
     ``arr`` (numpy, first axis M), ``batch`` at a time, in eval mode (restored after; ``progress(k)`` per batch,
-    ``kwargs`` to the forward)."""
+    ``kwargs`` to the forward). With ``forward(x) -> (output, extra tensor)`` in place of the net's own, the
+    extras of every batch come third, float64 numpy."""
     import numpy as np
 
     was = net.training
     net.eval()
     dev = next(net.parameters()).device
-    values, covs = [], []
+    values, covs, extras = [], [], []
     try:
         for s in range(0, arr.shape[0], batch):
-            mean, L = split_multivariate(net(torch.from_numpy(arr[s:s + batch]).to(dev), **kwargs))
+            x = torch.from_numpy(arr[s:s + batch]).to(dev)
+            if forward is None:
+                out = net(x, **kwargs)
+            else:
+                out, extra = forward(x, **kwargs)
+                extras.append(extra.double().cpu().numpy())
+            mean, L = split_multivariate(out)
             values.append(mean.double().cpu().numpy())
             covs.append((L @ L.transpose(-1, -2)).double().cpu().numpy())
             if progress is not None:
                 progress(min(batch, arr.shape[0] - s))
     finally:
         net.train(was)
-    return np.concatenate(values), np.concatenate(covs)
+    if forward is None:
+        return np.concatenate(values), np.concatenate(covs)
+    return np.concatenate(values), np.concatenate(covs), np.concatenate(extras)
 
 
 class MultivariateGaussianNLLLoss(nn.Module):

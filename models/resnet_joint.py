@@ -38,7 +38,7 @@ from torch import nn
 from kernels.errors import ConfigError
 from kernels.voxels import check_bins, voxelize
 from models.features import mlp
-from models.heads import MultivariateGaussianHead, multivariate_estimates, split_multivariate
+from models.heads import MultivariateGaussianHead, multivariate_estimates
 from models.resnet_score import add_voxel_trunk, voxel_scores
 from models.summary_fit import emulator_model, gauss_newton
 
@@ -148,11 +148,13 @@ class JointScoreResNet3d(nn.Module):
         """rho's raw outputs -> ``(batch, n, n + 1)``: the mean vector and the Cholesky factor over sqrt(N)."""
         return self.head(raw, torch.exp(-0.5 * pooled[:, -1]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.summary(x)
+    def _from_summary(self, s: torch.Tensor) -> torch.Tensor:
         k = self.n_scores
         p = torch.cat([(s[:, :k] - self.pooled_mean) / self.pooled_std, s[:, k:]], dim=1).float()
         return self.finish(self.rho(p), p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._from_summary(self.summary(x))
 
     @torch.no_grad()
     def estimate(self, images, batch: int = 16, progress=None, refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -165,24 +167,12 @@ class JointScoreResNet3d(nn.Module):
             raise ConfigError(f"images must have shape (M, 2, B, B, B), got {arr.shape}")
         if not (refine and self.has_emulator):
             return multivariate_estimates(self, arr, batch, progress)
-        was = self.training
-        self.eval()
-        dev = self.pooled_mean.device
-        raw, start, cov = [], [], []
-        try:
-            for s in range(0, arr.shape[0], batch):
-                x = self.summary(torch.from_numpy(arr[s:s + batch]).to(dev))
-                k = self.n_scores
-                p = torch.cat([(x[:, :k] - self.pooled_mean) / self.pooled_std, x[:, k:]], dim=1).float()
-                mean, L = split_multivariate(self.finish(self.rho(p), p))
-                raw.append(x.cpu().numpy())
-                start.append(mean.double().cpu().numpy())
-                cov.append((L @ L.transpose(-1, -2)).double().cpu().numpy())
-                if progress is not None:
-                    progress(min(batch, arr.shape[0] - s))
-        finally:
-            self.train(was)
-        raw, start, cov = np.concatenate(raw), np.concatenate(start), np.concatenate(cov)
+
+        def forward(x):
+            raw = self.summary(x)
+            return self._from_summary(raw), raw
+
+        start, cov, raw = multivariate_estimates(self, arr, batch, progress, forward=forward)
         values, covs = start.copy(), cov.copy()
         sizes = np.rint(np.exp(raw[:, -1]))
         emulator, box = self.emulator(), self.box.cpu().numpy()
