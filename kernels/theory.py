@@ -149,15 +149,16 @@ def monomials(d) -> np.ndarray:
 
 
 def monomial_gradient(d) -> np.ndarray:
-    """``dm_p / dd_a``, shape ``(n, P)`` for one point ``d`` of shape ``(n,)``."""
+    """``dm_p / dd_a``, shape ``(n, P)`` for one point ``d`` of shape ``(n,)``, or ``(..., n, P)`` for points
+    ``(..., n)``."""
     d = np.atleast_1d(np.asarray(d, dtype=np.float64))
-    n = d.shape[0]
-    g = np.zeros((n, n_monomials(n)))
-    g[np.arange(n), 1 + np.arange(n)] = 1.0
+    n = d.shape[-1]
+    g = np.zeros(d.shape[:-1] + (n, n_monomials(n)))
+    g[..., np.arange(n), 1 + np.arange(n)] = 1.0
     i, j = _pair_index(n)
     cols = 1 + n + np.arange(i.size)
-    np.add.at(g, (i, cols), d[j])  # d(d_i d_j)/dd_i = d_j, and 2 d_i on the diagonal (i = j), as two adds
-    np.add.at(g, (j, cols), d[i])
+    g[..., i, cols] += d[..., j]  # d(d_i d_j)/dd_i = d_j, and 2 d_i on the diagonal (i = j), as two adds
+    g[..., j, cols] += d[..., i]
     return g
 
 

@@ -54,7 +54,7 @@ from kernels.errors import ConfigError
 from models.event_posterior import FEATURES
 from models.features import N_EVENT_VARIABLES, as_events, mlp
 from models.heads import MultivariateGaussianHead, multivariate_estimates
-from models.summary_fit import gauss_newton, monomial_gradients
+from models.summary_fit import gauss_newton
 
 __all__ = ["JointDeepSets", "summary_moments", "synthetic_pooled", "summary_fit"]
 
@@ -224,9 +224,9 @@ def synthetic_pooled(moments, shifts, sizes, seed, chunk: int = 2048) -> torch.T
 def _summary_model(c: np.ndarray, m0, m1, m2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The summary's mean ``mu`` (S, L), its gradient ``J = d mu / d c`` (S, n, L) and covariance (S, L, L) per event
     at the shifts ``c`` (S, n), from the pooled moments; NaN where the pool gives a shift no weight."""
-    from kernels.theory import monomials
+    from kernels.theory import monomial_gradient, monomials
 
-    m, g = monomials(c), monomial_gradients(c)
+    m, g = monomials(c), monomial_gradient(c)
     z, zg = m @ m0, g @ m0  # (S,), (S, n)
     z = np.where(z > 0, z, np.nan)
     mu = (m @ m1) / z[:, None]

@@ -92,7 +92,7 @@ def ratio_scores(projections: np.ndarray, points) -> np.ndarray:
     g = a @ monomials(pts).T
     if np.any(g <= 0):
         raise ConfigError("an event has a non-positive density at a score point: not events of this table")
-    grads = np.stack([monomial_gradient(c) for c in pts])  # (K, n, P)
+    grads = monomial_gradient(pts)  # (K, n, P)
     return np.einsum("...p,knp->...kn", a, grads) / g[..., None]
 
 

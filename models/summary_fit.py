@@ -29,24 +29,9 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.errors import ConfigError
-from kernels.theory import monomials
+from kernels.theory import monomial_gradient, monomials
 
-__all__ = ["gauss_newton", "fit_emulator", "emulator_model", "monomial_gradients"]
-
-
-def monomial_gradients(c: np.ndarray) -> np.ndarray:
-    """``d m_p / d c_a`` for a batch of points ``c`` (S, n): ``(S, n, P)`` (the monomials of
-    :func:`kernels.theory.monomials`)."""
-    S, n = c.shape
-    g = np.zeros((S, n, (n + 1) * (n + 2) // 2))
-    g[:, np.arange(n), 1 + np.arange(n)] = 1.0
-    col = 1 + n
-    for i in range(n):
-        for j in range(i, n):
-            g[:, i, col] += c[:, j]
-            g[:, j, col] += c[:, i]
-            col += 1
-    return g
+__all__ = ["gauss_newton", "fit_emulator", "emulator_model"]
 
 
 def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -142,7 +127,7 @@ def emulator_model(emulator, c, n_events) -> tuple[np.ndarray, np.ndarray, np.nd
     p = z.size
     A = A[:p] + A[p:] / float(n_events)
     V = V[:p] + V[p:] / float(n_events)
-    m, g = monomials(c), monomial_gradients(c)
+    m, g = monomials(c), monomial_gradient(c)
     Z, Zg = m @ z, g @ z
     Z = np.where(Z > 0, Z, np.nan)
     mu = (m @ A) / Z[:, None]
