@@ -388,17 +388,24 @@ def reference_sample(table: JTable, n: int, seed, level: str = "gen", detector: 
                       lambda z, sig: joint_quadratic(table, z, d_ref, gamma, sig))
 
 
-def _reference(table: JTable, n: int, seed, level, detector, d_ref: float, chunk: int, shape: tuple, control):
-    """Events at ``d_ref`` in chunks (seed ``(*seed, c)``) and ``control(truth, is_signal) -> (values, mean)`` of each."""
+def _reference_chunks(table: JTable, n: int, seed, level, detector, d_ref: float, chunk: int, control):
+    """Events at ``d_ref`` in chunks of ``chunk`` (chunk c from seed ``(*seed, c)``), each a :class:`ReferenceSample`
+    with ``control(truth, is_signal) -> (values, mean)``."""
     seed = tuple(int(s) for s in np.atleast_1d(np.asarray(seed, dtype=object)))
+    for c, a in enumerate(range(0, int(n), chunk)):
+        s = _detector.sample_level_truth(table, [d_ref], min(chunk, int(n) - a), (*seed, c), level, detector)
+        yield ReferenceSample(np.ascontiguousarray(s.events.T, dtype=np.float32), *control(s.truth.T, s.is_signal))
+
+
+def _reference(table: JTable, n: int, seed, level, detector, d_ref: float, chunk: int, shape: tuple, control):
+    """:func:`_reference_chunks` gathered into one :class:`ReferenceSample`."""
     events = np.empty((int(n), 4), dtype=np.float32)
     values = np.empty((int(n), *shape))
-    mean = None
-    for c, a in enumerate(range(0, int(n), chunk)):
-        m = min(chunk, int(n) - a)
-        s = _detector.sample_level_truth(table, [d_ref], m, (*seed, c), level, detector)
-        events[a : a + m] = s.events.T
-        values[a : a + m], mean = control(s.truth.T, s.is_signal)
+    mean, a = None, 0
+    for part in _reference_chunks(table, n, seed, level, detector, d_ref, chunk, control):
+        m = part.events.shape[0]
+        events[a : a + m], values[a : a + m], mean = part
+        a += m
     return ReferenceSample(events, values, mean)
 
 
@@ -486,15 +493,28 @@ def nuisance_quadratic(ntable, true_events, d_ref: float, norm: np.ndarray, is_s
     return out, mean
 
 
-def nuisance_reference_sample(ntable, n: int, seed, level: str = "gen", detector: _detector.DetectorConfig | None = None,
-                              d_ref: float = 0.0, norm: np.ndarray | None = None, chunk: int = 1 << 18) -> ReferenceSample:
-    """``n`` events at ``(d_ref, u = 0)`` and ``level`` with their joint u-slopes (:func:`nuisance_quadratic`) as
-    control ``(n, n_u, 3)``, in chunks (seed ``(*seed, c)``). ``norm``: the level's normalisation of
-    :func:`nuisance_linear_table` (computed when None)."""
+def _nuisance_reference(ntable, n, level, detector, d_ref: float, norm):
     if int(n) != n or n < 2:
         raise ConfigError(f"a reference sample needs at least 2 events, got {n}")
     table = ntable.at(np.zeros(ntable.n_nuisances))
     if norm is None:
         norm = normalisation(nuisance_linear_table(ntable), true_efficiency(level, table.windows, detector))
-    return _reference(table, n, seed, level, detector, d_ref, chunk, (ntable.n_nuisances, 3),
-                      lambda z, sig: nuisance_quadratic(ntable, z, d_ref, norm, sig))
+    return table, (lambda z, sig: nuisance_quadratic(ntable, z, d_ref, norm, sig))
+
+
+def nuisance_reference_sample(ntable, n: int, seed, level: str = "gen", detector: _detector.DetectorConfig | None = None,
+                              d_ref: float = 0.0, norm: np.ndarray | None = None, chunk: int = 1 << 18) -> ReferenceSample:
+    """``n`` events at ``(d_ref, u = 0)`` and ``level`` with their joint u-slopes (:func:`nuisance_quadratic`) as
+    control ``(n, n_u, 3)``, in chunks (seed ``(*seed, c)``). ``norm``: the level's normalisation of
+    :func:`nuisance_linear_table` (computed when None)."""
+    table, control = _nuisance_reference(ntable, n, level, detector, d_ref, norm)
+    return _reference(table, n, seed, level, detector, d_ref, chunk, (ntable.n_nuisances, 3), control)
+
+
+def nuisance_reference_chunks(ntable, n: int, seed, level: str = "gen", detector: _detector.DetectorConfig | None = None,
+                              d_ref: float = 0.0, norm: np.ndarray | None = None, chunk: int = 1 << 18):
+    """:func:`nuisance_reference_sample`'s events one chunk at a time (the same events, chunk by chunk): a
+    :class:`ReferenceSample` per chunk, so that millions of reference events never sit in memory at once
+    (their controls are ``n_u x 3`` numbers each)."""
+    table, control = _nuisance_reference(ntable, n, level, detector, d_ref, norm)
+    return _reference_chunks(table, n, seed, level, detector, d_ref, chunk, control)

@@ -68,10 +68,6 @@ def train_event_posterior(cfg, table, det, level: str, train_config, on_epoch, p
     return net, hist
 
 
-NUISANCE_REFERENCE_EVENTS = 300_000
-"""Reference events for the u-slopes of Z (with their joint control variate; (M, 19, 3) of them in memory)."""
-
-
 def train_nuisance_posterior(cfg, ntable, base, det, level: str, train_config, on_epoch, progress):
     """Train and calibrate the u-slopes of the event posterior (:class:`models.nuisance_posterior.NuisanceScoreNet`)
     beside the trained ``base`` (frozen): score regression in the whitened nuisances of ``ntable`` (the 19 form
@@ -106,10 +102,21 @@ def train_nuisance_posterior(cfg, ntable, base, det, level: str, train_config, o
     net.set_normalisation(joint.normalisation_slopes(lin_norm, base.d_ref))
     with progress("train event posterior (form factors)", train_config.epochs, "epochs") as adv:
         hist = train(net, tr, va, train_config, on_epoch=on_epoch(adv))
-    ref = joint.nuisance_reference_sample(ntable, min(cc.reference_events, NUISANCE_REFERENCE_EVENTS),
-                                          joint.joint_seed(cfg.seed, 5), level, det, base.d_ref, lin_norm)
-    err = net.calibrate(ref.events, ref.control, ref.control_mean)
+    # all of the section's reference events, streamed: the sets' fit needs Z's u-slopes to about 1e-5
+    # (models.nuisance_posterior.NuisanceScoreNet.calibrate); 300,000 left det_bkg24k-ff biased by ~1 sigma
+    chunks = joint.nuisance_reference_chunks(ntable, cc.reference_events, joint.joint_seed(cfg.seed, 5), level, det,
+                                             base.d_ref, lin_norm)
+    with progress("calibrate event posterior (form factors)", cc.reference_events, "events") as adv:
+        err = net.calibrate(_advancing(chunks, adv))
     hist["zeta_max_standard_error"] = float(np.max(err))
     log.info("event posterior (form factors): u-slopes trained on %d events, Z's calibrated on %d reference events "
-             "(largest standard error %.2e)", n_train, ref.events.shape[0], float(np.max(err)))
+             "(largest standard error %.2e)", n_train, cc.reference_events, float(np.max(err)))
     return net, hist
+
+
+def _advancing(chunks, advance):
+    """``chunks`` passed through, ``advance(n)`` with each chunk's events (a progress bar's)."""
+    for part in chunks:
+        yield part
+        if advance:
+            advance(part.events.shape[0])

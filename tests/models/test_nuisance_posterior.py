@@ -73,6 +73,36 @@ def test_the_calibrated_slopes_of_z_are_the_tables(trained):
     assert np.max(np.abs(got - exact)) < 0.05 * np.max(np.abs(exact))
 
 
+def test_the_calibration_streams_in_chunks_and_fits_its_control_coefficient(trained):
+    """Z's u-slopes from chunks equal those from one array of the same events; the control variate's coefficient
+    is fitted (a control equal to β gives its mean exactly, with no error; pure noise is ignored)."""
+    nt, _, net, _ = trained
+    saved = net.zeta_coef.clone()
+    try:
+        ref = joint.nuisance_reference_sample(nt, 40_000, (5, 6), chunk=1 << 14)
+        whole = net.calibrate(ref.events, ref.control, ref.control_mean)
+        z_whole = net.zeta_coef.clone()
+        parts = list(joint.nuisance_reference_chunks(nt, 40_000, (5, 6), chunk=1 << 14))
+        assert len(parts) == 3 and np.array_equal(np.concatenate([p.events for p in parts]), ref.events)
+        np.testing.assert_allclose(net.calibrate(iter(parts)), whole, rtol=1e-6)
+        np.testing.assert_allclose(net.zeta_coef.numpy(), z_whole.numpy(), rtol=1e-9, atol=1e-15)
+        with torch.no_grad():
+            beta = net.beta(torch.from_numpy(ref.events)).double().numpy()
+        known = np.full((3, 3), 0.25)
+        err = net.calibrate(ref.events, beta, known)  # a perfect control: its exact mean is the answer
+        np.testing.assert_allclose(net.zeta_coef.numpy(), known, rtol=1e-9)
+        assert np.all(err < 1e-9 * np.abs(beta).max())
+        noise = np.random.default_rng(3).normal(0.0, 10.0, beta.shape)
+        err = net.calibrate(ref.events, noise, np.zeros((3, 3)))  # an unrelated control is ignored, not added
+        plain = beta.std(0) / np.sqrt(beta.shape[0])
+        assert np.all(err <= plain * 1.0001)
+        assert np.all(np.abs(net.zeta_coef.numpy() - beta.mean(0)) < 5 * plain + 1e-12)
+        with pytest.raises(ConfigError, match="must match"):
+            net.calibrate(ref.events, ref.control[:10], ref.control_mean)
+    finally:
+        net.zeta_coef.copy_(saved)
+
+
 def test_sets_from_prior_drawn_worlds_are_profiled_like_the_fit(trained):
     nt, _, net, _ = trained
     d, n, m = -0.5, 3000, 30
