@@ -201,7 +201,7 @@ class AmplitudeTable:
 
     def linear_table(self) -> JTable:
         """J and its exact gradient in the nuisances at the prior's centre, as quadratics in c: the JTable of
-        ``P_c (1 + n)`` tables ``m(c) (x) (1, u_1 .. u_n)`` (:func:`kernels.joint.nuisance_linear_table`)."""
+        ``P_c (1 + n)`` tables ``m(c) (x) (1, u_1 .. u_n)`` (:func:`kernels.joint_nuisance.nuisance_linear_table`)."""
         zero, nc = np.zeros(self.n_nuisances), self.n_shifts
         vals = []
         for c in stencil(nc):

@@ -17,11 +17,11 @@ form to first order (G is quadratic in d at every order in u), so β can be exac
 
 **Training: the joint score in u.** The model's u-score at ``u = 0`` is
 ``b(x, delta) / q(x, delta) - zeta(delta) / Z(delta)``; a squared loss against the simulator's exact
-joint score (:func:`kernels.joint.nuisance_scores`) over events at continuous d is minimised by the
+joint score (:func:`kernels.joint_nuisance.nuisance_scores`) over events at continuous d is minimised by the
 true score (SALLY in u). During training ``zeta`` is the tables' ``grad_u Gamma / Gamma(d_ref)``
 (:meth:`NuisanceScoreNet.set_normalisation`); afterwards :meth:`~NuisanceScoreNet.calibrate` sets it
 to the mean of β over reference events at ``(d_ref, 0)``, with the joint slopes
-(:func:`kernels.joint.nuisance_quadratic`) as control variate, so that the model's density stays
+(:func:`kernels.joint_nuisance.nuisance_quadratic`) as control variate, so that the model's density stays
 normalised at first order in u whatever the network. The sets need it to about 1e-5, so millions of
 reference events stream through in chunks.
 
@@ -122,7 +122,7 @@ class NuisanceScoreNet(nn.Module):
 
         ``reference`` events ``(M, 4)`` with ``control`` ``(M, n_u, 3)`` and its exact mean ``control_mean``
         ``(n_u, 3)``; or, with ``control`` None, an iterable of ``(events, control, control_mean)`` chunks
-        (:func:`kernels.joint.nuisance_reference_chunks`), summed one at a time.
+        (:func:`kernels.joint_nuisance.nuisance_reference_chunks`), summed one at a time.
 
         Each coefficient is the regression estimator ``mean(β) - λ (mean(b*) - E[b*])`` with
         ``λ = cov(β, b*) / var(b*)`` fitted on the same events: never noisier than the plain mean. With

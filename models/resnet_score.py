@@ -28,7 +28,7 @@ times the image's bound. Here, instead:
 
 With hadronic nuisances (``nuisance_scores=n_u``, ``nuisance_points``) the network has
 ``n_u`` more output channels per shift of ``nuisance_points``: the voxel sums of the joint
-scores in the whitened form factors at u = 0 (:func:`kernels.joint.voxel_nuisance_score_sums`),
+scores in the whitened form factors at u = 0 (:func:`kernels.joint_nuisance.voxel_nuisance_score_sums`),
 so the summary also says what the image says about u; rho, trained on images each drawn in
 its own world from the prior, marginalises u.
 

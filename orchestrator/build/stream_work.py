@@ -194,7 +194,7 @@ def _events(job: StreamJob, dc9: float, n: int, seed: tuple) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _norm(windows: tuple, key: str | None, level: str, detector: tuple):
-    from kernels import joint
+    from kernels import joint, joint_nuisance
     from kernels.detector import DetectorConfig
 
     det = DetectorConfig.from_dict(dict(detector))
@@ -203,11 +203,11 @@ def _norm(windows: tuple, key: str | None, level: str, detector: tuple):
 
 @lru_cache(maxsize=2)
 def _linear_norm(windows: tuple, form_factors, key: str | None, level: str, detector: tuple):
-    from kernels import joint
+    from kernels import joint, joint_nuisance
     from kernels.detector import DetectorConfig
 
     det = DetectorConfig.from_dict(dict(detector))
-    return joint.normalisation(joint.nuisance_linear_table(_nuisance_table(windows, form_factors, key)),
+    return joint.normalisation(joint_nuisance.nuisance_linear_table(_nuisance_table(windows, form_factors, key)),
                                joint.true_efficiency(level, windows, det))
 
 
@@ -226,7 +226,7 @@ def _voxel_scores(job: StreamJob, dc9: float, seed: tuple) -> tuple[np.ndarray, 
     norm = _norm(job.windows, job.theory_key, job.level, job.detector)
     labels = voxel_score_sums(table, s.truth.T, ev.T, job.score_points, job.bins, norm, s.is_signal)
     if job.nuisance_points:
-        from kernels.joint import voxel_nuisance_score_sums
+        from kernels.joint_nuisance import voxel_nuisance_score_sums
 
         ntable = _nuisance_table(job.windows, job.form_factors, job.nuisance_key)
         lin = _linear_norm(job.windows, job.form_factors, job.nuisance_key, job.level, job.detector)

@@ -17,7 +17,7 @@
 **With hadronic nuisances** (``ntable``, the run's bi-quadratic tables; the estimator
 ``deepsets_marginal``): phi also regresses the exact joint scores in the 19 whitened
 form factors u at u = 0 and delta C9 = the middle of the range
-(:func:`kernels.joint.nuisance_scores`; seed streams 6 and 7), so the pooled vector
+(:func:`kernels.joint_nuisance.nuisance_scores`; seed streams 6 and 7), so the pooled vector
 carries what the set says about u beside delta C9; and every one of rho's sets is
 drawn in its own world from the prior (stream ``deepsets_marginal``,
 :func:`kernels.nuisances.world_of`). The set's likelihood is not a product of
@@ -61,11 +61,11 @@ def nuisance_score_points(span) -> tuple[float, ...]:
 def _phi_data(table, det, level: str, span, points, n: int, seed: int, ntable=None, nuisance_points=()):
     """phi's training and validation events and targets: the joint scores at ``points``, then (with
     ``ntable``) the nuisances' joint scores at u = 0 at each of ``nuisance_points``."""
-    from kernels import joint
+    from kernels import joint, joint_nuisance
 
     eff = joint.true_efficiency(level, table.windows, det)
     gamma = joint.normalisation(table, eff)
-    lin_norm = None if ntable is None else joint.normalisation(joint.nuisance_linear_table(ntable), eff)
+    lin_norm = None if ntable is None else joint.normalisation(joint_nuisance.nuisance_linear_table(ntable), eff)
     out = []
     for stream, size in zip(PHI_STREAMS if ntable is None else MARGINAL_PHI_STREAMS, (n, max(10_000, n // 10))):
         s = joint.sample_joint(table, span, size, joint.joint_seed(seed, stream), level, det, gamma)
@@ -74,7 +74,7 @@ def _phi_data(table, det, level: str, span, points, n: int, seed: int, ntable=No
             u = np.empty((size, ntable.n_nuisances))
             for a in range(0, size, 1 << 17):  # the linear tables' projections, a chunk at a time
                 b = slice(a, a + (1 << 17))
-                u[b] = joint.nuisance_scores(ntable, s.truth[b], d, lin_norm, s.is_signal[b])
+                u[b] = joint_nuisance.nuisance_scores(ntable, s.truth[b], d, lin_norm, s.is_signal[b])
             scores.append(u)
         out += [s.events, np.concatenate(scores, axis=1)]
     return out

@@ -44,7 +44,7 @@ def train_event_posterior(cfg, table, det, level: str, train_config, on_epoch, p
 
     Returns ``(net, history)``; the calibration's slope error is logged in the history.
     """
-    from kernels import joint
+    from kernels import joint, joint_nuisance
     from models.data import EventDataset
     from models.event_posterior import EventLikelihoodNet
     from models.training import seed_everything, train
@@ -75,7 +75,7 @@ def train_nuisance_posterior(cfg, ntable, base, det, level: str, train_config, o
     training range. Returns ``(net, history)``."""
     import numpy as np
 
-    from kernels import joint
+    from kernels import joint, joint_nuisance
     from models.data import EventDataset
     from models.nuisance_posterior import NuisanceScoreNet
     from models.training import seed_everything, train
@@ -85,26 +85,26 @@ def train_nuisance_posterior(cfg, ntable, base, det, level: str, train_config, o
     span = tuple(base.hparams["train_range"])
     eff = joint.true_efficiency(level, table.windows, det)
     gamma = joint.normalisation(table, eff)
-    lin_norm = joint.normalisation(joint.nuisance_linear_table(ntable), eff)
+    lin_norm = joint.normalisation(joint_nuisance.nuisance_linear_table(ntable), eff)
 
     def data(n: int, stream: int) -> EventDataset:
         s = joint.sample_joint(table, span, n, joint.joint_seed(cfg.seed, stream), level, det, gamma)
         scores = np.empty((n, ntable.n_nuisances), dtype=np.float32)
         for a in range(0, n, 1 << 17):  # the linear tables' projections, a chunk at a time
             b = slice(a, a + (1 << 17))
-            scores[b] = joint.nuisance_scores(ntable, s.truth[b], s.shifts[b], lin_norm, s.is_signal[b])
+            scores[b] = joint_nuisance.nuisance_scores(ntable, s.truth[b], s.shifts[b], lin_norm, s.is_signal[b])
         return EventDataset.from_joint(s.events, s.shifts, scores)
 
     n_train = cc.train_events
     tr, va = data(n_train, 3), data(max(10_000, n_train // 10), 4)
     seed_everything(cfg.seed + 1)
     net = NuisanceScoreNet(base, ntable.n_nuisances, hidden=cc.hidden, layers=cc.layers)
-    net.set_normalisation(joint.normalisation_slopes(lin_norm, base.d_ref))
+    net.set_normalisation(joint_nuisance.normalisation_slopes(lin_norm, base.d_ref))
     with progress("train event posterior (form factors)", train_config.epochs, "epochs") as adv:
         hist = train(net, tr, va, train_config, on_epoch=on_epoch(adv))
     # all of the section's reference events, streamed: the sets' fit needs Z's u-slopes to about 1e-5
     # (models.nuisance_posterior.NuisanceScoreNet.calibrate); 300,000 left det_bkg24k-ff biased by ~1 sigma
-    chunks = joint.nuisance_reference_chunks(ntable, cc.reference_events, joint.joint_seed(cfg.seed, 5), level, det,
+    chunks = joint_nuisance.nuisance_reference_chunks(ntable, cc.reference_events, joint.joint_seed(cfg.seed, 5), level, det,
                                              base.d_ref, lin_norm)
     with progress("calibrate event posterior (form factors)", cc.reference_events, "events") as adv:
         err = net.calibrate(_advancing(chunks, adv))

@@ -154,9 +154,9 @@ def test_the_node_normalisation_is_the_rate(atable):
 
 
 def test_the_linear_table_is_j_and_its_nuisance_gradient_at_the_centre(atable):
-    from kernels import joint
+    from kernels import joint, joint_nuisance
 
-    lin = joint.nuisance_linear_table(atable)
+    lin = joint_nuisance.nuisance_linear_table(atable)
     n = atable.n_nuisances
     for c in (-0.7, 0.4):
         J, dJ = atable.node_values([c], np.zeros(n))

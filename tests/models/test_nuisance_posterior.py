@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import detector, joint, likelihood, nuisances, profile
+from kernels import detector, joint, joint_nuisance, likelihood, nuisances, profile
 from kernels.errors import ConfigError
 from models.estimators import NuisanceEventPosteriorEstimator
 from orchestrator.config.run import RunConfig
@@ -51,13 +51,13 @@ def trained(ff_tables_cache):
 
 def test_the_u_scores_are_learned_from_the_joint_score(trained):
     nt, base, net, hist = trained
-    lin = joint.normalisation(joint.nuisance_linear_table(nt))
+    lin = joint.normalisation(joint_nuisance.nuisance_linear_table(nt))
     s = joint.sample_joint(nt.at(np.zeros(3)), (-2.0, 1.0), 20_000, (77, 0))
-    exact = joint.nuisance_scores(nt, s.truth, s.shifts, lin)
-    net.set_normalisation(joint.normalisation_slopes(lin, net.d_ref))  # the tables' Z slopes, as in training
+    exact = joint_nuisance.nuisance_scores(nt, s.truth, s.shifts, lin)
+    net.set_normalisation(joint_nuisance.normalisation_slopes(lin, net.d_ref))  # the tables' Z slopes, as in training
     with torch.no_grad():
         model = net(torch.from_numpy(s.events), torch.from_numpy(s.shifts)).numpy()
-    net.calibrate(*joint.nuisance_reference_sample(nt, 100_000, (5, 5)))
+    net.calibrate(*joint_nuisance.nuisance_reference_sample(nt, 100_000, (5, 5)))
     # gen level: the joint score is the score, so the regression can be exact; R^2 per form factor
     r2 = 1 - ((model - exact) ** 2).mean(0) / exact.var(0)
     assert np.all(r2 > 0.9), r2  # an untrained head (b = 0) has R^2 <= 0
@@ -67,7 +67,7 @@ def test_the_calibrated_slopes_of_z_are_the_tables(trained):
     """Z's u-slopes from reference events (the network's own normalisation) match grad_u Gamma / Gamma exactly
     up to the network's error in the mean, which the control variate leaves alone."""
     nt, _, net, _ = trained
-    exact = joint.normalisation_slopes(joint.normalisation(joint.nuisance_linear_table(nt)), net.d_ref)
+    exact = joint_nuisance.normalisation_slopes(joint.normalisation(joint_nuisance.nuisance_linear_table(nt)), net.d_ref)
     got = net.zeta_coef.numpy()
     assert int(net.zeta_state) == 2
     assert np.max(np.abs(got - exact)) < 0.05 * np.max(np.abs(exact))
@@ -79,10 +79,10 @@ def test_the_calibration_streams_in_chunks_and_fits_its_control_coefficient(trai
     nt, _, net, _ = trained
     saved = net.zeta_coef.clone()
     try:
-        ref = joint.nuisance_reference_sample(nt, 40_000, (5, 6), chunk=1 << 14)
+        ref = joint_nuisance.nuisance_reference_sample(nt, 40_000, (5, 6), chunk=1 << 14)
         whole = net.calibrate(ref.events, ref.control, ref.control_mean)
         z_whole = net.zeta_coef.clone()
-        parts = list(joint.nuisance_reference_chunks(nt, 40_000, (5, 6), chunk=1 << 14))
+        parts = list(joint_nuisance.nuisance_reference_chunks(nt, 40_000, (5, 6), chunk=1 << 14))
         assert len(parts) == 3 and np.array_equal(np.concatenate([p.events for p in parts]), ref.events)
         np.testing.assert_allclose(net.calibrate(iter(parts)), whole, rtol=1e-6)
         np.testing.assert_allclose(net.zeta_coef.numpy(), z_whole.numpy(), rtol=1e-9, atol=1e-15)

@@ -125,7 +125,7 @@ def test_the_resnet_marginalises_the_form_factors(ff_run):
 
 
 def test_the_voxel_scores_of_the_nuisances_sum_their_events_scores(ff_tables_cache):
-    from kernels import joint, theory
+    from kernels import joint, joint_nuisance, theory
     from kernels.voxels import voxelize
 
     ntable = nuisances.nuisance_table(["C9_bsmumu"], [[1.1, 6.0]], FF, cache=ff_tables_cache)
@@ -133,10 +133,10 @@ def test_the_voxel_scores_of_the_nuisances_sum_their_events_scores(ff_tables_cac
     from kernels.sampler import sample_array
 
     z = sample_array(table, [0.3], 2000, (1, 2)).T.astype(np.float64)
-    lin = joint.normalisation(joint.nuisance_linear_table(ntable))
-    sums = joint.voxel_nuisance_score_sums(ntable, z, z, 0.3, 4, lin)
+    lin = joint.normalisation(joint_nuisance.nuisance_linear_table(ntable))
+    sums = joint_nuisance.voxel_nuisance_score_sums(ntable, z, z, 0.3, 4, lin)
     assert sums.shape == (len(FF), 4, 4, 4)
-    assert np.allclose(sums.sum(axis=(1, 2, 3)), joint.nuisance_scores(ntable, z, 0.3, lin).sum(0), rtol=1e-5)
+    assert np.allclose(sums.sum(axis=(1, 2, 3)), joint_nuisance.nuisance_scores(ntable, z, 0.3, lin).sum(0), rtol=1e-5)
     counts = voxelize(z[:, 1], z[:, 2], z[:, 3], z[:, 0], 4, n_images=1)[0][1]
     assert np.array_equal(sums[0] != 0, np.nan_to_num(counts) > 0)  # the events' own voxels
 
