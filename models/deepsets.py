@@ -27,7 +27,11 @@ so the pooled vector is a near-sufficient summary of the set by construction;
 (``nuisance_scores=n_u``) phi has ``n_u`` more outputs per reference shift in
 ``nuisance_points``: the joint scores in the whitened form factors u at u = 0,
 so the pooled vector also carries what the set says about u, and rho, trained on
-sets each drawn in its own world from the prior, marginalises u.
+sets each drawn in its own world from the prior, marginalises u. Once the network
+holds the summary's moments reweighted to any (delta C9, u) (:meth:`DeepSets.set_profile`),
+:meth:`~DeepSets.profiled_estimate` takes rho's estimate as the start of the summary's own
+fit in (delta C9, u) under the nuisances' prior (:func:`models.summary_fit.gauss_newton`):
+the profiled, prior-constrained estimate and error of delta C9.
 
 Sets come as a tensor ``(batch, N, 4)``: equal-size sets need no mask. Sets of
 different sizes are padded to the longest and passed with a boolean ``mask``
@@ -45,6 +49,7 @@ True
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -139,6 +144,70 @@ class DeepSets(nn.Module):
             for name in ("score_std", "pooled_std"):
                 self.register_buffer(name, torch.ones(latent))
         self.rho = mlp(latent + int(self.log_n), rho_hidden, rho_layers, head_units(head, outputs), dropout=dropout)
+        if self.nuisance_scores:  # the summary's moments in (delta C9, u); zero: none, rho alone
+            from kernels.theory import n_monomials
+
+            pq = 3 * n_monomials(self.nuisance_scores)
+            self.register_buffer("profile0", torch.zeros(pq, dtype=torch.float64))
+            self.register_buffer("profile1", torch.zeros(pq, latent, dtype=torch.float64))
+            self.register_buffer("profile2", torch.zeros(3, latent, latent, dtype=torch.float64))
+            self.register_buffer("profile_box", torch.zeros(1 + self.nuisance_scores, 2, dtype=torch.float64))
+            self.register_buffer("profile_prior", torch.ones((), dtype=torch.float64))
+
+    def set_profile(self, moments, box, prior_scale: float = 1.0) -> DeepSets:
+        """Store phi's pooled moments reweighted to any (delta C9, u) (``(m0, m1, m2c)``,
+        :func:`models.summary_fit.nuisance_moments_model`), the fit's box ``(1 + n_u, 2)`` and the prior's
+        scale s (u ~ N(0, s^2)): :meth:`profiled_estimate` then fits each set's summary."""
+        if not self.nuisance_scores:
+            raise ConfigError("the summary's profile needs the nuisances' scores (nuisance_scores > 0)")
+        if not (np.isfinite(prior_scale) and prior_scale > 0):
+            raise ConfigError(f"prior_scale must be > 0, got {prior_scale!r}")
+        for name, value in zip(("profile0", "profile1", "profile2", "profile_box"), (*moments, box)):
+            buf = getattr(self, name)
+            v = torch.as_tensor(np.asarray(value), dtype=torch.float64)
+            if v.shape != buf.shape:
+                raise ConfigError(f"{name} must have shape {tuple(buf.shape)}, got {tuple(v.shape)}")
+            buf.copy_(v)
+        self.profile_prior.fill_(float(prior_scale))
+        return self
+
+    @property
+    def has_profile(self) -> bool:
+        return bool(self.nuisance_scores) and bool(self.profile0.abs().sum() > 0)
+
+    @torch.no_grad()
+    def profiled_estimate(self, sets, batch: int = 8, event_chunk: int | None = 1 << 15):
+        """``(values (M,), errors (M,), converged (M,))`` of sets ``(M, N, 4)``: rho's estimate refined by the
+        summary's fit in (delta C9, u) (module docstring); a set whose fit does not converge keeps rho's."""
+        from models.summary_fit import gauss_newton, nuisance_moments_model
+
+        if not self.has_profile or self.head_kind != "gaussian":
+            raise ConfigError("profiled_estimate needs a Gaussian head and the summary's moments (set_profile)")
+        arr = torch.as_tensor(np.asarray(sets, dtype=np.float32))
+        self._check(arr, None)
+        dev = self.pooled_mean.device
+        was = self.training
+        self.eval()
+        rho, raw = [], []
+        try:
+            for a in range(0, arr.shape[0], batch):
+                p = self.pooled(arr[a:a + batch].to(dev), event_chunk=event_chunk)
+                rho.append(finish_output(self.rho(p), self.head_kind, self.outputs, self.gaussian).double().cpu())
+                raw.append((p[:, : self.pooled_mean.numel()] * self.pooled_std + self.pooled_mean).double().cpu())
+        finally:
+            self.train(was)
+        rho, raw = torch.cat(rho).numpy().reshape(-1, 2), torch.cat(raw).numpy()
+        n_u = self.nuisance_scores
+        start = np.zeros((raw.shape[0], 1 + n_u))
+        start[:, 0] = rho[:, 0]
+        prior = np.zeros((1 + n_u, 1 + n_u))
+        prior[1:, 1:] = np.eye(n_u) / float(self.profile_prior) ** 2
+        model = nuisance_moments_model(tuple(b.cpu().numpy() for b in (self.profile0, self.profile1, self.profile2)),
+                                       1, n_u)
+        phi, cov, ok = gauss_newton(model, raw, arr.shape[1], start, self.profile_box.cpu().numpy(), prior=prior)
+        values = np.where(ok, phi[:, 0], rho[:, 0])
+        errors = np.where(ok, np.sqrt(np.abs(cov[:, 0, 0])), rho[:, 1])
+        return values, errors, ok
 
     def fit_features(self, events, max_events: int = 1_000_000) -> DeepSets:
         """Fit the event standardisation on training events ``(n, 4)``."""

@@ -51,7 +51,7 @@ from models import score_summary
 from models.deepsets import DeepSets
 from models.training import TrainConfig, train
 
-__all__ = ["pretrain_phi", "pooled_vectors", "train_rho"]
+__all__ = ["pretrain_phi", "pooled_vectors", "train_rho", "profile_moments"]
 
 
 class _Phi(nn.Module):
@@ -126,3 +126,32 @@ def train_rho(net: DeepSets, pooled: torch.Tensor, d: torch.Tensor, val_pooled: 
     freeze phi, and train rho on ``(pooled, d)`` with ``config`` (:func:`models.score_summary.train_rho`)."""
     _need_score(net)
     return score_summary.train_rho(net, pooled, d, val_pooled, val_d, config, frozen=net.phi, on_epoch=on_epoch)
+
+
+@torch.no_grad()
+def profile_moments(net: DeepSets, chunks: Iterable[tuple[np.ndarray, np.ndarray]], n_c: int = 1, event_chunk: int = 1 << 15
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """phi's pooled moments over a pool for the summary's fit in (delta C9, u)
+    (:func:`models.summary_fit.nuisance_moments_model`): ``chunks`` of ``(events (m, 4), weights (m, P_c Q))``
+    (:func:`kernels.joint_nuisance.nuisance_mixture_weights`). Returns ``(m0 (P_c Q,), m1 (P_c Q, L), m2c
+    (P_c, L, L))``, each the mean over the pool's events; ``m2c`` from the weights of ``m(c) (x) 1`` only."""
+    _need_score(net)
+    net.eval()
+    dev = next(net.parameters()).device
+    P = (n_c + 1) * (n_c + 2) // 2
+    m0 = m1 = m2 = None
+    M = 0
+    for ev, w in chunks:
+        w = np.asarray(w, dtype=np.float64)
+        x = np.asarray(ev, dtype=np.float32)
+        if x.ndim != 2 or w.ndim != 2 or w.shape[0] != x.shape[0] or w.shape[1] % P:
+            raise ConfigError(f"events (m, 4) and weights (m, {P} Q) must match, got {x.shape} and {w.shape}")
+        phi = np.concatenate([net.phi(net.features(torch.from_numpy(x[a:a + event_chunk]).to(dev))).double().cpu().numpy()
+                              for a in range(0, x.shape[0], event_chunk)])
+        wc = w[:, :: w.shape[1] // P]
+        parts = (w.sum(0), w.T @ phi, (wc[:, :, None] * phi[:, None, :]).reshape(x.shape[0], -1).T @ phi)
+        m0, m1, m2 = parts if m0 is None else (m0 + parts[0], m1 + parts[1], m2 + parts[2])
+        M += x.shape[0]
+    if not M:
+        raise ConfigError("no events for the summary's moments")
+    return m0 / M, m1 / M, (m2 / M).reshape(P, phi.shape[1], phi.shape[1])

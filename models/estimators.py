@@ -162,6 +162,9 @@ class DeepSetsEstimator(_Network):
 
     def predict(self, sets) -> tuple[np.ndarray, np.ndarray | None]:
         s = check_sets(sets)
+        if getattr(self.model, "has_profile", False):  # with nuisances: the summary's profiled fit
+            values, errors, _ = self.model.profiled_estimate(s, self.batch_size, self.event_chunk)
+            return values, errors
         dev = _device(self.model)
         return self._run(lambda a, b: self.model(torch.from_numpy(s[a:b]).to(dev), event_chunk=self.event_chunk),
                          s.shape[0])

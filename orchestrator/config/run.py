@@ -212,6 +212,9 @@ class DeepSetsConfig(_DataSource, _Head, _ScoreSummary):
     score_events: int = Field(500_000, gt=0)
     rho_points: int = Field(44, gt=1)
     phi_train: TrainConfig = TrainConfig(epochs=6, batch_size=1024, lr=0.003, weight_decay=0.0, loss="mse")
+    # with nuisances: phi's moments over profile_events fresh events, reweighted to any (delta C9, u), for the
+    # summary's own fit in (delta C9, u) under the prior, started from rho's estimate; 0: rho's estimate alone
+    profile_events: int = Field(4_000_000, ge=0)
 
     @model_validator(mode="after")
     def _summary_settings(self):

@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 PHI_STREAMS = (3, 4)
 #: ... and with nuisances (the event posterior's u-slopes use 3 to 5).
 MARGINAL_PHI_STREAMS = (6, 7)
+#: ... and the pool of the summary's moments in (delta C9, u): chunk a of shift k from ``(*joint_seed(seed, 8), k, a)``.
+PROFILE_STREAM = 8
+#: The pool's shifts (an equal mixture, at u = 0, evenly over the training range) and its chunks' size.
+PROFILE_POOL_POINTS, PROFILE_CHUNK = 8, 50_000
+#: The box of the summary's fit in the nuisances, in prior widths (delta C9's is the training range).
+PROFILE_U_WIDTHS = 6.0
 
 
 def rho_range(section, grid, evaluation) -> tuple[float, float]:
@@ -162,6 +168,10 @@ def train_score_deepsets(cfg, table, det, level: str, phi_config, rho_config, po
     seed_everything(cfg.seed)
     with progress("train deepsets rho", rho_config.epochs, "epochs") as adv:
         h_rho = train_rho(net, pooled, d, val_pooled, val_d, rho_config, on_epoch=on_epoch(adv))
+    if ntable is not None and dc.profile_events:
+        net.set_profile(_profile_moments(net, ntable, det, level, span, dc.profile_events, cfg.seed, progress),
+                        [span] + [[-PROFILE_U_WIDTHS * cfg.nuisances.prior_scale, PROFILE_U_WIDTHS *
+                                   cfg.nuisances.prior_scale]] * ntable.n_nuisances, cfg.nuisances.prior_scale)
     log.info("deepsets (score summary%s): phi on %d joint events, %d reference shifts in %s; rho on %d sets",
              "" if ntable is None else f", {ntable.n_nuisances} nuisance scores, sets in prior-drawn worlds",
              dc.score_events, len(points), span, len(d))
@@ -169,3 +179,32 @@ def train_score_deepsets(cfg, table, det, level: str, phi_config, rho_config, po
     hist.update(phi_val_loss=h_phi["val_loss"], phi_train_loss=h_phi["train_loss"], rho_sets=int(len(d)),
                 seconds=h_phi.get("seconds", 0.0) + h_rho.get("seconds", 0.0))
     return net, hist
+
+
+def _profile_moments(net, ntable, det, level: str, span, n: int, seed: int, progress):
+    """phi's moments for the summary's fit in (delta C9, u) (:func:`models.deepsets_score.profile_moments`) over
+    ``n`` fresh events at ``level``: an equal mixture of :data:`PROFILE_POOL_POINTS` shifts over ``span`` at u = 0,
+    reweighted exactly by :func:`kernels.joint_nuisance.nuisance_mixture_weights`."""
+    from kernels import detector, joint, joint_nuisance
+    from models.deepsets_score import profile_moments
+
+    central = ntable.at(np.zeros(ntable.n_nuisances))
+    eff = joint.true_efficiency(level, central.windows, det)
+    norm_flat, norm_central = joint.normalisation(ntable.flat, eff), joint.normalisation(central, eff)
+    points = np.linspace(*span, PROFILE_POOL_POINTS)
+    per = max(1, n // PROFILE_POOL_POINTS)
+    base = joint.joint_seed(seed, PROFILE_STREAM)
+
+    def chunks(adv):
+        for k, d in enumerate(points):
+            for a in range(0, per, PROFILE_CHUNK):
+                m = min(PROFILE_CHUNK, per - a)
+                s = detector.sample_level_truth(central, [float(d)], m, (*base, k, a), level, det)
+                yield (np.ascontiguousarray(s.events.T, dtype=np.float32),
+                       joint_nuisance.nuisance_mixture_weights(ntable, s.truth.T, points[:, None], norm_flat,
+                                                               norm_central, s.is_signal))
+                if adv:
+                    adv(m)
+
+    with progress("deepsets: the summary's moments in (delta C9, u)", per * len(points), "events") as adv:
+        return profile_moments(net, chunks(adv))

@@ -94,3 +94,36 @@ def test_the_resnet_refines_from_its_threshold_and_keeps_the_emulator_in_its_sta
     again = JointScoreResNet3d(**net.hparams)
     again.load_state_dict(net.state_dict())
     np.testing.assert_allclose(again.eval().estimate(images)[0], values)
+
+
+def test_the_fit_in_shifts_and_nuisances_reaches_the_profiled_bound_under_the_prior():
+    """A summary of means (x1, x2) with x1 ~ N(d + u, 1), x2 ~ N(u, 1), u ~ N(0, tau^2) shared by the set: its
+    moments in (d, u) as nuisance_moments_model reads them. With the prior, the fit's error of d is the known
+    1/N + tau^2 (1/N) / (tau^2 + 1/N), its spread matches and it covers; without it, the flat profile's 2/N."""
+    from models.summary_fit import nuisance_moments_model
+
+    P, Q, N, tau = 3, 3, 400, 0.1
+    m0 = np.zeros(P * Q)
+    m0[0] = 1.0
+    m1 = np.zeros((P * Q, 2))
+    m1[1 * Q + 0, 0] = m1[0 * Q + 1, 0] = m1[0 * Q + 1, 1] = 1.0  # E x1 = d + u, E x2 = u
+    m2 = np.zeros((P, 2, 2))
+    m2[0] = np.eye(2)
+    m2[2, 0, 0] = 1.0  # E[x1^2] = 1 + d^2 at u = 0
+    model = nuisance_moments_model((m0, m1, m2), 1, 1)
+    rng = np.random.default_rng(7)
+    d, u = 0.3, rng.normal(0.0, tau, 2000)
+    s = np.stack([d + u, u], axis=1) + rng.normal(size=(2000, 2)) / np.sqrt(N)
+    box = np.array([[-2.0, 2.0], [-6 * tau, 6 * tau]])
+    est, cov, ok = gauss_newton(model, s, N, np.zeros((2000, 2)), box, prior=np.diag([0.0, 1 / tau**2]))
+    bound = np.sqrt(1 / N + tau**2 / N / (tau**2 + 1 / N))
+    assert ok.all()
+    np.testing.assert_allclose(np.sqrt(cov[:, 0, 0]), bound, rtol=1e-6)
+    assert abs(est[:, 0].std() / bound - 1) < 0.06 and abs(est[:, 0].mean() - d) < 0.1 * bound
+    assert abs(np.mean(np.abs(est[:, 0] - d) < bound) - 0.683) < 0.04
+    flat, flat_cov, _ = gauss_newton(model, s, N, np.zeros((2000, 2)), np.array([[-2.0, 2.0], [-2.0, 2.0]]))
+    np.testing.assert_allclose(np.sqrt(flat_cov[:, 0, 0]), np.sqrt(2 / N), rtol=1e-6)
+    with pytest.raises(ConfigError, match="prior's precision must be 2 x 2"):
+        gauss_newton(model, s, N, np.zeros((2000, 2)), box, prior=np.eye(3))
+    with pytest.raises(ConfigError, match="moments must be"):
+        nuisance_moments_model((m0, m1, m2[:2]), 1, 1)

@@ -42,6 +42,7 @@ models:
     rho_points: 4
     set_size: 500
     sets_per_point: 6
+    profile_events: 40000
     phi_train: {epochs: 1, batch_size: 1024, lr: 0.003, loss: mse}
     train: {epochs: 2, batch_size: 16, lr: 0.003}
 evaluation: {dc9: [-0.5], sets: 20, events_per_set: 2000}
@@ -105,8 +106,12 @@ def test_deep_sets_marginalises_the_form_factors(ff_run):
     assert list(row) == list(POINT_COLUMNS + NUISANCE_COLUMNS)
     assert np.isfinite(float(row["sigma_over_crb_eff"])) and np.isfinite(float(row["pull_width"]))
     states = [torch.load(m, weights_only=True) for m in out.glob("mlartifacts/*/artifacts/model/model.pt")]
-    pooled = [s["pooled_std"] for s in states if "pooled_std" in s and "coords" not in s]  # not the ResNet
-    assert len(pooled) == 1 and pooled[0].shape == (4 + len(FF),)  # 4 delta C9 scores, then 3 nuisance scores
+    pooled = [s for s in states if "pooled_std" in s and "coords" not in s]  # not the ResNet
+    assert len(pooled) == 1 and pooled[0]["pooled_std"].shape == (4 + len(FF),)  # 4 delta C9 scores, 3 nuisances'
+    # the summary's moments in (delta C9, u) are kept with it, for its profiled fit: P_c Q = 3 x 10 for 3 nuisances
+    state = pooled[0]
+    assert state["profile1"].shape == (30, 4 + len(FF)) and float(state["profile0"][0]) > 0
+    assert state["profile_box"][1:].tolist() == [[-6.0, 6.0]] * len(FF)
 
 
 def test_the_resnet_marginalises_the_form_factors(ff_run):
