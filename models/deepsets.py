@@ -49,6 +49,8 @@ True
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
@@ -205,6 +207,9 @@ class DeepSets(nn.Module):
         model = nuisance_moments_model(tuple(b.cpu().numpy() for b in (self.profile0, self.profile1, self.profile2)),
                                        1, n_u)
         phi, cov, ok = gauss_newton(model, raw, arr.shape[1], start, self.profile_box.cpu().numpy(), prior=prior)
+        if not ok.all():
+            logging.getLogger(__name__).info("deepsets: %d of %d sets' profiled fits did not converge in the box; "
+                                             "they keep rho's estimate", int((~ok).sum()), ok.size)
         values = np.where(ok, phi[:, 0], rho[:, 0])
         errors = np.where(ok, np.sqrt(np.abs(cov[:, 0, 0])), rho[:, 1])
         return values, errors, ok

@@ -209,3 +209,36 @@ def test_the_nuisance_aware_score_summary_covers_with_a_shared_nuisance(toy_even
     naive_mean, naive_width = results[False]
     assert np.all(naive_width.mean(axis=1) < 0.85 * bound)  # the width of a known u: 0.10 against 0.13
     assert (np.abs(naive_mean - truths[:, None]) < naive_width).mean() < 0.5  # and u's spread is missed
+
+
+def test_the_summary_profile_is_kept_with_the_network_and_refuses_bad_input():
+    """set_profile stores the moments in buffers (a rebuilt network gives the same estimates); wrong shapes,
+    a bad prior scale, a network without nuisance scores, or no moments are refused in one line."""
+    from models.deepsets_score import profile_moments
+
+    torch.manual_seed(0)
+    net = DeepSets(hidden=8, summary="score", score_points=(0.0, 1.0), nuisance_scores=1, nuisance_points=(0.5,),
+                   head="gaussian").eval()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 4)).astype(np.float32)
+    w = np.abs(rng.normal(size=(4000, 9))) + 0.5  # P_c Q = 3 x 3 for one nuisance
+    moments = profile_moments(net, [(x[:2000], w[:2000]), (x[2000:], w[2000:])])
+    assert [m.shape for m in moments] == [(9,), (9, 3), (3, 3, 3)]
+    with pytest.raises(ConfigError, match="needs a Gaussian head and the summary's moments"):
+        net.profiled_estimate(x[None, :100])
+    box = [[-2.0, 2.0], [-6.0, 6.0]]
+    with pytest.raises(ConfigError, match="profile1 must have shape"):
+        net.set_profile((moments[0], moments[1][:, :2], moments[2]), box)
+    with pytest.raises(ConfigError, match="prior_scale must be > 0"):
+        net.set_profile(moments, box, prior_scale=0.0)
+    with pytest.raises(ConfigError, match="needs the nuisances' scores"):
+        DeepSets(hidden=8, summary="score", score_points=(0.0, 1.0), head="gaussian").set_profile(moments, box)
+    net.set_profile(moments, box, prior_scale=0.5)
+    assert net.has_profile and float(net.profile_prior) == 0.5
+    sets = rng.normal(size=(3, 500, 4)).astype(np.float32)
+    values, errors, ok = net.profiled_estimate(sets)
+    assert values.shape == errors.shape == ok.shape == (3,) and np.all(np.isfinite(values))
+    again = DeepSets(**net.hparams)
+    again.load_state_dict(net.state_dict())
+    assert again.has_profile
+    np.testing.assert_array_equal(again.eval().profiled_estimate(sets)[0], values)
