@@ -147,8 +147,9 @@ def nuisance_mixture_weights(ntable, true_events, points, norm_flat: np.ndarray,
     nf = np.asarray(norm_flat, dtype=np.float64).ravel()
     out = np.broadcast_to(nf, (z.shape[0], nf.size)).copy()
     if sig.any():
-        central = ntable.at(np.zeros(ntable.n_nuisances))
-        dens = mixture_density(likelihood.project(central, z[sig]), np.asarray(norm_central, dtype=np.float64),
+        a = likelihood.project(ntable.flat, z[sig])
+        Q = a.shape[1] // n_monomials(ntable.n_shifts)  # the columns of m(u) = 1 are the central world's
+        dens = mixture_density(a[:, ::Q], np.asarray(norm_central, dtype=np.float64),
                                np.atleast_2d(np.asarray(points, dtype=np.float64)).reshape(-1, ntable.n_shifts))
-        out[sig] = likelihood.project(ntable.flat, z[sig]) / dens[:, None]
+        out[sig] = a / dens[:, None]
     return out

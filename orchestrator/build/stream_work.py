@@ -194,7 +194,7 @@ def _events(job: StreamJob, dc9: float, n: int, seed: tuple) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _norm(windows: tuple, key: str | None, level: str, detector: tuple):
-    from kernels import joint, joint_nuisance
+    from kernels import joint
     from kernels.detector import DetectorConfig
 
     det = DetectorConfig.from_dict(dict(detector))

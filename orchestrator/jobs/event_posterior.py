@@ -44,7 +44,7 @@ def train_event_posterior(cfg, table, det, level: str, train_config, on_epoch, p
 
     Returns ``(net, history)``; the calibration's slope error is logged in the history.
     """
-    from kernels import joint, joint_nuisance
+    from kernels import joint
     from models.data import EventDataset
     from models.event_posterior import EventLikelihoodNet
     from models.training import seed_everything, train

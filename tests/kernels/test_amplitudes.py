@@ -154,7 +154,7 @@ def test_the_node_normalisation_is_the_rate(atable):
 
 
 def test_the_linear_table_is_j_and_its_nuisance_gradient_at_the_centre(atable):
-    from kernels import joint, joint_nuisance
+    from kernels import joint_nuisance
 
     lin = joint_nuisance.nuisance_linear_table(atable)
     n = atable.n_nuisances
